@@ -1,0 +1,1 @@
+"""Readers for image collections: Omniglot, Lake's runs, generic galleries, MNIST, synthetic alphabets."""

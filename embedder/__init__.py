@@ -1,0 +1,1 @@
+"""Metric-learning embedders: backbones, losses, samplers, training, encoding and model files."""

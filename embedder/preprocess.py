@@ -1,0 +1,99 @@
+"""The preprocessing recipe, saved with every model so a model file alone encodes correctly.
+
+It follows the reference notebook's ``init_image``: grayscale, optional binary threshold, invert so
+ink is bright on black, optional crop to the ink's bounding box, aspect-preserving resize into the
+input size (INTER_AREA), centre on a zero canvas, scale to [0, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How raw images become network input.
+
+    Attributes:
+        size: side of the square input, in pixels.
+        threshold: gray level below which a pixel is ink (binarise); ``None`` keeps gray levels.
+        invert: ``"auto"`` inverts images whose border is bright (dark ink on light paper),
+            ``True`` always, ``False`` never.
+        crop_to_ink: crop to the bounding box of the ink before resizing.
+        margin: with ``crop_to_ink``, blank border kept around the ink, as a fraction of ``size``.
+    """
+
+    size: int = 28
+    threshold: int | None = None
+    invert: bool | str = "auto"
+    crop_to_ink: bool = False
+    margin: float = 0.1
+
+    def __post_init__(self):
+        if not isinstance(self.size, int) or self.size < 8:
+            raise ValueError(f"size must be an int >= 8, got {self.size!r}")
+        if self.threshold is not None and not 0 < int(self.threshold) < 256:
+            raise ValueError(f"threshold must be in 1..255 or None, got {self.threshold!r}")
+        if self.invert not in (True, False, "auto"):
+            raise ValueError(f"invert must be True, False or 'auto', got {self.invert!r}")
+        if not 0 <= self.margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5), got {self.margin!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**config)
+
+    def ink(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W) or (H, W, 3) -> float32 (H, W) in [0, 1], ink bright on black."""
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        if image.ndim != 2 or image.size == 0:
+            raise ValueError(f"expected an image (H, W) or (H, W, 3), got shape {image.shape}")
+        gray = image.astype(np.float32) / 255.0
+        invert = self.invert
+        if invert == "auto":
+            border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+            invert = float(np.median(border)) > 0.5
+        if self.threshold is not None:
+            level = self.threshold / 255.0
+            gray = (gray >= level if not invert else gray < level).astype(np.float32)
+        elif invert:
+            gray = 1.0 - gray
+        return gray
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Preprocess one image: uint8 (H, W) or (H, W, 3) -> float32 (size, size) in [0, 1]."""
+        ink = self.ink(image)
+        if self.crop_to_ink:
+            rows = np.flatnonzero(ink.max(axis=1) > 0.2)
+            cols = np.flatnonzero(ink.max(axis=0) > 0.2)
+            if rows.size and cols.size:
+                ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        inner = self.size - 2 * int(round(self.margin * self.size)) if self.crop_to_ink else self.size
+        height, width = ink.shape
+        scale = inner / max(height, width)
+        new_h = max(1, min(self.size, int(round(height * scale))))
+        new_w = max(1, min(self.size, int(round(width * scale))))
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(ink, (new_w, new_h), interpolation=interpolation)
+        canvas = np.zeros((self.size, self.size), dtype=np.float32)
+        top, left = (self.size - new_h) // 2, (self.size - new_w) // 2
+        canvas[top : top + new_h, left : left + new_w] = resized
+        return np.clip(canvas, 0.0, 1.0)
+
+    def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Preprocess many images: -> float32 (N, 1, size, size), C-contiguous."""
+        out = np.empty((len(images), 1, self.size, self.size), dtype=np.float32)
+        for i, image in enumerate(images):
+            out[i, 0] = self(image)
+        return out
