@@ -1,0 +1,128 @@
+"""Batched, seeded image augmentation in torch for (B, 1, S, S) ink-on-black images.
+
+The reference notebook's set, each part switchable: flips, small rotation, translation, moving the
+ink to a random place on the canvas, resizing the ink, aspect change, plus shear (affine
+distortion). Every image draws its own parameters; with ``pair_ids`` the flip and the rotation
+(with a little noise) are shared by the two images of a pair, as in the notebook.
+Rotation by 90 degrees as new classes lives in the training set (``embedder.train``), since it
+changes labels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of each distortion; a zero range (or ``False``) switches that part off.
+
+    Attributes:
+        probability: chance that an image is distorted at all.
+        flip: chance of a horizontal flip and, separately, of a vertical flip.
+        rotation: maximum rotation in degrees (uniform in +-rotation).
+        translate: maximum shift as a fraction of the side.
+        scale: maximum relative change of the ink's size (uniform in 1 +- scale).
+        aspect: maximum stretch along one axis (uniform in 1 +- aspect).
+        shear: maximum shear, in radians.
+        move_ink: shift the ink's bounding box to a random place that keeps it on the canvas.
+        pair_noise: with ``pair_ids``, degrees of noise added to the shared rotation.
+    """
+
+    probability: float = 1.0
+    flip: float = 0.0
+    rotation: float = 10.0
+    translate: float = 0.08
+    scale: float = 0.15
+    aspect: float = 0.1
+    shear: float = 0.15
+    move_ink: bool = False
+    pair_noise: float = 2.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "AugmentConfig":
+        known = {f.name for f in fields(cls)}
+        if set(config) - known:
+            raise ValueError(f"unknown augmentation keys {sorted(set(config) - known)}; known: {sorted(known)}")
+        return cls(**config)
+
+    @classmethod
+    def off(cls) -> "AugmentConfig":
+        return cls(probability=0.0)
+
+
+def _uniform(n: int, bound: float, generator: torch.Generator) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) * 2 - 1) * bound
+
+
+def _ink_boxes(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) -> (B, 4) ink box [x0, x1, y0, y1] in [-1, 1] coordinates."""
+    size = images.shape[-1]
+    coords = torch.linspace(-1, 1, size)
+    plane = images[:, 0] > 0.2  # (B, rows, cols)
+    boxes = []
+    for present in (plane.any(dim=1), plane.any(dim=2)):  # columns (x), then rows (y)
+        found = present.any(1)
+        lo = coords[present.float().argmax(1)]
+        hi = coords[size - 1 - present.flip(1).float().argmax(1)]
+        boxes += [torch.where(found, lo, -torch.ones_like(lo)), torch.where(found, hi, torch.ones_like(hi))]
+    return torch.stack(boxes, dim=1)
+
+
+def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+            pair_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Distort a batch.
+
+    Args:
+        images: float32 (B, 1, S, S), ink bright on black, on the CPU.
+        config: the distortion ranges.
+        generator: a seeded ``torch.Generator`` (CPU).
+        pair_ids: optional int64 (B,); images with the same id share flip and rotation.
+    Returns:
+        float32 (B, 1, S, S).
+    """
+    if config.probability <= 0:
+        return images
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"expected images (B, 1, S, S), got {tuple(images.shape)}")
+    n = images.shape[0]
+    share = (lambda v: v[pair_ids]) if pair_ids is not None else (lambda v: v[: n])
+    draws = n if pair_ids is None else int(pair_ids.max()) + 1
+
+    angle = share(_uniform(draws, math.radians(config.rotation), generator))
+    if pair_ids is not None:
+        angle = angle + _uniform(n, math.radians(config.pair_noise), generator)
+    flip_x = share(torch.rand(draws, generator=generator) < config.flip).float() * -2 + 1
+    flip_y = share(torch.rand(draws, generator=generator) < config.flip).float() * -2 + 1
+    scale = 1 + _uniform(n, config.scale, generator)
+    stretch = 1 + _uniform(n, config.aspect, generator)
+    along_x = torch.rand(n, generator=generator) < 0.5
+    sx = scale * torch.where(along_x, stretch, torch.ones(n)) * flip_x
+    sy = scale * torch.where(along_x, torch.ones(n), stretch) * flip_y
+    shear = _uniform(n, config.shear, generator)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # forward map (input -> output) = rotation @ shear @ scale
+    forward = torch.stack([
+        torch.stack([cos * sx, (cos * shear - sin) * sy], dim=1),
+        torch.stack([sin * sx, (sin * shear + cos) * sy], dim=1),
+    ], dim=1)
+    shift = torch.stack([_uniform(n, 2 * config.translate, generator), _uniform(n, 2 * config.translate, generator)], dim=1)
+    if config.move_ink:
+        boxes = _ink_boxes(images)
+        centre = torch.stack([(boxes[:, 0] + boxes[:, 1]) / 2, (boxes[:, 2] + boxes[:, 3]) / 2], dim=1)
+        half = torch.stack([(boxes[:, 1] - boxes[:, 0]) / 2, (boxes[:, 3] - boxes[:, 2]) / 2], dim=1)
+        room = (1 - half).clamp_min(0)
+        target = (torch.rand(n, 2, generator=generator) * 2 - 1) * room
+        shift = target - centre
+    inverse = torch.linalg.inv(forward)
+    theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(2))], dim=2)
+    keep = torch.rand(n, generator=generator) >= config.probability
+    theta[keep] = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,200 @@
+"""Generic labelled galleries: a folder, a zip, or a text list of image files.
+
+Layouts understood (one per source, never mixed):
+
+* ``root/<class>/<image>``: ``group`` is ``""`` and ``label`` is the class;
+* ``root/<group>/<class>/<image>``: ``label`` is ``"group/class"`` (unique across groups);
+* with ``labelled=False``, any depth: every ``label`` and ``group`` is ``""``;
+* a ``.txt``/``.lst`` file naming one image per line (relative to the list's folder, or
+  absolute; blank lines and ``#`` comments skipped): ``label`` is the parent folder's name,
+  prefixed by ``"group/"`` when the file lies at least two folders below the list's folder.
+
+A zip whose images all sit under one top folder at least three levels deep (``images_evaluation/
+<alphabet>/<char>/x.png``) is read as if that folder were the root; its ``path`` column keeps the
+full member name.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from data.archive import ImageArchive, is_image_name, read_image_file
+
+LIST_SUFFIXES = (".txt", ".lst")
+COLUMNS = ["id", "path", "label", "group"]
+
+
+@dataclass
+class Gallery:
+    """Images with labels.
+
+    Attributes:
+        table: columns ``id`` (int64, 0..N-1), ``path`` (posix path inside the folder or zip, or
+            as written in the list), ``label`` and ``group`` (str, ``""`` when absent).
+        source: the folder, zip or list file it was read from.
+    """
+
+    table: pd.DataFrame
+    source: Path
+    archive: ImageArchive | None = field(default=None, repr=False)  # None for a list file
+
+    @property
+    def kind(self) -> str:
+        """``"folder"``, ``"zip"`` or ``"list"``."""
+        if self.archive is None:
+            return "list"
+        return "zip" if self.archive.is_zip else "folder"
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def file(self, path: str) -> Path:
+        """The file on disk behind a list entry ``path``."""
+        if self.archive is not None:
+            raise ValueError(f"{self.source}: file() is for list galleries; use read()")
+        return _resolve(self.source.parent, path)
+
+    def read(self, paths: Iterable[str] | None = None, color: bool = False) -> list[np.ndarray]:
+        """Decode images by their ``path`` (all, in table order, when ``None``).
+
+        Returns:
+            uint8 arrays (H, W), or (H, W, 3) BGR when ``color``.
+        Raises:
+            ValueError: for a path not in the table.
+            ImageReadError: (a ValueError) naming the file when it cannot be decoded.
+        """
+        if paths is None:
+            paths = list(self.table["path"])
+        else:
+            paths = [paths] if isinstance(paths, str) else list(paths)
+            known = set(self.table["path"])
+            unknown = [p for p in paths if p not in known]
+            if unknown:
+                raise ValueError(f"{self.source}: {unknown[0]!r} is not a path of this gallery")
+        if self.archive is not None:
+            return self.archive.read_many(paths, color=color)
+        return [read_image_file(self.file(p), color=color) for p in paths]
+
+
+def read_gallery(source: str | os.PathLike, labelled: bool = True) -> Gallery:
+    """Index a gallery (no pixel is decoded here).
+
+    Args:
+        source: a folder, a ``.zip``, or a ``.txt``/``.lst`` list of image paths.
+        labelled: take labels from folder names; ``False`` gives every image label ``""``.
+
+    Returns:
+        A :class:`Gallery`, folder and zip rows sorted by path, list rows in list order.
+    Raises:
+        FileNotFoundError: when ``source`` does not exist.
+        ValueError: when no image is found, the layout mixes depths or is too deep, an image sits
+            at the top level in labelled mode, or a list line names a missing or non-image file
+            (the message names the list file and line).
+    """
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
+        return _read_list(source, labelled)
+    archive = ImageArchive(source)  # ValueError unless a folder or a zip
+    names = [n for n in archive.names() if not _hidden(n)]
+    if not names:
+        raise ValueError(f"no images found in {source}")
+    if labelled:
+        rows = _labels_from_layout(source, names, strip_top=archive.is_zip)
+    else:
+        rows = [(n, "", "") for n in names]
+    return Gallery(_table(rows), source, archive)
+
+
+def _hidden(name: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
+
+
+def _labels_from_layout(source: Path, names: list[str], strip_top: bool) -> list[tuple[str, str, str]]:
+    """(path, label, group) per image, from a consistent 2- or 3-level layout."""
+    parts = [PurePosixPath(n).parts for n in names]
+    skip = 0
+    tops = {p[0] for p in parts}
+    if strip_top and len(tops) == 1 and all(len(p) >= 3 for p in parts):
+        skip = 1  # a zip of one top folder: read from inside it
+    depths = {}
+    for name, p in zip(names, parts):
+        depths.setdefault(len(p) - skip, name)
+    if 1 in depths:
+        raise ValueError(
+            f"{source}: {depths[1]!r} is not inside a class folder; expected <class>/<image> or "
+            "<group>/<class>/<image> (use labelled=False for unlabelled images)"
+        )
+    deep = [d for d in depths if d > 3]
+    if deep:
+        hint = f"; point at {source / next(iter(tops))} instead?" if len(tops) == 1 and not skip else ""
+        raise ValueError(
+            f"{source}: {depths[max(deep)]!r} is {max(deep)} levels deep; expected <class>/<image> "
+            f"or <group>/<class>/<image>{hint}"
+        )
+    if len(depths) > 1:
+        raise ValueError(
+            f"{source}: mixed layout: {depths[2]!r} is <class>/<image> but {depths[3]!r} is "
+            "<group>/<class>/<image>; use one layout throughout"
+        )
+    rows = []
+    for name, p in zip(names, parts):
+        inner = p[skip:]
+        if len(inner) == 2:
+            rows.append((name, inner[0], ""))
+        else:
+            rows.append((name, f"{inner[0]}/{inner[1]}", inner[0]))
+    return rows
+
+
+def _resolve(base: Path, written: str) -> Path:
+    path = Path(written).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _read_list(source: Path, labelled: bool) -> Gallery:
+    base = source.parent
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{source}: cannot read list file ({error})") from error
+    rows, seen = [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        written = line.strip()
+        if not written or written.startswith("#"):
+            continue
+        where = f"{source}, line {number}"
+        if not is_image_name(written):
+            raise ValueError(f"{where}: {written!r} is not an image file name")
+        if written in seen:
+            raise ValueError(f"{where}: {written!r} already listed on line {seen[written]}")
+        seen[written] = number
+        path = _resolve(base, written)
+        if not path.is_file():
+            raise ValueError(f"{where}: {written!r} not found (looked for {path})")
+        label = group = ""
+        if labelled:
+            label = path.parent.name
+            try:
+                inside = path.resolve().relative_to(base.resolve()).parts
+            except ValueError:
+                inside = ()
+            if len(inside) >= 3:
+                group = inside[-3]
+                label = f"{group}/{label}"
+        rows.append((written, label, group))
+    if not rows:
+        raise ValueError(f"no images found in {source}")
+    return Gallery(_table(rows), source, None)
+
+
+def _table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=["path", "label", "group"])
+    table.insert(0, "id", np.arange(len(table), dtype=np.int64))
+    return table[COLUMNS]

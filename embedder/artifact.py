@@ -1,0 +1,124 @@
+"""Model files: weights in safetensors plus a JSON config, loadable without unpickling code.
+
+``save_model(model, "m.safetensors")`` writes ``m.safetensors`` (the config JSON is also stored in
+its header, so the weights file alone is enough) and ``m.json`` beside it for people to read.
+Both are written under temporary names and renamed into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from embedder.model import Embedder
+
+FORMAT = "oneshot-embedder"
+FORMAT_VERSION = 1
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.safetensors"
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        oneshot_version = version("oneshot")
+    except PackageNotFoundError:
+        oneshot_version = "source"
+    return {"oneshot": oneshot_version, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _tensors(model: Embedder) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def model_fingerprint(model: Embedder) -> str:
+    """sha256 over the config and every tensor's name, dtype, shape and bytes (first 16 hex)."""
+    digest = hashlib.sha256(json.dumps(model.config(), sort_keys=True).encode())
+    for name, tensor in sorted(_tensors(model).items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_model(model: Embedder, path: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically; returns ``path``.
+
+    Args:
+        info: free-form training facts (command, seed, wall time, validation accuracy, ...).
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: model files end in .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.config(),
+        "metric": model.metric,
+        "dim": model.dim,
+        "fingerprint": model_fingerprint(model),
+        "versions": library_versions(),
+        "info": info or {},
+    }
+    text = json.dumps(config, indent=2, sort_keys=True, default=str)
+    sidecar = path.with_suffix(".json")
+    tmp_weights = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    try:
+        save_file(_tensors(model), str(tmp_weights), metadata={"oneshot": text})
+        tmp_sidecar.write_text(text + "\n")
+        os.replace(tmp_weights, path)
+        os.replace(tmp_sidecar, sidecar)
+    finally:
+        for tmp in (tmp_weights, tmp_sidecar):
+            tmp.unlink(missing_ok=True)
+    model.fingerprint = config["fingerprint"]
+    model.info = config["info"]
+    return path
+
+
+def read_model_config(path: str | os.PathLike) -> dict:
+    """The config stored in a model file's header."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: not a safetensors model file ({error})") from error
+    if "oneshot" not in metadata:
+        raise ValueError(f"{path}: safetensors file without a oneshot config")
+    config = json.loads(metadata["oneshot"])
+    if config.get("format") != FORMAT or config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported model format {config.get('format')!r} v{config.get('format_version')}")
+    return config
+
+
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Embedder:
+    """Load a model file (``None``: the shipped default model), in eval mode.
+
+    The returned model carries ``fingerprint`` and ``info`` attributes from its file.
+    """
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    if path.is_dir():
+        path = path / "model.safetensors"
+    config = read_model_config(path)
+    model = Embedder.from_config(config["model"])
+    with safe_open(str(path), framework="pt") as handle:
+        state = {k: handle.get_tensor(k) for k in handle.keys()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not match the stored config ({error})") from error
+    model.fingerprint = config["fingerprint"]
+    model.info = config.get("info", {})
+    return model.to(device).eval()

@@ -1,0 +1,120 @@
+"""Backbone registry: image batch (N, 1, S, S) -> features (N, F).
+
+``@register_backbone(name)`` adds a factory; ``create_backbone(name, **options)`` builds one,
+dropping options that are ``None`` so CLI defaults never override a backbone's own defaults.
+Each backbone exposes ``feature_dim``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str):
+    def decorator(factory):
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} registered twice")
+        _BACKBONES[name] = factory
+        return factory
+
+    return decorator
+
+
+def backbone_names() -> list[str]:
+    return sorted(_BACKBONES)
+
+
+def create_backbone(name: str, **options) -> nn.Module:
+    """Build a registered backbone; unknown names raise and list the known ones."""
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(backbone_names())}")
+    return _BACKBONES[name](**{k: v for k, v in options.items() if v is not None})
+
+
+def _conv_block(cin: int, cout: int, pool: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class ConvNet(nn.Module):
+    """``blocks`` x [conv 3x3, batch norm, ReLU, max-pool 2], then global average pooling.
+
+    The classic 4-block few-shot backbone (Vinyals et al., Snell et al.).
+    """
+
+    def __init__(self, channels: int = 64, blocks: int = 4, in_channels: int = 1):
+        super().__init__()
+        if blocks < 1 or channels < 1:
+            raise ValueError(f"blocks and channels must be positive, got {blocks}, {channels}")
+        widths = [in_channels] + [channels] * blocks
+        self.features = nn.Sequential(*[_conv_block(a, b) for a, b in zip(widths, widths[1:])])
+        self.feature_dim = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.out = nn.Sequential(nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x) + self.skip(x))
+
+
+class ResNetSmall(nn.Module):
+    """A small residual net: a stem conv, then residual stages that halve the size, then GAP."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 1):
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
+        stages = [_ResidualBlock(a, b) for a, b in zip((widths[0],) + widths[:-1], widths)]
+        self.stages = nn.Sequential(*stages)
+        self.feature_dim = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x)).mean(dim=(2, 3))
+
+
+class KochNet(nn.Module):
+    """Koch et al. (2015): conv 64@10, pool, 128@7, pool, 128@4, pool, 256@4, flatten, dense + sigmoid.
+
+    Expects 105x105 input; the dense layer's width is ``hidden`` (4096 in the paper).
+    """
+
+    def __init__(self, hidden: int = 4096, in_channels: int = 1, input_size: int = 105):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 10), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 7), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(128, 128, 4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(128, 256, 4), nn.ReLU(inplace=True),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, in_channels, input_size, input_size)).numel()
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.Sigmoid())
+        self.feature_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.features(x))
+
+
+register_backbone("conv4")(lambda channels=64, in_channels=1: ConvNet(channels, 4, in_channels))
+register_backbone("conv")(ConvNet)
+register_backbone("resnet-small")(ResNetSmall)
+register_backbone("koch")(KochNet)

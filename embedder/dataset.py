@@ -1,0 +1,66 @@
+"""Labelled, preprocessed images in memory for training and validation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from embedder.preprocess import Recipe
+
+
+@dataclass
+class LabelledImages:
+    """Preprocessed images with integer class and group codes.
+
+    Attributes:
+        images: float32 (N, 1, S, S) in [0, 1].
+        labels: int64 (N,) class codes.
+        groups: int64 (N,) group (alphabet) codes.
+        rotations: with True, each class rotated by 90, 180 and 270 degrees is a new class (in a
+            new group), so the set holds ``4 N`` virtual items.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    rotations: bool = False
+
+    def __post_init__(self):
+        n = len(self.images)
+        if self.images.ndim != 4 or self.images.shape[1] != 1:
+            raise ValueError(f"expected images (N, 1, S, S), got {self.images.shape}")
+        if self.labels.shape != (n,) or self.groups.shape != (n,):
+            raise ValueError(f"labels {self.labels.shape} and groups {self.groups.shape} must be ({n},)")
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, read: Callable[[Sequence[str]], list], recipe: Recipe,
+                   rotations: bool = False) -> "LabelledImages":
+        """Read and preprocess the rows of a table with ``path``, ``label`` and ``group`` columns."""
+        images = recipe.batch(read(list(table["path"])))
+        labels = pd.factorize(table["label"], sort=True)[0].astype(np.int64)
+        groups = pd.factorize(table["group"], sort=True)[0].astype(np.int64)
+        return cls(images, labels, groups, rotations)
+
+    @property
+    def copies(self) -> int:
+        return 4 if self.rotations else 1
+
+    def virtual_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and groups of all virtual items, shape (copies * N,) each."""
+        n_labels, n_groups = int(self.labels.max()) + 1, int(self.groups.max()) + 1
+        turns = np.repeat(np.arange(self.copies), len(self.labels))
+        return (np.tile(self.labels, self.copies) + turns * n_labels,
+                np.tile(self.groups, self.copies) + turns * n_groups)
+
+    def fetch(self, rows: np.ndarray) -> torch.Tensor:
+        """Images of virtual rows -> float32 (B, 1, S, S), rotated as their copy says."""
+        base, turns = rows % len(self.images), rows // len(self.images)
+        batch = torch.from_numpy(self.images[base])
+        for k in range(1, self.copies):
+            chosen = torch.from_numpy(turns == k)
+            if chosen.any():
+                batch[chosen] = torch.rot90(batch[chosen], k, dims=(2, 3))
+        return batch

@@ -1,0 +1,120 @@
+"""The embedding network: image batch (N, 1, S, S) -> search vectors (N, D).
+
+An :class:`Embedder` is a backbone plus a head. Its output is the vector the index stores:
+- ``NormalizedHead``: linear projection then L2 normalisation; searched by cosine (inner product).
+- ``SiameseHead`` (Koch et al.): sigmoid features ``e`` scaled by learned non-negative weights ``w``.
+  The twin score is ``sigmoid(bias - sum_j w_j |e1_j - e2_j|)``; since ``w_j >= 0`` that equals
+  ``sigmoid(bias - ||w*e1 - w*e2||_1)``, so L1 nearest-neighbour search on ``w*e`` ranks exactly
+  as the learned score does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embedder.backbones import create_backbone
+from embedder.preprocess import Recipe
+
+
+class NormalizedHead(nn.Module):
+    metric = "cosine"
+
+    def __init__(self, feature_dim: int, dim: int | None):
+        super().__init__()
+        self.project = nn.Linear(feature_dim, dim) if dim else nn.Identity()
+        self.dim = dim or feature_dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.project(features), dim=1)
+
+
+class SiameseHead(nn.Module):
+    metric = "l1"
+
+    def __init__(self, feature_dim: int, dim: int | None):
+        super().__init__()
+        self.dim = dim or feature_dim
+        self.project = nn.Linear(feature_dim, self.dim) if dim else nn.Identity()
+        self.raw_weight = nn.Parameter(torch.full((self.dim,), -2.0))
+        self.bias = nn.Parameter(torch.tensor(2.0))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The non-negative per-dimension weights w, shape (D,)."""
+        return F.softplus(self.raw_weight)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.project(features)) * self.weight
+
+    def pair_logit(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Logit of "same class" for embedded pairs a, b (P, D) -> (P,)."""
+        return self.bias - (a - b).abs().sum(dim=1)
+
+
+HEADS = {"normalized": NormalizedHead, "siamese": SiameseHead}
+
+
+class Embedder(nn.Module):
+    """Backbone + head, with the preprocessing recipe it expects.
+
+    Args:
+        backbone: registered backbone name (see ``embedder.backbones``).
+        dim: output dimension (``None`` keeps the backbone's feature size).
+        head: ``"normalized"`` (cosine search) or ``"siamese"`` (weighted L1 search).
+        recipe: preprocessing; its ``size`` is the input side.
+        backbone_options: passed to the backbone factory.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "conv4",
+        dim: int | None = 128,
+        head: str = "normalized",
+        recipe: Recipe | None = None,
+        backbone_options: dict | None = None,
+    ):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
+        self.recipe = recipe or Recipe()
+        self.backbone_name = backbone
+        self.backbone_options = dict(backbone_options or {})
+        self.head_name = head
+        self.backbone = create_backbone(backbone, **self.backbone_options)
+        self.head = HEADS[head](self.backbone.feature_dim, dim)
+
+    @property
+    def dim(self) -> int:
+        return self.head.dim
+
+    @property
+    def metric(self) -> str:
+        """How the index compares this model's vectors: ``"cosine"`` or ``"l1"``."""
+        return self.head.metric
+
+    def config(self) -> dict:
+        return {
+            "backbone": self.backbone_name,
+            "backbone_options": self.backbone_options,
+            "dim": self.head.dim if not isinstance(self.head.project, nn.Identity) else None,
+            "head": self.head_name,
+            "recipe": self.recipe.to_dict(),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Embedder":
+        return cls(
+            backbone=config["backbone"],
+            dim=config.get("dim"),
+            head=config.get("head", "normalized"),
+            recipe=Recipe.from_dict(config["recipe"]),
+            backbone_options=config.get("backbone_options"),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images float32 (N, 1, S, S) in [0, 1] -> vectors (N, D)."""
+        size = self.recipe.size
+        if images.ndim != 4 or images.shape[1] != 1 or images.shape[2:] != (size, size):
+            raise ValueError(f"expected images (N, 1, {size}, {size}), got {tuple(images.shape)}")
+        return self.head(self.backbone(images))

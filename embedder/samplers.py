@@ -1,0 +1,138 @@
+"""Seeded batch samplers for training; they read labels (and groups) only.
+
+Every sampler is a pure function of ``(seed, step)``: ``sampler.batch(step)`` returns the same
+row indices for the same step, so training resumes exactly from any checkpoint.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class _LabelIndex:
+    def __init__(self, labels, groups=None, min_per_class: int = 1):
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) == 0:
+            raise ValueError(f"expected non-empty labels (N,), got shape {labels.shape}")
+        groups = np.zeros(len(labels), dtype=np.int64) if groups is None else np.asarray(groups)
+        if groups.shape != labels.shape:
+            raise ValueError(f"groups shape {groups.shape} does not match labels {labels.shape}")
+        classes, inverse = np.unique(labels, return_inverse=True)
+        rows = [np.flatnonzero(inverse == c) for c in range(len(classes))]
+        keep = [c for c in range(len(classes)) if len(rows[c]) >= min_per_class]
+        if not keep:
+            raise ValueError(f"no class has the {min_per_class} items a batch needs")
+        self.rows = [rows[c] for c in keep]
+        self.class_group = np.array([groups[rows[c][0]] for c in keep])
+        self.by_group = {g: np.flatnonzero(self.class_group == g) for g in np.unique(self.class_group)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _rng(seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(step)])
+
+
+class PKSampler:
+    """P classes x K items each, class-major: rows ``[c0 x K, c1 x K, ...]``."""
+
+    def __init__(self, labels, p: int, k: int, seed: int = 0):
+        if p < 2 or k < 1:
+            raise ValueError(f"need p >= 2 classes and k >= 1 items, got p={p}, k={k}")
+        self.index = _LabelIndex(labels, min_per_class=k)
+        if len(self.index) < p:
+            raise ValueError(f"p={p} classes asked but only {len(self.index)} have {k} items")
+        self.p, self.k, self.seed = p, k, seed
+
+    def batch(self, step: int) -> np.ndarray:
+        rng = _rng(self.seed, step)
+        classes = rng.choice(len(self.index), self.p, replace=False)
+        return np.concatenate([rng.choice(self.index.rows[c], self.k, replace=False) for c in classes])
+
+
+class EpisodeSampler:
+    """N-way episodes with ``k_shot + n_query`` items per class, class-major.
+
+    With ``within_group`` all N classes come from one group (alphabet), chosen at random among
+    groups that have at least N classes.
+    """
+
+    def __init__(self, labels, groups=None, n_way: int = 20, k_shot: int = 1, n_query: int = 5,
+                 within_group: bool = True, seed: int = 0):
+        if n_way < 2 or k_shot < 1 or n_query < 1:
+            raise ValueError(f"need n_way >= 2, k_shot >= 1, n_query >= 1; got {n_way}, {k_shot}, {n_query}")
+        self.index = _LabelIndex(labels, groups, min_per_class=k_shot + n_query)
+        self.n_way, self.per_class, self.within_group, self.seed = n_way, k_shot + n_query, within_group, seed
+        if within_group:
+            self.groups = [g for g, c in self.index.by_group.items() if len(c) >= n_way]
+            if not self.groups:
+                raise ValueError(f"no group has {n_way} classes with {self.per_class} items each")
+        elif len(self.index) < n_way:
+            raise ValueError(f"n_way={n_way} but only {len(self.index)} classes have {self.per_class} items")
+
+    def batch(self, step: int) -> np.ndarray:
+        rng = _rng(self.seed, step)
+        if self.within_group:
+            pool = self.index.by_group[self.groups[rng.integers(len(self.groups))]]
+        else:
+            pool = np.arange(len(self.index))
+        classes = rng.choice(pool, self.n_way, replace=False)
+        return np.concatenate([rng.choice(self.index.rows[c], self.per_class, replace=False) for c in classes])
+
+
+class PairSampler:
+    """Balanced pairs: rows ``a = out[:P]`` and ``b = out[P:]``, the first half of pairs "same".
+
+    Args:
+        same_group_negatives: draw each "different" partner from the same group (alphabet).
+    """
+
+    def __init__(self, labels, groups=None, pairs: int = 32, same_group_negatives: bool = True, seed: int = 0):
+        if pairs < 2:
+            raise ValueError(f"need at least 2 pairs per batch, got {pairs}")
+        self.index = _LabelIndex(labels, groups, min_per_class=2)
+        if len(self.index) < 2:
+            raise ValueError("pairs need at least two classes with two items each")
+        self.pairs, self.same_group_negatives, self.seed = pairs, same_group_negatives, seed
+
+    def _other_class(self, rng, c: int) -> int:
+        pool = self.index.by_group[self.index.class_group[c]] if self.same_group_negatives else None
+        if pool is None or len(pool) < 2:
+            pool = np.arange(len(self.index))
+        while True:
+            other = int(rng.choice(pool))
+            if other != c:
+                return other
+
+    def batch(self, step: int) -> np.ndarray:
+        rng = _rng(self.seed, step)
+        n_same = self.pairs // 2
+        a, b = [], []
+        for i, c in enumerate(rng.integers(len(self.index), size=self.pairs)):
+            if i < n_same:
+                x, y = rng.choice(self.index.rows[c], 2, replace=False)
+            else:
+                x = rng.choice(self.index.rows[c])
+                y = rng.choice(self.index.rows[self._other_class(rng, c)])
+            a.append(x)
+            b.append(y)
+        return np.array(a + b, dtype=np.int64)
+
+
+class TripletSampler:
+    """Explicit triplets: ``out[:T]`` anchors, ``out[T:2T]`` positives, ``out[2T:]`` negatives."""
+
+    def __init__(self, labels, groups=None, triplets: int = 32, same_group_negatives: bool = True, seed: int = 0):
+        self.pairs = PairSampler(labels, groups, 2, same_group_negatives, seed)
+        self.triplets, self.seed = triplets, seed
+
+    def batch(self, step: int) -> np.ndarray:
+        rng = _rng(self.seed, step)
+        index = self.pairs.index
+        anchors, positives, negatives = [], [], []
+        for c in rng.integers(len(index), size=self.triplets):
+            x, y = rng.choice(index.rows[c], 2, replace=False)
+            anchors.append(x)
+            positives.append(y)
+            negatives.append(rng.choice(index.rows[self.pairs._other_class(rng, c)]))
+        return np.array(anchors + positives + negatives, dtype=np.int64)

@@ -1,0 +1,275 @@
+"""The seeded training loop.
+
+Validation is 20-way within-alphabet one-shot accuracy on held-out groups (alphabets); the best
+model is kept; early stopping, warm-up plus cosine learning-rate schedule; a checkpoint every few
+steps lets a killed run resume exactly (every batch and augmentation is a function of the seed
+and the step); curves are written as CSV and PNG.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from data.augment import AugmentConfig, augment
+from embedder.artifact import save_model
+from embedder.dataset import LabelledImages
+from embedder.encode import default_device, encode
+from embedder.losses import (ContrastiveLoss, NormalizedSoftmaxLoss, PrototypicalLoss, SiameseBCELoss,
+                             TripletLoss)
+from embedder.model import Embedder
+from embedder.preprocess import Recipe
+from embedder.samplers import EpisodeSampler, PairSampler, PKSampler
+from index.metric import get_metric
+from pipelines.episodes import sample_episodes
+from pipelines.oneshot import evaluate_episodes
+
+log = logging.getLogger(__name__)
+OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax")
+PAIR_OBJECTIVES = ("siamese", "contrastive")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. ``None`` options fall back to the objective's default."""
+
+    objective: str = "prototypical"
+    mining: str = "hard"
+    margin: float | None = None
+    backbone: str = "conv4"
+    backbone_options: dict = field(default_factory=dict)
+    dim: int | None = 128
+    recipe: dict = field(default_factory=lambda: Recipe(size=28).to_dict())
+    steps: int = 3000
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    warmup_steps: int = 100
+    classes_per_batch: int = 60
+    items_per_class: int = 2
+    k_shot: int = 1
+    within_group: bool = False
+    pairs: int = 128
+    same_group_negatives: bool = True
+    rotations: bool = True
+    augment: dict = field(default_factory=lambda: AugmentConfig().to_dict())
+    val_every: int = 250
+    val_way: int = 20
+    val_episodes: int = 400
+    patience: int = 0
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        if self.steps < 1 or self.val_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps, val_every and checkpoint_every must be positive")
+        Recipe.from_dict(self.recipe)
+        AugmentConfig.from_dict(self.augment)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(config) - known:
+            raise ValueError(f"unknown training options {sorted(set(config) - known)}; known: {sorted(known)}")
+        return cls(**config)
+
+
+def build_model(config: TrainConfig) -> Embedder:
+    head = "siamese" if config.objective == "siamese" else "normalized"
+    return Embedder(config.backbone, config.dim, head, Recipe.from_dict(config.recipe), config.backbone_options)
+
+
+def build_loss(config: TrainConfig, model: Embedder, n_classes: int) -> torch.nn.Module:
+    margin = config.margin
+    if config.objective == "siamese":
+        return SiameseBCELoss(model.head.pair_logit)
+    if config.objective == "contrastive":
+        return ContrastiveLoss(1.0 if margin is None else margin)
+    if config.objective == "triplet":
+        return TripletLoss(0.2 if margin is None else margin, config.mining)
+    if config.objective == "prototypical":
+        return PrototypicalLoss(config.k_shot)
+    return NormalizedSoftmaxLoss(n_classes, model.dim, margin=0.1 if margin is None else margin)
+
+
+def build_sampler(config: TrainConfig, labels: np.ndarray, groups: np.ndarray):
+    if config.objective in PAIR_OBJECTIVES:
+        return PairSampler(labels, groups, config.pairs, config.same_group_negatives, config.seed)
+    if config.objective == "prototypical":
+        return EpisodeSampler(labels, groups, config.classes_per_batch, config.k_shot,
+                              config.items_per_class - config.k_shot, config.within_group, config.seed)
+    return PKSampler(labels, config.classes_per_batch, config.items_per_class, config.seed)
+
+
+def _schedule(config: TrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Validator:
+    """Fixed, seeded N-way one-shot episodes over the validation images."""
+
+    def __init__(self, val: LabelledImages, config: TrainConfig):
+        self.val = val
+        self.episodes = sample_episodes(val.labels, val.groups, n_way=config.val_way, k_shot=1, n_query=1,
+                                        n_episodes=config.val_episodes, within_group=True, seed=config.seed + 1)
+
+    def __call__(self, model: Embedder) -> float:
+        embeddings = encode(model, self.val.images, batch_size=512, show_progress=False)
+        result = evaluate_episodes(embeddings, self.episodes, get_metric(model.metric))
+        model.train()
+        return float(result.accuracy)
+
+
+@dataclass
+class TrainResult:
+    model: Embedder
+    history: pd.DataFrame
+    best_accuracy: float
+    best_step: int
+    seconds: float
+    model_path: Path
+
+
+def _atomic_torch_save(state: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
+    """history.csv and curves.png (loss and validation accuracy against step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tmp = out_dir / ".history.csv.tmp"
+    history.to_csv(tmp, index=False)
+    os.replace(tmp, out_dir / "history.csv")
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(history["step"], history["loss"])
+    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+    val = history.dropna(subset=["val_accuracy"])
+    ax_acc.plot(val["step"], val["val_accuracy"], marker="o")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="validation 20-way one-shot")
+    fig.tight_layout()
+    fig.savefig(out_dir / ".curves.png.tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(out_dir / ".curves.png.tmp.png", out_dir / "curves.png")
+
+
+def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImages | None, out_dir: str | os.PathLike,
+          resume: bool = True, device: str | None = None, show_progress: bool | None = None,
+          info: dict | None = None) -> TrainResult:
+    """Train an embedder; returns the best model (by validation accuracy, else the last).
+
+    Writes into ``out_dir``: ``model.safetensors`` (+ ``.json``), ``checkpoint.pt`` (for resume),
+    ``history.csv``, ``curves.png`` and ``config.json``.
+
+    Args:
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists (same config required).
+        info: extra facts stored in the model file (e.g. the command line).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device else default_device()
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    labels, groups = train_set.virtual_labels()
+    loss_fn = build_loss(config, model, int(labels.max()) + 1).to(device)
+    sampler = build_sampler(config, labels, groups)
+    params = list(model.parameters()) + [p for p in loss_fn.parameters() if not any(p is q for q in model.parameters())]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    validate = Validator(val_set, config) if val_set is not None else None
+    augment_config = AugmentConfig.from_dict(config.augment)
+
+    checkpoint_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.safetensors"
+    state = {"step": 0, "history": [], "best_accuracy": -1.0, "best_step": -1, "seconds": 0.0, "stale": 0}
+    if resume and checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if saved["config"] != config.to_dict():
+            raise ValueError(f"{checkpoint_path}: made with a different training config; use another --out or --no-resume")
+        model.load_state_dict(saved["model"])
+        loss_fn.load_state_dict(saved["loss"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        log.info("resumed from %s at step %d", checkpoint_path, state["step"])
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    info = dict(info or {})
+
+    def save_best(accuracy: float | None) -> None:
+        details = {**info, "train_config": config.to_dict(), "seed": config.seed, "step": state["step"],
+                   "train_seconds": round(state["seconds"], 1), "val_accuracy": accuracy}
+        save_model(model, model_path, details)
+
+    pairs = config.objective in PAIR_OBJECTIVES
+    pair_ids = torch.arange(2 * config.pairs) % config.pairs if pairs else None
+    started = time.perf_counter() - state["seconds"]
+    bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step",
+               disable=not (show_progress if show_progress is not None else os.isatty(2)))
+    model.train()
+    running = []
+    while state["step"] < config.steps:
+        step = state["step"]
+        rows = sampler.batch(step)
+        images = train_set.fetch(rows)
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        images = augment(images, augment_config, generator, pair_ids)
+        embeddings = model(images.to(device))
+        loss = loss_fn(embeddings, torch.from_numpy(labels[rows]).to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        running.append(loss.item())
+        state["step"] = step = step + 1
+        state["seconds"] = time.perf_counter() - started
+        bar.update(1)
+        last = step == config.steps
+        if step % config.val_every == 0 or last:
+            accuracy = validate(model) if validate else None
+            state["history"].append({"step": step, "loss": float(np.mean(running)), "val_accuracy": accuracy,
+                                     "lr": scheduler.get_last_lr()[0], "seconds": round(state["seconds"], 1)})
+            running = []
+            bar.set_postfix(loss=f"{state['history'][-1]['loss']:.3f}", val=accuracy)
+            if accuracy is None or accuracy > state["best_accuracy"]:
+                state["best_accuracy"], state["best_step"], state["stale"] = accuracy or 0.0, step, 0
+                save_best(accuracy)
+            else:
+                state["stale"] += 1
+            write_curves(pd.DataFrame(state["history"]), out_dir)
+            if config.patience and state["stale"] >= config.patience:
+                log.info("early stop at step %d: no improvement in %d validations", step, config.patience)
+                break
+        if step % config.checkpoint_every == 0 or last:
+            _atomic_torch_save({"config": config.to_dict(), "model": model.state_dict(), "loss": loss_fn.state_dict(),
+                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "state": state}, checkpoint_path)
+    bar.close()
+    from embedder.artifact import load_model
+
+    best = load_model(model_path, device=device)
+    return TrainResult(best, pd.DataFrame(state["history"]), state["best_accuracy"], state["best_step"],
+                       state["seconds"], model_path)

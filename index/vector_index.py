@@ -1,0 +1,393 @@
+"""A FAISS flat index with int64 ids, per-row metadata and (optionally) PCA inside the index.
+
+The FAISS index is ``IndexIDMap2`` over either a flat index or an ``IndexPreTransform``
+(``PCAMatrix``, then ``NormalizationTransform`` for cosine) in front of a flat index, built with
+the index factory (``"IDMap2,PCA64,L2norm,Flat"``). The fitted PCA is therefore saved and loaded
+with the index and can never drift from it. Scores always follow :class:`index.metric.Metric`:
+higher = more similar.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from index.atomic import atomic_path
+from index.gpu import gpu_count, to_gpu
+from index.metric import Metric, as_matrix, get_metric
+from index.pca import resolve_pca_dim, training_sample
+from index.store import METADATA_KEY, check_table, read_embeddings
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".meta.parquet"
+TABLE_COLUMNS = ("id", "label", "group", "path")
+
+
+@dataclass
+class SearchResult:
+    """The k best gallery rows for each query, best first.
+
+    Attributes:
+        scores: (Q, k) float32 similarities, higher = better; ``-inf`` where no result.
+        ids: (Q, k) int64 gallery ids; ``-1`` where no result (k larger than the gallery).
+        labels: (Q, k) object labels of ``ids``; None where no result.
+    """
+
+    scores: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The metadata file saved next to an index file: ``path + ".meta.parquet"``."""
+    return Path(str(path) + SIDECAR_SUFFIX)
+
+
+def _table_from(table: pd.DataFrame, count: int) -> pd.DataFrame:
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"table: expected a pandas DataFrame, got {type(table).__name__}")
+    missing = [c for c in ("id", "label") if c not in table.columns]
+    if missing:
+        raise ValueError(f"table: missing columns {missing}; required: ['id', 'label']")
+    full = table.reset_index(drop=True).copy()
+    for column in ("group", "path"):
+        if column not in full.columns:
+            full[column] = ""
+    return check_table(full[list(TABLE_COLUMNS)], count)
+
+
+def _factory_string(metric: Metric, pca_dim: int | None) -> str:
+    parts = ["IDMap2"]
+    if pca_dim is not None:
+        parts.append(f"PCA{pca_dim}")
+        if metric.normalizes:
+            parts.append("L2norm")
+    parts.append("Flat")
+    return ",".join(parts)
+
+
+class VectorIndex:
+    """Exact search over a gallery with ids, labels and groups.
+
+    Build with :meth:`build` or :meth:`from_store`, or read with :meth:`load`; the constructor is
+    internal.
+    """
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        table: pd.DataFrame,
+        metric: Metric,
+        pca: dict[str, Any] | None,
+        metadata: dict[str, Any],
+    ) -> None:
+        self._index = index
+        self._table = table
+        self._metric = metric
+        self._pca = pca
+        self.metadata = metadata
+        self._gpu_index: faiss.Index | None = None
+        ids = table["id"].to_numpy(dtype=np.int64)
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[self._order]
+        self._labels = np.asarray(table["label"].to_numpy(dtype=object), dtype=object)
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        table: pd.DataFrame,
+        metric: Metric | str,
+        pca_dim: int | None = None,
+        pca_variance: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        seed: int = 0,
+    ) -> VectorIndex:
+        """Build an index over a gallery.
+
+        Args:
+            embeddings: (N, D) gallery vectors.
+            table: N rows with ``id`` (unique ints) and ``label``; ``group`` and ``path`` are kept
+                when present (else ``""``). Row i describes ``embeddings[i]``.
+            metric: a :class:`Metric` or its name.
+            pca_dim: reduce to this many dimensions with PCA fitted on the gallery.
+            pca_variance: or keep this share of the gallery's variance (e.g. 0.95).
+            metadata: JSON-serialisable dict saved with the index.
+            seed: seed of the PCA training subsample (only used for very large galleries).
+
+        Returns:
+            The index.
+        """
+        metric = get_metric(metric)
+        x = metric.prepare(as_matrix(embeddings, "embeddings"))
+        if x.shape[0] == 0:
+            raise ValueError("embeddings: the gallery is empty")
+        rows = _table_from(table, x.shape[0])
+        meta = dict(metadata or {})
+        try:
+            json.dumps(meta)
+        except TypeError as exc:
+            raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
+        dim = resolve_pca_dim(x, pca_dim, pca_variance, seed)
+        if dim is not None and metric.name == "l1":
+            logger.warning("PCA rotates the space and L1 distances are not rotation-invariant")
+        if dim is not None and x.shape[0] < 2:
+            raise ValueError(f"PCA needs at least 2 gallery vectors, got {x.shape[0]}")
+        index = faiss.index_factory(x.shape[1], _factory_string(metric, dim), metric.faiss_metric)
+        if not index.is_trained:
+            index.train(training_sample(x, seed))
+        index.add_with_ids(x, rows["id"].to_numpy(dtype=np.int64))
+        pca = None
+        if dim is not None:
+            pca = {"dim": int(dim), "variance": None if pca_variance is None else float(pca_variance)}
+        logger.info(
+            "built %s index over %d vectors (D=%d%s)",
+            metric.name,
+            x.shape[0],
+            x.shape[1],
+            "" if dim is None else f" -> PCA {dim}",
+        )
+        return cls(index, rows, metric, pca, meta)
+
+    @classmethod
+    def from_store(
+        cls,
+        parquet_path: str | os.PathLike,
+        metric: Metric | str | None = None,
+        pca_dim: int | None = None,
+        pca_variance: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        seed: int = 0,
+    ) -> VectorIndex:
+        """Build from an embedding store written by :func:`index.store.write_embeddings`.
+
+        Args:
+            parquet_path: the store.
+            metric: defaults to the store's recorded metric.
+            pca_dim, pca_variance, seed: as in :meth:`build`.
+            metadata: merged over ``{"model_fingerprint": ..., "source": parquet_path}``.
+        """
+        stored = read_embeddings(parquet_path)
+        meta = {
+            "model_fingerprint": stored.metadata.get("model_fingerprint"),
+            "source": str(parquet_path),
+            **(metadata or {}),
+        }
+        return cls.build(
+            stored.embeddings,
+            stored.table,
+            stored.metadata["metric"] if metric is None else metric,
+            pca_dim=pca_dim,
+            pca_variance=pca_variance,
+            metadata=meta,
+            seed=seed,
+        )
+
+    # ---------------------------------------------------------------- properties
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def metric(self) -> Metric:
+        return self._metric
+
+    @property
+    def input_dimension(self) -> int:
+        """Dimension of the vectors given to :meth:`build` and :meth:`search`."""
+        return int(self._index.d)
+
+    @property
+    def dimension(self) -> int:
+        """Dimension of the stored vectors (after PCA; equals ``input_dimension`` without)."""
+        return self._pca["dim"] if self._pca else self.input_dimension
+
+    @property
+    def pca(self) -> dict[str, Any] | None:
+        """``{"dim": d, "variance": v or None}`` when PCA is inside the index, else None."""
+        return dict(self._pca) if self._pca else None
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """A copy of the rows: ``id``, ``label``, ``group``, ``path`` in insertion order."""
+        return self._table.copy()
+
+    @property
+    def ids(self) -> np.ndarray:
+        """(N,) int64 ids in insertion order."""
+        return self._table["id"].to_numpy(dtype=np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) object labels in insertion order."""
+        return self._labels.copy()
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The underlying CPU FAISS index (do not modify)."""
+        return self._index
+
+    # ---------------------------------------------------------------- search
+
+    def labels_for(self, ids: np.ndarray) -> np.ndarray:
+        """Labels of gallery ids, any shape; ``-1`` gives None.
+
+        Raises:
+            ValueError: an id that is neither in the index nor -1.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.full(ids.shape, None, dtype=object)
+        flat = ids.reshape(-1)
+        valid = flat != -1
+        pos = np.searchsorted(self._sorted_ids, flat[valid])
+        pos_clipped = np.minimum(pos, max(0, len(self._sorted_ids) - 1))
+        found = self._sorted_ids[pos_clipped] == flat[valid]
+        if not found.all():
+            raise ValueError(f"ids not in the index: {flat[valid][~found][:5].tolist()}")
+        out.reshape(-1)[valid] = self._labels[self._order[pos_clipped]]
+        return out
+
+    def _search_index(self, use_gpu: bool | None) -> faiss.Index:
+        available = gpu_count()
+        if use_gpu is None:
+            use_gpu = available > 0
+        if not use_gpu:
+            return self._index
+        if available == 0:
+            raise ValueError("use_gpu=True but FAISS sees no GPU (CPU-only build or no device)")
+        if self._gpu_index is None:
+            self._gpu_index = to_gpu(self._index)
+        return self._gpu_index
+
+    def search(
+        self, queries: np.ndarray, k: int, batch_size: int = 4096, use_gpu: bool | None = None
+    ) -> SearchResult:
+        """The ``k`` most similar gallery rows for each query, searched in batches.
+
+        Args:
+            queries: (Q, input_dimension) vectors (prepared here: normalised for cosine).
+            k: neighbours per query (>= 1); beyond the gallery size results are padded with
+                id -1, score -inf, label None.
+            batch_size: queries per FAISS call.
+            use_gpu: True to search a GPU clone, False for CPU, None for GPU when available.
+
+        Returns:
+            :class:`SearchResult` with (Q, k) arrays.
+        """
+        q = as_matrix(queries, "queries", self.input_dimension)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        index = self._search_index(use_gpu)
+        scores = np.empty((q.shape[0], k), dtype=np.float32)
+        ids = np.empty((q.shape[0], k), dtype=np.int64)
+        for start in range(0, q.shape[0], batch_size):
+            block = self._metric.prepare(q[start : start + batch_size])
+            raw, found = index.search(block, int(k))
+            scores[start : start + len(block)] = self._metric.from_faiss(raw)
+            ids[start : start + len(block)] = found
+        scores[ids == -1] = -np.inf
+        return SearchResult(scores=scores, ids=ids, labels=self.labels_for(ids))
+
+    # ---------------------------------------------------------------- files
+
+    def _file_metadata(self) -> dict[str, Any]:
+        return {
+            "kind": "vector_index",
+            "metric": self._metric.name,
+            "dimension": self.dimension,
+            "input_dimension": self.input_dimension,
+            "pca": self._pca,
+            "count": len(self),
+            "model_fingerprint": self.metadata.get("model_fingerprint"),
+            "metadata": self.metadata,
+            "faiss_version": faiss.__version__,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the CPU FAISS index to ``path`` and the rows to ``path + ".meta.parquet"``.
+
+        Both are written atomically, the sidecar last: a present sidecar means a complete pair.
+
+        Returns:
+            ``Path(path)``.
+        """
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self._index, str(tmp))
+        sidecar = sidecar_path(path)
+        meta = json.dumps(self._file_metadata()).encode()
+        arrow = pa.Table.from_pandas(self._table, preserve_index=False)
+        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), METADATA_KEY: meta})
+        with atomic_path(sidecar) as tmp:
+            pq.write_table(arrow, tmp)
+        logger.info("saved index (%d vectors) to %s", len(self), path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> VectorIndex:
+        """Read an index written by :meth:`save`.
+
+        Raises:
+            ValueError: a missing or unreadable file, or an index and sidecar that disagree;
+                the message names the file.
+        """
+        path = Path(path)
+        sidecar = sidecar_path(path)
+        for required in (path, sidecar):
+            if not required.is_file():
+                raise ValueError(f"{required}: not found (an index needs {path} and {sidecar})")
+        try:
+            arrow = pq.read_table(sidecar)
+            meta = json.loads((arrow.schema.metadata or {})[METADATA_KEY])
+        except (pa.ArrowException, OSError, KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{sidecar}: not an index metadata file ({exc})") from exc
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: not a readable FAISS index ({exc})") from exc
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise ValueError(f"{path}: expected an IndexIDMap2, got {type(index).__name__}")
+        try:
+            metric = get_metric(meta.get("metric"))
+            table = check_table(
+                arrow.to_pandas()[list(TABLE_COLUMNS)], arrow.num_rows, str(sidecar)
+            )
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{sidecar}: bad index metadata ({exc})") from exc
+        pca = meta.get("pca")
+        inner = faiss.downcast_index(index.index)
+        stored_dim = inner.index.d if isinstance(inner, faiss.IndexPreTransform) else inner.d
+        problems = []
+        if meta.get("count") != index.ntotal or arrow.num_rows != index.ntotal:
+            problems.append(
+                f"count: sidecar {meta.get('count')} ({arrow.num_rows} rows), index {index.ntotal}"
+            )
+        if meta.get("input_dimension") != index.d:
+            problems.append(f"input dimension: sidecar {meta.get('input_dimension')}, index {index.d}")
+        if meta.get("dimension") != stored_dim:
+            problems.append(f"dimension: sidecar {meta.get('dimension')}, index {stored_dim}")
+        if (pca is not None) != isinstance(inner, faiss.IndexPreTransform):
+            problems.append(f"PCA: sidecar says {pca}, index {type(inner).__name__}")
+        if index.metric_type != metric.faiss_metric:
+            problems.append(f"metric: sidecar {metric.name}, index metric_type {index.metric_type}")
+        if not problems:
+            stored_ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            if not np.array_equal(stored_ids, table["id"].to_numpy(dtype=np.int64)):
+                problems.append("ids differ between sidecar and index")
+        if problems:
+            raise ValueError(f"{path}: index and {sidecar.name} disagree: " + "; ".join(problems))
+        return cls(index, table, metric, pca, dict(meta.get("metadata") or {}))

@@ -1,0 +1,1 @@
+"""Evaluations over stored embeddings: one-shot episodes, KNN, verification, identification, clustering."""

@@ -1,0 +1,85 @@
+"""Evaluate stored embeddings: N-way k-shot episodes, KNN identification, KMeans per group, and
+Lake's official runs. All from vectors: no network forward per (query, gallery) pair.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from index.metric import Metric, get_metric
+from index.vector_index import VectorIndex
+from pipelines.cluster import cluster_groups, summarize_clusters
+from pipelines.episodes import sample_episodes
+from pipelines.knn import knn_accuracy, split_gallery_queries
+from pipelines.oneshot import evaluate_episodes, evaluate_runs
+
+
+def oneshot_accuracy(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, n_way: int = 20,
+                     k_shot: int = 1, n_episodes: int = 1000, within_group: bool = True, seed: int = 0) -> dict:
+    """N-way k-shot accuracy over seeded episodes (one query per episode).
+
+    Args:
+        embeddings: (N, D); ``table`` rows (with ``label`` and ``group``) describe them.
+    Returns:
+        ``{"accuracy", "ci95", "episodes", "n_way", "k_shot", "within_group"}``.
+    """
+    groups = table["group"].to_numpy(dtype=object) if within_group else None
+    episodes = sample_episodes(table["label"].to_numpy(dtype=object), groups, n_way=n_way, k_shot=k_shot,
+                               n_query=1, n_episodes=n_episodes, within_group=within_group, seed=seed)
+    result = evaluate_episodes(embeddings, episodes, metric)
+    return {"accuracy": result.accuracy, "ci95": result.ci95, "episodes": n_episodes, "n_way": n_way,
+            "k_shot": k_shot, "within_group": within_group}
+
+
+def knn_identification(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, k: int = 3,
+                       gallery_fraction: float = 0.3, seed: int = 0) -> dict:
+    """The reference protocol: index ``gallery_fraction`` of each class, classify the rest by KNN.
+
+    Returns:
+        ``{"accuracy", "k", "gallery", "queries"}``.
+    """
+    labels = table["label"].to_numpy(dtype=object)
+    gallery, queries = split_gallery_queries(labels, gallery_fraction, seed)
+    index = VectorIndex.build(embeddings[gallery], table.iloc[gallery].reset_index(drop=True), metric)
+    accuracy = knn_accuracy(index, embeddings[queries], labels[queries], k=k)
+    return {"accuracy": accuracy, "k": k, "gallery": int(len(gallery)), "queries": int(len(queries))}
+
+
+def clustering(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,
+               pca_variance: float | None = None, seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """KMeans per group with k = its number of classes: (mean ARI/NMI summary, per-group table)."""
+    per_group = cluster_groups(embeddings, table["label"].to_numpy(dtype=object),
+                               table["group"].to_numpy(dtype=object), metric, pca_variance, seed)
+    return summarize_clusters(per_group), per_group
+
+
+def evaluate_all(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, n_way: int = 20,
+                 n_episodes: int = 1000, knn_k: int = 3, seed: int = 0) -> dict:
+    """The three pipelines the demo reports, as one flat dict."""
+    metric = get_metric(metric)
+    within = table["group"].nunique() > 1 or bool(table["group"].iloc[0])
+    oneshot = oneshot_accuracy(embeddings, table, metric, n_way, 1, n_episodes, within, seed)
+    knn = knn_identification(embeddings, table, metric, knn_k, seed=seed)
+    cluster_summary, _ = clustering(embeddings, table, metric, seed=seed)
+    return {"oneshot_accuracy": oneshot["accuracy"], "oneshot_ci95": oneshot["ci95"],
+            "knn_accuracy": knn["accuracy"], "ari": cluster_summary["ari"], "nmi": cluster_summary["nmi"]}
+
+
+def lake_run_errors(runs: Sequence, encode_images, metric: Metric | str) -> pd.DataFrame:
+    """Error of each of Lake's official runs.
+
+    Args:
+        runs: :class:`data.lake_runs.LakeRun` objects.
+        encode_images: ``list of uint8 images -> float32 (n, D)``.
+    Returns:
+        One row per run: ``run``, ``trials``, ``errors``, ``error_rate``.
+    """
+    support = np.stack([encode_images(run.training_images()) for run in runs])
+    queries = np.stack([encode_images(run.test_images()) for run in runs])
+    answers = np.stack([run.answers for run in runs])
+    rates = evaluate_runs(support, queries, answers, metric)
+    trials = answers.shape[1]
+    return pd.DataFrame({"run": [r.name for r in runs], "trials": trials,
+                         "errors": np.rint(rates * trials).astype(int), "error_rate": rates})

@@ -1,0 +1,127 @@
+"""High-level jobs behind the CLI, importable as a Python API.
+
+``embed_gallery`` (images -> Parquet), ``build_index`` (Parquet -> FAISS index), ``identify_images``
+(query images -> nearest labels or "unknown"), ``evaluate_store`` and ``cluster_store``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.folders import Gallery, read_gallery
+from embedder.artifact import load_model
+from embedder.encode import encode
+from embedder.model import Embedder
+from index.store import EmbeddingSet, read_embeddings, write_embeddings
+from index.vector_index import VectorIndex
+from pipelines.evaluate import clustering, knn_identification, oneshot_accuracy
+from pipelines.identify import identify
+
+log = logging.getLogger(__name__)
+
+
+def _model(model: Embedder | str | os.PathLike | None) -> Embedder:
+    return model if isinstance(model, Embedder) else load_model(model)
+
+
+def encode_gallery(model: Embedder, gallery: Gallery, batch_size: int = 256,
+                   show_progress: bool | None = None, tta: bool = False) -> np.ndarray:
+    """Read, preprocess and encode a gallery chunk by chunk -> float32 (N, D)."""
+    from tqdm.auto import tqdm
+    import sys
+
+    paths = list(gallery.table["path"])
+    show = show_progress if show_progress is not None else (len(paths) > 2000 and sys.stderr.isatty())
+    chunks = []
+    with tqdm(total=len(paths), desc="encode", unit="img", disable=not show, leave=False) as bar:
+        for start in range(0, len(paths), batch_size):
+            images = gallery.read(paths[start : start + batch_size])
+            chunks.append(encode(model, images, batch_size=batch_size, show_progress=False, tta=tta))
+            bar.update(len(images))
+    if not chunks:
+        return np.zeros((0, model.dim), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+
+def embed_gallery(source: str | os.PathLike | Gallery, out: str | os.PathLike,
+                  model: Embedder | str | os.PathLike | None = None, batch_size: int = 256,
+                  labelled: bool = True, show_progress: bool | None = None, tta: bool = False) -> EmbeddingSet:
+    """Encode every image of a folder, zip or list file into a Parquet embedding store.
+
+    Args:
+        source: the images (see :func:`data.folders.read_gallery`), or a ready ``Gallery``.
+        out: the ``.parquet`` file to write (atomically).
+        model: a model, a model file, or ``None`` for the shipped default.
+    """
+    model = _model(model)
+    gallery = source if isinstance(source, Gallery) else read_gallery(source, labelled=labelled)
+    embeddings = encode_gallery(model, gallery, batch_size, show_progress, tta)
+    metadata = {"metric": model.metric, "model_fingerprint": getattr(model, "fingerprint", None),
+                "source": str(gallery.source), "recipe": model.recipe.to_dict(), "tta": tta}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_embeddings(out, gallery.table, embeddings, metadata)
+    return read_embeddings(out)
+
+
+def build_index(store: str | os.PathLike, out: str | os.PathLike, pca_dim: int | None = None,
+                pca_variance: float | None = None, seed: int = 0) -> VectorIndex:
+    """Build a FAISS index from a Parquet store and save it (index file plus metadata sidecar)."""
+    index = VectorIndex.from_store(store, pca_dim=pca_dim, pca_variance=pca_variance, seed=seed)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    index.save(out)
+    return index
+
+
+def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.PathLike,
+                    model: Embedder | str | os.PathLike | None = None, threshold: float | None = None,
+                    k: int = 1, batch_size: int = 256) -> pd.DataFrame:
+    """Identify query images (a folder, zip or list; labels not needed) against an index.
+
+    Returns:
+        One row per query: ``path``, ``label`` (``"unknown"`` when the best score is below
+        ``threshold``), ``score``, ``known``, ``candidate``, and ``true_label`` when the queries'
+        layout carries labels.
+    Raises:
+        ValueError: when the index was built with another model than ``model``.
+    """
+    model = _model(model)
+    index = index if isinstance(index, VectorIndex) else VectorIndex.load(index)
+    expected = index.metadata.get("model_fingerprint")
+    actual = getattr(model, "fingerprint", None)
+    if expected and actual and expected != actual:
+        raise ValueError(f"the index was built with model {expected} but the queries use model {actual}; "
+                         "pass the same --model used for `oneshot embed`")
+    try:
+        gallery = read_gallery(queries)
+    except ValueError:
+        gallery = read_gallery(queries, labelled=False)
+    embeddings = encode_gallery(model, gallery, batch_size)
+    result = identify(index, embeddings, threshold, k=k)
+    result.insert(0, "path", gallery.table["path"].to_numpy())
+    if (gallery.table["label"] != "").all():
+        result["true_label"] = gallery.table["label"].to_numpy()
+    return result
+
+
+def evaluate_store(store: str | os.PathLike | EmbeddingSet, n_way: int = 20, k_shot: int = 1,
+                   episodes: int = 1000, within_group: bool = True, knn_k: int = 3,
+                   gallery_fraction: float = 0.3, seed: int = 0) -> dict:
+    """N-way k-shot accuracy and KNN accuracy of a Parquet store's embeddings."""
+    stored = store if isinstance(store, EmbeddingSet) else read_embeddings(store)
+    metric = stored.metadata["metric"]
+    within = within_group and stored.table["group"].astype(bool).any()
+    return {
+        "oneshot": oneshot_accuracy(stored.embeddings, stored.table, metric, n_way, k_shot, episodes, within, seed),
+        "knn": knn_identification(stored.embeddings, stored.table, metric, knn_k, gallery_fraction, seed),
+    }
+
+
+def cluster_store(store: str | os.PathLike | EmbeddingSet, pca_variance: float | None = None,
+                  seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """KMeans per group of a Parquet store: (mean ARI/NMI, per-group table)."""
+    stored = store if isinstance(store, EmbeddingSet) else read_embeddings(store)
+    return clustering(stored.embeddings, stored.table, stored.metadata["metric"], pca_variance, seed)
