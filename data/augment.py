@@ -62,15 +62,19 @@ def _uniform(n: int, bound: float, generator: torch.Generator) -> torch.Tensor:
 
 
 def _ink_boxes(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, S, S) -> (B, 4) ink box [x0, x1, y0, y1] in [-1, 1] coordinates."""
+    """(B, 1, S, S) -> (B, 4) ink box [x0, x1, y0, y1] in [-1, 1] coordinates.
+
+    The box spans the ink pixels' full extent in ``grid_sample``'s ``align_corners=False``
+    coordinates (pixel ``i`` covers ``[-1 + 2i/S, -1 + 2(i+1)/S]``), the convention ``augment`` uses.
+    """
     size = images.shape[-1]
-    coords = torch.linspace(-1, 1, size)
+    edges = torch.linspace(-1, 1, size + 1)
     plane = images[:, 0] > 0.2  # (B, rows, cols)
     boxes = []
     for present in (plane.any(dim=1), plane.any(dim=2)):  # columns (x), then rows (y)
         found = present.any(1)
-        lo = coords[present.float().argmax(1)]
-        hi = coords[size - 1 - present.flip(1).float().argmax(1)]
+        lo = edges[present.float().argmax(1)]
+        hi = edges[size - present.flip(1).float().argmax(1)]
         boxes += [torch.where(found, lo, -torch.ones_like(lo)), torch.where(found, hi, torch.ones_like(hi))]
     return torch.stack(boxes, dim=1)
 

@@ -119,6 +119,9 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
         model.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"{path}: weights do not match the stored config ({error})") from error
+    if model_fingerprint(model) != config["fingerprint"]:
+        raise ValueError(f"{path}: weights do not match the stored fingerprint {config['fingerprint']} "
+                         "(corrupt or edited file)")
     model.fingerprint = config["fingerprint"]
     model.info = config.get("info", {})
     return model.to(device).eval()

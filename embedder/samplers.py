@@ -123,6 +123,8 @@ class TripletSampler:
     """Explicit triplets: ``out[:T]`` anchors, ``out[T:2T]`` positives, ``out[2T:]`` negatives."""
 
     def __init__(self, labels, groups=None, triplets: int = 32, same_group_negatives: bool = True, seed: int = 0):
+        if triplets < 1:
+            raise ValueError(f"need at least 1 triplet per batch, got {triplets}")
         self.pairs = PairSampler(labels, groups, 2, same_group_negatives, seed)
         self.triplets, self.seed = triplets, seed
 

@@ -230,7 +230,7 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
     bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step",
                disable=not (show_progress if show_progress is not None else os.isatty(2)))
     model.train()
-    running = []
+    running = state.setdefault("running", [])  # losses since the last validation, kept across resumes
     while state["step"] < config.steps:
         step = state["step"]
         rows = sampler.batch(step)
@@ -252,7 +252,7 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
             accuracy = validate(model) if validate else None
             state["history"].append({"step": step, "loss": float(np.mean(running)), "val_accuracy": accuracy,
                                      "lr": scheduler.get_last_lr()[0], "seconds": round(state["seconds"], 1)})
-            running = []
+            running = state["running"] = []
             bar.set_postfix(loss=f"{state['history'][-1]['loss']:.3f}", val=accuracy)
             if accuracy is None or accuracy > state["best_accuracy"]:
                 state["best_accuracy"], state["best_step"], state["stale"] = accuracy or 0.0, step, 0

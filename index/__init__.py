@@ -1,1 +1,1 @@
-"""Stored embeddings and vector search: the metric, the Parquet store, the FAISS index, GPU helpers."""
+"""Stored embeddings and vector search: metric, Parquet store, FAISS index, GPU helpers."""

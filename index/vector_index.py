@@ -151,7 +151,8 @@ class VectorIndex:
         index.add_with_ids(x, rows["id"].to_numpy(dtype=np.int64))
         pca = None
         if dim is not None:
-            pca = {"dim": int(dim), "variance": None if pca_variance is None else float(pca_variance)}
+            variance = None if pca_variance is None else float(pca_variance)
+            pca = {"dim": int(dim), "variance": variance}
         logger.info(
             "built %s index over %d vectors (D=%d%s)",
             metric.name,
@@ -377,7 +378,9 @@ class VectorIndex:
                 f"count: sidecar {meta.get('count')} ({arrow.num_rows} rows), index {index.ntotal}"
             )
         if meta.get("input_dimension") != index.d:
-            problems.append(f"input dimension: sidecar {meta.get('input_dimension')}, index {index.d}")
+            problems.append(
+                f"input dimension: sidecar {meta.get('input_dimension')}, index {index.d}"
+            )
         if meta.get("dimension") != stored_dim:
             problems.append(f"dimension: sidecar {meta.get('dimension')}, index {stored_dim}")
         if (pca is not None) != isinstance(inner, faiss.IndexPreTransform):

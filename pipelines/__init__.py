@@ -1,1 +1,1 @@
-"""Evaluations over stored embeddings: one-shot episodes, KNN, verification, identification, clustering."""
+"""Evaluations over stored embeddings: episodes, one-shot, KNN, verify, identify, cluster."""

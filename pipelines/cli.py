@@ -106,7 +106,7 @@ def train_command(data, split, synthetic, val_alphabets, out, config_file, objec
     """
     from pipelines.training import train_from_cli
 
-    options = json.loads(Path(config_file).read_text()) if config_file else {}
+    options = _read_config(config_file) if config_file else {}
     overrides = dict(objective=objective, mining=mining, backbone=backbone, dim=dim, steps=steps, lr=lr, seed=seed)
     options.update({k: v for k, v in overrides.items() if v is not None})
     if size is not None:
@@ -115,8 +115,20 @@ def train_command(data, split, synthetic, val_alphabets, out, config_file, objec
     result = train_from_cli(out, options, data=data, split=split, synthetic=synthetic,
                             val_alphabets=val_alphabets.split(",") if val_alphabets else None,
                             resume=resume, command=command)
-    click.echo(f"best validation 20-way accuracy {result.best_accuracy:.4f} at step {result.best_step}; "
+    way = result.model.info.get("train_config", {}).get("val_way", 20)
+    click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}; "
                f"{result.seconds:.0f} s; model: {result.model_path}")
+
+
+def _read_config(path: str) -> dict:
+    """A ``--config`` file: one JSON object of training options."""
+    try:
+        options = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise click.ClickException(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(options, dict):
+        raise click.ClickException(f"{path}: expected a JSON object of training options, got {type(options).__name__}")
+    return options
 
 
 @main.command()

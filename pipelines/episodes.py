@@ -127,7 +127,7 @@ def sample_episodes(
             if len(pool) >= n_way:
                 pools.append(pool)
             else:
-                skipped.append(f"{g!r} ({len(pool)})")
+                skipped.append(f"{str(g)!r} ({len(pool)})")
         if skipped:
             logger.info(
                 "skipping %d group(s) with fewer than %d classes: %s",

@@ -65,7 +65,9 @@ def _scores_for_calibration(
     known_labels = np.asarray(known_labels, dtype=object)
     candidate, known_score = _predict(index, known_queries, k)
     if known_labels.shape != candidate.shape:
-        raise ValueError(f"known_labels: expected shape {candidate.shape}, got {known_labels.shape}")
+        raise ValueError(
+            f"known_labels: expected shape {candidate.shape}, got {known_labels.shape}"
+        )
     _, unknown_score = _predict(index, unknown_queries, k)
     correct = candidate.astype(str) == known_labels.astype(str)
     return correct, np.asarray(known_score, np.float64), np.asarray(unknown_score, np.float64)

@@ -113,7 +113,7 @@ def evaluate_store(store: str | os.PathLike | EmbeddingSet, n_way: int = 20, k_s
     """N-way k-shot accuracy and KNN accuracy of a Parquet store's embeddings."""
     stored = store if isinstance(store, EmbeddingSet) else read_embeddings(store)
     metric = stored.metadata["metric"]
-    within = within_group and stored.table["group"].astype(bool).any()
+    within = bool(within_group and stored.table["group"].astype(bool).any())  # plain bool: the result is dumped as JSON
     return {
         "oneshot": oneshot_accuracy(stored.embeddings, stored.table, metric, n_way, k_shot, episodes, within, seed),
         "knn": knn_identification(stored.embeddings, stored.table, metric, knn_k, gallery_fraction, seed),

@@ -17,7 +17,8 @@ def accuracy(predicted: np.ndarray, expected: np.ndarray) -> float:
     expected = np.asarray(expected, dtype=object)
     if predicted.shape != expected.shape or predicted.ndim != 1:
         raise ValueError(
-            f"expected two 1-D arrays of the same length, got {predicted.shape} and {expected.shape}"
+            "expected two 1-D arrays of the same length, "
+            f"got {predicted.shape} and {expected.shape}"
         )
     if predicted.shape[0] == 0:
         raise ValueError("accuracy of an empty set is undefined")
@@ -59,7 +60,9 @@ def strictly_best(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
             f"expected scores (Q, C) and target (Q,), got {scores.shape} and {target.shape}"
         )
     if target.size and (target.min() < 0 or target.max() >= scores.shape[1]):
-        raise ValueError(f"target must be in [0, {scores.shape[1]}), got {target.min()}..{target.max()}")
+        raise ValueError(
+            f"target must be in [0, {scores.shape[1]}), got {target.min()}..{target.max()}"
+        )
     rows = np.arange(scores.shape[0])
     true = scores[rows, target]
     others = scores.astype(np.float64, copy=True)

@@ -137,8 +137,10 @@ def evaluate_runs(
     if queries.shape[0] != runs or queries.shape[2] != dim:
         raise ValueError(f"queries: expected (R={runs}, n_query, D={dim}), got {queries.shape}")
     if answers.shape != queries.shape[:2] or not np.issubdtype(answers.dtype, np.integer):
-        raise ValueError(f"answers: expected int (R, n_query) = {queries.shape[:2]}, got "
-                         f"{answers.dtype} {answers.shape}")
+        raise ValueError(
+            f"answers: expected int (R, n_query) = {queries.shape[:2]}, "
+            f"got {answers.dtype} {answers.shape}"
+        )
     errors = np.empty(runs, dtype=np.float64)
     for r in range(runs):
         scores = metric.similarity(queries[r], support[r])

@@ -118,7 +118,8 @@ def test_pca_variance_picks_rank_and_keeps_neighbours(metric):
 @pytest.mark.parametrize("pca_dim", [None, 5])
 def test_save_load_round_trip(tmp_path, gallery, metric, pca_dim):
     table, emb, queries = gallery
-    vi = VectorIndex.build(emb, table, metric, pca_dim=pca_dim, metadata={"model_fingerprint": "f1"})
+    meta = {"model_fingerprint": "f1"}
+    vi = VectorIndex.build(emb, table, metric, pca_dim=pca_dim, metadata=meta)
     path = vi.save(tmp_path / "g.faiss")
     assert sorted(os.listdir(tmp_path)) == ["g.faiss", "g.faiss.meta.parquet"]
     loaded = VectorIndex.load(path)

@@ -22,7 +22,7 @@ def naive_accuracy(x, episode, metric):
     protos = metric.prepare(np.stack([p[row].mean(0) for row in episode.support]))
     right = []
     for q, t in zip(episode.query, episode.query_target):
-        s = [float(metric.similarity(p[q : q + 1], protos[j : j + 1])[0, 0]) for j in range(len(protos))]
+        s = [float(metric.similarity(p[q : q + 1], proto[None])[0, 0]) for proto in protos]
         right.append(all(s[t] > s[j] for j in range(len(s)) if j != t))
     return np.mean(right)
 

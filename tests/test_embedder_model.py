@@ -1,0 +1,190 @@
+"""The embedding network: backbones, heads, input checks, and the siamese score = L1 search claim."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from embedder.backbones import backbone_names, create_backbone, register_backbone
+from embedder.model import Embedder, NormalizedHead, SiameseHead
+from embedder.preprocess import Recipe
+from index.vector_index import VectorIndex
+
+torch.set_num_threads(1)
+
+# tiny options per registered backbone, with the input side each needs
+TINY = {
+    "conv": ({"channels": 8, "blocks": 2}, 16),
+    "conv4": ({"channels": 4}, 16),
+    "resnet-small": ({"widths": (4, 8)}, 16),
+    "koch": ({"hidden": 16, "input_size": 72}, 72),  # the smallest Koch input is 65 pixels
+}
+
+
+def test_tiny_options_cover_the_registry():
+    assert set(TINY) == set(backbone_names())
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("head", ["normalized", "siamese"])
+def test_each_backbone_gives_n_by_d(name, head):
+    torch.manual_seed(0)
+    options, size = TINY[name]
+    model = Embedder(name, dim=12, head=head, recipe=Recipe(size=size), backbone_options=options).eval()
+    with torch.no_grad():
+        out = model(torch.rand(3, 1, size, size))
+    assert out.shape == (3, 12) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert model.dim == 12
+    # dim=None keeps the backbone's own feature size
+    bare = Embedder(name, dim=None, head=head, recipe=Recipe(size=size), backbone_options=options).eval()
+    with torch.no_grad():
+        assert bare(torch.rand(2, 1, size, size)).shape == (2, bare.backbone.feature_dim)
+    assert bare.dim == bare.backbone.feature_dim
+
+
+def test_koch_paper_size():
+    model = create_backbone("koch", hidden=8)
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 105, 105))
+    assert out.shape == (1, 8)
+    assert ((out > 0) & (out < 1)).all()  # sigmoid features
+
+
+def test_none_options_are_dropped():
+    model = create_backbone("conv", channels=None, blocks=2)
+    assert model.feature_dim == 64  # ConvNet's own default, not None
+
+
+def test_unknown_backbone_lists_known_names():
+    with pytest.raises(ValueError) as error:
+        Embedder("vgg99")
+    message = str(error.value)
+    assert "vgg99" in message
+    for name in ("conv", "conv4", "koch", "resnet-small"):
+        assert name in message
+    with pytest.raises(ValueError, match="registered twice"):
+        register_backbone("conv")(lambda: None)
+    with pytest.raises(ValueError, match="normalized"):
+        Embedder("conv", head="arcface")
+
+
+def test_normalized_head_unit_norm():
+    torch.manual_seed(0)
+    head = NormalizedHead(feature_dim=10, dim=6)
+    out = head(torch.randn(20, 10) * 50)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(20))
+    model = Embedder("conv", dim=16, recipe=Recipe(size=16), backbone_options={"channels": 8, "blocks": 2}).eval()
+    with torch.no_grad():
+        vectors = model(torch.rand(5, 1, 16, 16))
+    torch.testing.assert_close(vectors.norm(dim=1), torch.ones(5))
+    assert model.metric == "cosine"
+
+
+def test_wrong_input_raises():
+    model = Embedder("conv", dim=16, recipe=Recipe(size=16), backbone_options={"channels": 8, "blocks": 2})
+    for shape in [(2, 1, 20, 20), (2, 3, 16, 16), (1, 16, 16), (2, 1, 16, 20)]:
+        with pytest.raises(ValueError, match=r"expected images \(N, 1, 16, 16\)"):
+            model(torch.rand(*shape))
+
+
+def test_config_round_trip():
+    model = Embedder("resnet-small", dim=8, head="siamese", recipe=Recipe(size=16, threshold=90),
+                     backbone_options={"widths": (4, 8)})
+    again = Embedder.from_config(model.config())
+    assert again.config() == model.config()
+    assert again.metric == "l1" and again.dim == 8
+    assert Embedder.from_config(Embedder("conv", dim=None, recipe=Recipe(size=16),
+                                         backbone_options={"channels": 8, "blocks": 2}).config()).dim == 8
+
+
+def test_siamese_head_weights_non_negative():
+    head = SiameseHead(feature_dim=4, dim=None)
+    with torch.no_grad():
+        head.raw_weight.copy_(torch.tensor([-30.0, -1.0, 0.0, 3.0]))
+    assert (head.weight >= 0).all()
+    features = torch.randn(3, 4)
+    torch.testing.assert_close(head(features), torch.sigmoid(features) * head.weight)
+
+
+def _siamese_model(seed: int, images: torch.Tensor) -> Embedder:
+    """A siamese model with random, clearly non-uniform head weights whose features spread over (0, 1)."""
+    torch.manual_seed(seed)
+    model = Embedder("conv", dim=10, head="siamese", recipe=Recipe(size=16),
+                     backbone_options={"channels": 8, "blocks": 2}).eval()
+    with torch.no_grad():
+        model.head.raw_weight.copy_(torch.randn(10) * 1.5)
+        model.head.bias.fill_(0.3)
+        # standardise the random projection on these images, so the sigmoid features differ clearly
+        z = model.head.project(model.backbone(images))
+        mean, std = z.mean(0), z.std(0)
+        model.head.project.weight.div_(std[:, None] / 1.5)
+        model.head.project.bias.sub_(mean).div_(std / 1.5)
+    return model
+
+
+def _images(seed: int, n: int) -> torch.Tensor:
+    """Random blobs of random brightness: a varied gallery."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 16, 16, generator=generator)
+    images = images * torch.rand(n, 1, 1, 1, generator=generator)
+    images[:, :, : int(torch.randint(2, 14, (1,), generator=generator))] *= 0.2
+    corner = torch.randint(0, 8, (n, 2), generator=generator)
+    for i, (r, c) in enumerate(corner.tolist()):
+        images[i, 0, r : r + 8, c : c + 8] = 1.0
+    return images
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_siamese_score_ranks_as_l1_search(seed):
+    images = _images(seed, 30)
+    gallery_images, query_images = images[:25], images[25:]
+    model = _siamese_model(seed, images)
+    w = model.head.weight.detach().double()
+    assert w.std() > 0.3 * w.mean()  # not uniform: the weights matter to the ranking
+    with torch.no_grad():
+        # the twin network's own score, from the unscaled sigmoid features and the head weights
+        def features(x):
+            return torch.sigmoid(model.head.project(model.backbone(x))).double()
+
+        e_gallery, e_query = features(gallery_images), features(query_images)
+        vectors_gallery = model(gallery_images).numpy()
+        vectors_query = model(query_images).numpy()
+    ids = np.arange(25, dtype=np.int64) * 3 + 1000  # ids unrelated to positions
+    table = pd.DataFrame({"id": ids, "label": [f"c{i}" for i in range(25)]})
+    index = VectorIndex.build(vectors_gallery, table, "l1")
+    found = index.search(vectors_query, k=25)
+    bias = model.head.bias.detach().double()
+    for q in range(5):
+        weighted_l1 = (w * (e_query[q] - e_gallery).abs()).sum(dim=1)  # sum_j w_j |e1_j - e2_j|
+        score = torch.sigmoid(bias - weighted_l1)  # the learned "same" probability
+        gaps = np.diff(np.sort(weighted_l1.numpy()))
+        assert gaps.min() > 1e-4  # clearly distinct scores: the order is well defined in float32
+        score_order = np.argsort(-score.numpy(), kind="stable")
+        assert np.array_equal(found.ids[q], ids[score_order]), f"query {q}"
+        # and FAISS' similarity is minus the weighted L1 distance of the unscaled features
+        np.testing.assert_allclose(-found.scores[q], weighted_l1.numpy()[score_order], rtol=1e-4, atol=1e-5)
+    # the head's pair_logit on output vectors is the same logit
+    with torch.no_grad():
+        logit = model.head.pair_logit(torch.from_numpy(vectors_query[:1]).expand(25, -1),
+                                      torch.from_numpy(vectors_gallery))
+    expected = bias - (w * (e_query[0] - e_gallery).abs()).sum(1)
+    np.testing.assert_allclose(logit.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_siamese_ranking_differs_from_unweighted_l1():
+    """With non-uniform weights, plain L1 on the unscaled features ranks differently: the weights matter."""
+    images = _images(0, 30)
+    gallery, queries = images[:25], images[25:]
+    model = _siamese_model(0, images)
+    w = model.head.weight.detach().double()
+    with torch.no_grad():
+        e_g = torch.sigmoid(model.head.project(model.backbone(gallery))).double()
+        e_q = torch.sigmoid(model.head.project(model.backbone(queries))).double()
+    differs = 0
+    for q in range(5):
+        weighted = torch.argsort((w * (e_q[q] - e_g).abs()).sum(1))
+        plain = torch.argsort((e_q[q] - e_g).abs().sum(1))
+        differs += int(not torch.equal(weighted, plain))
+    assert differs > 0

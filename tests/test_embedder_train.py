@@ -1,0 +1,212 @@
+"""The training loop on tiny synthetic alphabets: outputs, exact resume, every objective, learning."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import embedder.train as train_module
+from data.synthetic import make_alphabets
+from embedder.artifact import model_fingerprint, read_model_config
+from embedder.dataset import LabelledImages
+from embedder.encode import encode
+from embedder.preprocess import Recipe
+from embedder.train import OBJECTIVES, TrainConfig, train
+from pipelines.episodes import sample_episodes
+from pipelines.oneshot import evaluate_episodes
+
+torch.set_num_threads(1)
+RECIPE = Recipe(size=16)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[LabelledImages, LabelledImages]:
+    """Train: 2 alphabets x 5 characters x 4 drawers, with rotations (40 virtual classes); val: 1 alphabet."""
+    train_set = make_alphabets(2, 5, drawers=4, seed=0)
+    val_set = make_alphabets(1, 5, drawers=4, seed=0, prefix="val")
+    return (LabelledImages.from_table(train_set.table, train_set.read, RECIPE, rotations=True),
+            LabelledImages.from_table(val_set.table, val_set.read, RECIPE))
+
+
+def _config(**changes) -> TrainConfig:
+    options = dict(objective="prototypical", backbone="conv", backbone_options={"channels": 8, "blocks": 2}, dim=16,
+                   recipe=RECIPE.to_dict(), steps=30, warmup_steps=5, classes_per_batch=8, items_per_class=2,
+                   pairs=8, val_every=10, val_way=5, val_episodes=20, checkpoint_every=10, seed=0)
+    options.update(changes)
+    return TrainConfig(**options)
+
+
+def _run(config, data, out_dir, **kwargs):
+    train_set, val_set = data
+    return train(config, train_set, val_set, out_dir, device="cpu", show_progress=False, **kwargs)
+
+
+def test_short_run_writes_everything(data, tmp_path):
+    config = _config()
+    result = _run(config, data, tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"model.safetensors", "model.json", "history.csv", "curves.png", "checkpoint.pt", "config.json"}
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["step"].tolist() == [10, 20, 30]
+    assert history["val_accuracy"].between(0, 1).all() and history["val_accuracy"].notna().all()
+    assert np.isfinite(history["loss"]).all()
+    assert history["lr"].iloc[-1] == pytest.approx(0.0, abs=1e-12)  # cosine schedule ends at zero
+    pd.testing.assert_frame_equal(result.history.reset_index(drop=True), history, check_dtype=False, atol=1e-6)
+    # the kept model is the best validation step's
+    best = history.loc[history["val_accuracy"].idxmax()]
+    assert result.best_accuracy == pytest.approx(best["val_accuracy"])
+    assert result.best_step == int(best["step"])
+    info = read_model_config(tmp_path / "model.safetensors")["info"]
+    assert info["step"] == result.best_step and info["val_accuracy"] == pytest.approx(result.best_accuracy)
+    assert info["train_config"] == config.to_dict()
+    assert result.model_path == tmp_path / "model.safetensors"
+    assert result.model.fingerprint == model_fingerprint(result.model)
+    assert not result.model.training
+    assert TrainConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == config
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["state"]["step"] == 30 and checkpoint["config"] == config.to_dict()
+
+
+def _final_state(out_dir):
+    """The last checkpoint: weights, loss and optimizer state at the final step."""
+    return torch.load(out_dir / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("checkpoint_every,kill_at,resume_from", [(6, 8, 6), (4, 7, 4)])
+def test_exact_resume_after_a_kill(data, tmp_path, monkeypatch, checkpoint_every, kill_at, resume_from):
+    # checkpoint_every=4 with val_every=6: the kill lands after a validation the checkpoint has not seen,
+    # and the resumed run restarts in the middle of a validation interval
+    config = _config(steps=12, val_every=6, checkpoint_every=checkpoint_every, warmup_steps=3)
+    full = _run(config, data, tmp_path / "full")
+
+    # the same run killed during step `kill_at` (1-based), after the last checkpoint ...
+    real_augment = train_module.augment
+    calls = []
+
+    def killed_augment(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt("killed")
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "augment", killed_augment)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, data, tmp_path / "killed")
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["state"]["step"] == resume_from
+
+    # ... then resumed with the same config: it runs the remaining steps only
+    calls.clear()
+
+    def counted_augment(*args, **kwargs):
+        calls.append(1)
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "augment", counted_augment)
+    resumed = _run(config, data, tmp_path / "killed")
+    assert len(calls) == 12 - resume_from
+
+    a, b = _final_state(tmp_path / "full"), _final_state(tmp_path / "killed")
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for name in a["loss"]:
+        assert torch.equal(a["loss"][name], b["loss"][name]), name
+    for key, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][key][name]), (key, name)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 12
+    columns = ["step", "loss", "val_accuracy", "lr"]
+    pd.testing.assert_frame_equal(full.history[columns], resumed.history[columns])
+    assert (full.best_step, full.best_accuracy) == (resumed.best_step, resumed.best_accuracy)
+    assert full.model.fingerprint == resumed.model.fingerprint
+
+
+def test_resume_of_a_finished_run_does_nothing(data, tmp_path, monkeypatch):
+    config = _config(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1)
+    first = _run(config, data, tmp_path)
+    monkeypatch.setattr(train_module, "augment", lambda *a, **k: pytest.fail("trained again"))
+    again = _run(config, data, tmp_path)
+    assert again.model.fingerprint == first.model.fingerprint
+    assert again.history.equals(first.history)
+
+
+def test_resume_with_a_different_config_raises(data, tmp_path):
+    _run(_config(steps=2, val_every=2, checkpoint_every=2, warmup_steps=1), data, tmp_path)
+    with pytest.raises(ValueError, match="different training config"):
+        _run(_config(steps=2, val_every=2, checkpoint_every=2, warmup_steps=1, lr=1e-3), data, tmp_path)
+    # starting afresh is allowed
+    result = _run(_config(steps=2, val_every=2, checkpoint_every=2, warmup_steps=1, lr=1e-3), data, tmp_path,
+                  resume=False)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"]["lr"] == 1e-3
+    assert result.history["step"].tolist() == [2]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_each_objective_runs(data, tmp_path, objective):
+    config = _config(objective=objective, steps=3, val_every=3, checkpoint_every=3, warmup_steps=1)
+    result = _run(config, data, tmp_path)
+    assert len(result.history) == 1
+    assert math.isfinite(result.history["loss"].iloc[0]) and result.history["loss"].iloc[0] > 0
+    assert 0 <= result.best_accuracy <= 1
+    assert result.model.metric == ("l1" if objective == "siamese" else "cosine")
+    assert result.model.dim == 16
+    vectors = encode(result.model, data[1].images[:4])
+    assert vectors.shape == (4, 16) and np.isfinite(vectors).all()
+
+
+def test_without_validation_keeps_the_last_model(data, tmp_path):
+    config = _config(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1)
+    result = train(config, data[0], None, tmp_path, device="cpu", show_progress=False)
+    assert result.history["val_accuracy"].isna().all()
+    assert read_model_config(result.model_path)["info"]["step"] == 4
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, checkpoint["model"][name]), name
+
+
+def test_early_stopping(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module.Validator, "__call__", lambda self, model: 0.5)  # never improves
+    config = _config(steps=20, val_every=2, checkpoint_every=2, patience=2, warmup_steps=1)
+    result = _run(config, data, tmp_path)
+    assert result.history["step"].tolist() == [2, 4, 6]
+    assert result.best_step == 2 and result.best_accuracy == 0.5
+    assert read_model_config(result.model_path)["info"]["step"] == 2
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="unknown objective"):
+        TrainConfig(objective="magic")
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="positive"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        TrainConfig(recipe={"sise": 3})
+    with pytest.raises(ValueError, match="unknown augmentation keys"):
+        TrainConfig(augment={"rotate": 3})
+    config = _config()
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_learns_better_than_raw_pixels(tmp_path):
+    """100 prototypical steps on 6 alphabets beat raw pixels at 5-way one-shot on 2 held-out alphabets."""
+    recipe = Recipe(size=28)
+    train_raw = make_alphabets(6, 10, drawers=5, seed=0, size=28)
+    held_raw = make_alphabets(2, 10, drawers=5, seed=0, size=28, prefix="held")
+    train_set = LabelledImages.from_table(train_raw.table, train_raw.read, recipe, rotations=True)
+    held = LabelledImages.from_table(held_raw.table, held_raw.read, recipe)
+    config = TrainConfig(objective="prototypical", backbone="conv", backbone_options={"channels": 16, "blocks": 3},
+                         dim=32, recipe=recipe.to_dict(), steps=100, warmup_steps=10, classes_per_batch=20,
+                         items_per_class=2, val_every=100, checkpoint_every=100, seed=0)
+    result = train(config, train_set, None, tmp_path, device="cpu", show_progress=False)
+    episodes = sample_episodes(held.labels, held.groups, n_way=5, k_shot=1, n_query=1, n_episodes=400,
+                               within_group=True, seed=1)
+    raw = evaluate_episodes(held.images.reshape(len(held.images), -1), episodes, "cosine").accuracy
+    learned = evaluate_episodes(encode(result.model, held.images), episodes, result.model.metric).accuracy
+    assert raw > 0.4  # the baseline is far above chance (0.2): the comparison means something
+    assert learned > raw + 0.1, (learned, raw)
