@@ -9,7 +9,7 @@ import os
 import threading
 import zipfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -106,8 +106,3 @@ def read_image_file(path: str | os.PathLike, color: bool = False) -> np.ndarray:
     except OSError as error:
         raise ImageReadError(f"{path}: cannot read ({error.strerror or error})") from error
     return decode_image(data, str(path), color=color)
-
-
-def iter_chunks(items: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -75,6 +75,7 @@ def save_model(model: Embedder, path: str | os.PathLike, info: dict | None = Non
     try:
         save_file(_tensors(model), str(tmp_weights), metadata={"oneshot": text})
         tmp_sidecar.write_text(text + "\n")
+        os.chmod(tmp_weights, 0o644)  # safetensors creates owner-only files; models are shared
         os.replace(tmp_weights, path)
         os.replace(tmp_sidecar, sidecar)
     finally:

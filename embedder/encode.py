@@ -76,17 +76,3 @@ def encode(
     if not chunks:
         return np.zeros((0, model.dim), dtype=np.float32)
     return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
-
-
-def encode_archive(model: Embedder, archive, names: Sequence[str], batch_size: int = 256,
-                   device=None, show_progress: bool | None = None, tta: bool = False) -> np.ndarray:
-    """Read, preprocess and encode ``names`` from an ``ImageArchive`` chunk by chunk (flat memory)."""
-    chunks = []
-    with _progress(show_progress, len(names), "encode") as bar:
-        for start in range(0, len(names), batch_size):
-            part = archive.read_many(names[start : start + batch_size])
-            chunks.append(encode(model, part, batch_size, device, False, tta))
-            bar.update(len(part))
-    if not chunks:
-        return np.zeros((0, model.dim), dtype=np.float32)
-    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)

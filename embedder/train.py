@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data.augment import AugmentConfig, augment
-from embedder.artifact import save_model
+from embedder.artifact import load_model, save_model
 from embedder.dataset import LabelledImages
 from embedder.encode import default_device, encode
 from embedder.losses import (ContrastiveLoss, NormalizedSoftmaxLoss, PrototypicalLoss, SiameseBCELoss,
@@ -37,6 +37,8 @@ from pipelines.oneshot import evaluate_episodes
 log = logging.getLogger(__name__)
 OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax")
 PAIR_OBJECTIVES = ("siamese", "contrastive")
+_INTEGER_OPTIONS = ("steps", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "pairs", "val_every",
+                    "val_way", "val_episodes", "patience", "checkpoint_every", "seed")
 
 
 @dataclass
@@ -70,6 +72,14 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in _INTEGER_OPTIONS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"training option {name} must be an integer, got {value!r}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"training option {name} must be a non-negative number, got {value!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         if self.steps < 1 or self.val_every < 1 or self.checkpoint_every < 1:
@@ -231,7 +241,7 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
                disable=not (show_progress if show_progress is not None else os.isatty(2)))
     model.train()
     running = state.setdefault("running", [])  # losses since the last validation, kept across resumes
-    while state["step"] < config.steps:
+    while state["step"] < config.steps and not state.get("stopped"):
         step = state["step"]
         rows = sampler.batch(step)
         images = train_set.fetch(rows)
@@ -262,14 +272,12 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
             write_curves(pd.DataFrame(state["history"]), out_dir)
             if config.patience and state["stale"] >= config.patience:
                 log.info("early stop at step %d: no improvement in %d validations", step, config.patience)
-                break
+                state["stopped"] = last = True
         if step % config.checkpoint_every == 0 or last:
             _atomic_torch_save({"config": config.to_dict(), "model": model.state_dict(), "loss": loss_fn.state_dict(),
                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                 "state": state}, checkpoint_path)
     bar.close()
-    from embedder.artifact import load_model
-
     best = load_model(model_path, device=device)
     return TrainResult(best, pd.DataFrame(state["history"]), state["best_accuracy"], state["best_step"],
                        state["seconds"], model_path)

@@ -197,6 +197,8 @@ def identify_command(queries, index_path, model, threshold, k, out):
     """
     from pipelines.jobs import identify_images
 
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     result = identify_images(queries, index_path, model, threshold, k)
     text = result.to_json(orient="records", lines=True)
     if out:
@@ -210,6 +212,24 @@ def identify_command(queries, index_path, model, threshold, k, out):
     if "true_label" in result:
         accuracy = (result["label"] == result["true_label"]).mean()
         click.echo(f"accuracy against folder labels: {accuracy:.4f}", err=True)
+
+
+@main.command("verify")
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", type=click.Path(exists=True), default=None, help="Model file (default: shipped).")
+@click.option("--threshold", type=float, default=None, help="Answer same/different at this similarity.")
+@_friendly
+def verify_command(image_a, image_b, model, threshold):
+    """1:1 verification: similarity of two images (and same/different with --threshold), as JSON.
+
+    \b
+    Example:
+      oneshot verify a.png b.png --threshold 0.6
+    """
+    from pipelines.jobs import verify_images
+
+    click.echo(json.dumps(verify_images(image_a, image_b, model, threshold)))
 
 
 @main.command("eval")

@@ -34,8 +34,8 @@ SYNTHETIC_EVALUATION = dict(n_alphabets=5, characters_per_alphabet=20)
 
 
 def demo_train_config(steps: int, seed: int) -> TrainConfig:
-    """The demo's training recipe: a 4-block conv net, prototypical episodes, 28x28 input."""
-    return TrainConfig(objective="prototypical", backbone="conv4", dim=128, recipe=Recipe(size=28).to_dict(),
+    """The demo's training recipe: a 4-block conv net, prototypical episodes, 28x28 input cropped to the ink."""
+    return TrainConfig(objective="prototypical", backbone="conv4", dim=128, recipe=Recipe(size=28, crop_to_ink=True).to_dict(),
                        steps=steps, lr=2e-3, warmup_steps=min(100, steps // 10), classes_per_batch=40,
                        items_per_class=5, val_every=max(1, steps // 4), checkpoint_every=max(1, steps // 4),
                        seed=seed)

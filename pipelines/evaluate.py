@@ -18,7 +18,7 @@ from pipelines.oneshot import evaluate_episodes, evaluate_runs
 
 def oneshot_accuracy(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, n_way: int = 20,
                      k_shot: int = 1, n_episodes: int = 1000, within_group: bool = True, seed: int = 0) -> dict:
-    """N-way k-shot accuracy over seeded episodes (one query per episode).
+    """N-way k-shot accuracy over seeded episodes (one query per class).
 
     Args:
         embeddings: (N, D); ``table`` rows (with ``label`` and ``group``) describe them.

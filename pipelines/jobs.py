@@ -1,7 +1,7 @@
 """High-level jobs behind the CLI, importable as a Python API.
 
 ``embed_gallery`` (images -> Parquet), ``build_index`` (Parquet -> FAISS index), ``identify_images``
-(query images -> nearest labels or "unknown"), ``evaluate_store`` and ``cluster_store``.
+(query images -> nearest labels or "unknown"), ``verify_images`` (1:1), ``evaluate_store`` and ``cluster_store``.
 """
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.archive import read_image_file
 from data.folders import Gallery, read_gallery
 from embedder.artifact import load_model
 from embedder.encode import encode
 from embedder.model import Embedder
+from index.metric import get_metric
 from index.store import EmbeddingSet, read_embeddings, write_embeddings
 from index.vector_index import VectorIndex
 from pipelines.evaluate import clustering, knn_identification, oneshot_accuracy
@@ -105,6 +107,16 @@ def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.Pa
     if (gallery.table["label"] != "").all():
         result["true_label"] = gallery.table["label"].to_numpy()
     return result
+
+
+def verify_images(image_a: str | os.PathLike, image_b: str | os.PathLike,
+                  model: Embedder | str | os.PathLike | None = None, threshold: float | None = None) -> dict:
+    """1:1 verification of two image files: their similarity and, with ``threshold``, "same or not"."""
+    model = _model(model)
+    vectors = encode(model, [read_image_file(image_a), read_image_file(image_b)], show_progress=False)
+    score = float(get_metric(model.metric).pairwise(vectors[:1], vectors[1:])[0])
+    return {"a": str(image_a), "b": str(image_b), "metric": model.metric, "score": score,
+            "same": None if threshold is None else bool(score >= threshold)}
 
 
 def evaluate_store(store: str | os.PathLike | EmbeddingSet, n_way: int = 20, k_shot: int = 1,

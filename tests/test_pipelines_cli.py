@@ -69,7 +69,7 @@ def other_model_path(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command", [["demo"], ["train"], ["embed"], ["index", "build"], ["identify"], ["eval"],
-                                     ["cluster"], ["lake"]])
+                                     ["cluster"], ["lake"], ["verify"]])
 def test_help_shows_an_example(command):
     result = ok(run(*command, "--help"))
     assert "Example" in result.output
@@ -209,6 +209,22 @@ def test_identify_with_another_model_fails_cleanly(built, synthetic_gallery, oth
 
 
 # ---------------------------------------------------------------- eval and cluster
+
+
+def test_verify_same_image_is_same_and_other_class_scores_lower(synthetic_gallery, tiny_model_path):
+    images = sorted(synthetic_gallery.rglob("*.png"))
+    same = json.loads(ok(run("verify", images[0], images[0], "--model", tiny_model_path, "--threshold", "0.999")).output)
+    assert same["score"] == pytest.approx(1.0, abs=1e-5) and same["same"] is True
+    other = next(p for p in images if p.parent != images[0].parent)
+    different = json.loads(ok(run("verify", images[0], other, "--model", tiny_model_path)).output)
+    assert different["score"] < same["score"] and different["same"] is None
+
+
+def test_verify_corrupt_image_names_it(tmp_path, tiny_model_path, synthetic_gallery):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    image = next(synthetic_gallery.rglob("*.png"))
+    assert "bad.png" in fails(run("verify", image, bad, "--model", tiny_model_path), 1)
 
 
 def test_eval_prints_json_accuracies(built):
