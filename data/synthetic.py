@@ -31,8 +31,8 @@ _EXTENT = 0.36  # canonical unit, as a fraction of the image side
 _SHIFT = 4  # cv2 fixed-point bits for sub-pixel drawing
 _REJECT_SIMILARITY = 0.8  # max cosine between two characters' canonical renderings
 _TRIES = 12
-_POINT_NOISE = 0.06  # drawer jitter: per control point, canonical units
-_STROKE_NOISE = 0.04  # drawer jitter: per stroke offset, canonical units
+_POINT_NOISE = 0.10  # drawer jitter: per control point, canonical units
+_STROKE_NOISE = 0.12  # drawer jitter: per stroke offset, canonical units
 _MAX_SHIFT = 0.08  # drawer jitter: translation, fraction of the side
 
 

@@ -231,7 +231,7 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
 
     def save_best(accuracy: float | None) -> None:
         details = {**info, "train_config": config.to_dict(), "seed": config.seed, "step": state["step"],
-                   "train_seconds": round(state["seconds"], 1), "val_accuracy": accuracy}
+                   "seconds_at_step": round(state["seconds"], 1), "val_accuracy": accuracy}
         save_model(model, model_path, details)
 
     pairs = config.objective in PAIR_OBJECTIVES
@@ -279,5 +279,7 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
                                 "state": state}, checkpoint_path)
     bar.close()
     best = load_model(model_path, device=device)
+    if best.info.get("steps_run") != state["step"]:  # record the whole run's length in the kept model
+        save_model(best, model_path, {**best.info, "steps_run": state["step"], "train_seconds": round(state["seconds"], 1)})
     return TrainResult(best, pd.DataFrame(state["history"]), state["best_accuracy"], state["best_step"],
                        state["seconds"], model_path)

@@ -56,7 +56,7 @@ def main(verbose: bool):
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
               help="Omniglot folder (zips or extracted); default: the built-in synthetic alphabets.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: 500 synthetic, 800 Omniglot).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: 1000 synthetic, 800 Omniglot).")
 @click.option("--episodes", type=click.IntRange(min=1), default=1000, show_default=True, help="One-shot episodes to score.")
 @_friendly
 def demo(out, data, seed, steps, episodes):

@@ -67,7 +67,7 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
             shutil.rmtree(gallery_dir)
         evaluation.write(gallery_dir)
         gallery_source, read_background = gallery_dir, background.read
-        steps = steps or 500
+        steps = steps or 1000
     else:
         background = OmniglotSplit(data, "background")
         gallery_source = OmniglotSplit(data, "evaluation").location
