@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _progress(show: bool | None, total: int, desc: str):
+def progress_bar(show: bool | None, total: int, desc: str):
+    """A tqdm bar; ``show=None`` shows it only for long work on a terminal."""
     if show is None:
         show = total > 2000 and sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit="img", disable=not show, leave=False)
@@ -65,7 +66,7 @@ def encode(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval().to(device)
     chunks = []
-    with _progress(show_progress, len(images), "encode") as bar:
+    with progress_bar(show_progress, len(images), "encode") as bar:
         for start in range(0, len(images), batch_size):
             part = images[start : start + batch_size]
             if not (isinstance(part, np.ndarray) and part.dtype == np.float32 and part.ndim == 4):

@@ -15,12 +15,12 @@ import pandas as pd
 from data.archive import read_image_file
 from data.folders import Gallery, read_gallery
 from embedder.artifact import load_model
-from embedder.encode import encode
+from embedder.encode import encode, progress_bar
 from embedder.model import Embedder
 from index.metric import get_metric
 from index.store import EmbeddingSet, read_embeddings, write_embeddings
 from index.vector_index import VectorIndex
-from pipelines.evaluate import clustering, knn_identification, oneshot_accuracy
+from pipelines.evaluate import clustering, has_groups, knn_identification, oneshot_accuracy
 from pipelines.identify import identify
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,10 @@ def _model(model: Embedder | str | os.PathLike | None) -> Embedder:
 
 def encode_gallery(model: Embedder, gallery: Gallery, batch_size: int = 256,
                    show_progress: bool | None = None, tta: bool = False) -> np.ndarray:
-    """Read, preprocess and encode a gallery chunk by chunk -> float32 (N, D)."""
-    from tqdm.auto import tqdm
-    import sys
-
+    """Read, preprocess and encode a gallery chunk by chunk (flat memory) -> float32 (N, D)."""
     paths = list(gallery.table["path"])
-    show = show_progress if show_progress is not None else (len(paths) > 2000 and sys.stderr.isatty())
     chunks = []
-    with tqdm(total=len(paths), desc="encode", unit="img", disable=not show, leave=False) as bar:
+    with progress_bar(show_progress, len(paths), "encode") as bar:
         for start in range(0, len(paths), batch_size):
             images = gallery.read(paths[start : start + batch_size])
             chunks.append(encode(model, images, batch_size=batch_size, show_progress=False, tta=tta))

@@ -12,6 +12,7 @@ from data.synthetic import make_alphabets
 from embedder.artifact import load_model
 from embedder.dataset import LabelledImages
 from embedder.encode import encode
+from embedder.model import Embedder
 from embedder.preprocess import Recipe
 from embedder.train import TrainConfig, TrainResult, train
 from pipelines.evaluate import lake_run_errors
@@ -60,8 +61,6 @@ def train_from_cli(out: str | os.PathLike, options: dict, data: str | None = Non
 
 def lake_errors(data: str | os.PathLike | None = None, model=None, tta: bool = False) -> pd.DataFrame:
     """Per-run error of a model (file, ``Embedder`` or ``None`` for the shipped one) on Lake's runs."""
-    from embedder.model import Embedder
-
     model = model if isinstance(model, Embedder) else load_model(model)
     runs = read_lake_runs(data if data is not None else omniglot_root())
     return lake_run_errors(runs, lambda images: encode(model, images, tta=tta, show_progress=False), model.metric)
