@@ -240,9 +240,10 @@ def verify_command(image_a, image_b, model, threshold):
 @click.option("--within-group/--any-group", default=True, show_default=True, help="Draw each episode from one alphabet.")
 @click.option("--knn-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--group", "groups", multiple=True, help="Only this group (alphabet); repeatable.")
 @_friendly
-def eval_command(store, way, shot, episodes, within_group, knn_k, seed):
-    """N-way k-shot accuracy and KNN accuracy of a Parquet store, as JSON.
+def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups):
+    """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store, as JSON.
 
     \b
     Example:
@@ -250,15 +251,16 @@ def eval_command(store, way, shot, episodes, within_group, knn_k, seed):
     """
     from pipelines.jobs import evaluate_store
 
-    click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed), indent=2))
+    click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed, groups=list(groups)), indent=2))
 
 
 @main.command("cluster")
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
 @click.option("--pca-variance", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--group", "groups", multiple=True, help="Only this group (alphabet); repeatable.")
 @_friendly
-def cluster_command(store, pca_variance, seed):
+def cluster_command(store, pca_variance, seed, groups):
     """KMeans per group (alphabet) with k = its number of classes; prints ARI and NMI.
 
     \b
@@ -267,7 +269,7 @@ def cluster_command(store, pca_variance, seed):
     """
     from pipelines.jobs import cluster_store
 
-    summary, per_group = cluster_store(store, pca_variance, seed)
+    summary, per_group = cluster_store(store, pca_variance, seed, list(groups))
     click.echo(per_group.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     click.echo(f"mean ARI {summary['ari']:.3f}, mean NMI {summary['nmi']:.3f} over {summary['n_groups']} groups")
 

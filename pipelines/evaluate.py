@@ -1,5 +1,5 @@
-"""Evaluate stored embeddings: N-way k-shot episodes, KNN identification, KMeans per group, and
-Lake's official runs. All from vectors: no network forward per (query, gallery) pair.
+"""Evaluate stored embeddings: N-way k-shot episodes, KNN identification, 1:1 verification, KMeans
+per group, and Lake's official runs. All from vectors: no network forward per (query, gallery) pair.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pipelines.cluster import cluster_groups, summarize_clusters
 from pipelines.episodes import sample_episodes
 from pipelines.knn import knn_accuracy, split_gallery_queries
 from pipelines.oneshot import evaluate_episodes, evaluate_runs
+from pipelines.verify import calibrate_threshold, pair_scores, sample_pairs, verification_report
 
 
 def has_groups(table: pd.DataFrame) -> bool:
@@ -50,6 +51,20 @@ def knn_identification(embeddings: np.ndarray, table: pd.DataFrame, metric: Metr
     index = VectorIndex.build(embeddings[gallery], table.iloc[gallery].reset_index(drop=True), metric)
     accuracy = knn_accuracy(index, embeddings[queries], labels[queries], k=k)
     return {"accuracy": accuracy, "k": k, "gallery": int(len(gallery)), "queries": int(len(queries))}
+
+
+def pair_verification(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, n_pairs: int = 2000,
+                      seed: int = 0) -> dict:
+    """1:1 verification on balanced pairs (negatives from the same group when there are groups).
+
+    The threshold is calibrated on ``n_pairs`` other pairs, then accuracy, ROC AUC and EER are
+    reported on ``n_pairs`` fresh ones.
+    """
+    labels = table["label"].to_numpy(dtype=object)
+    groups = table["group"].to_numpy(dtype=object) if has_groups(table) else None
+    sampled = [sample_pairs(labels, n_pairs, seed + i, groups, groups is not None) for i in (0, 1)]
+    (cal_scores, cal_same), (scores, same) = [(pair_scores(embeddings, a, b, metric), s) for a, b, s in sampled]
+    return verification_report(scores, same, calibrate_threshold(cal_scores, cal_same))
 
 
 def clustering(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,

@@ -20,7 +20,7 @@ from embedder.model import Embedder
 from index.metric import get_metric
 from index.store import EmbeddingSet, read_embeddings, write_embeddings
 from index.vector_index import VectorIndex
-from pipelines.evaluate import clustering, has_groups, knn_identification, oneshot_accuracy
+from pipelines.evaluate import clustering, has_groups, knn_identification, oneshot_accuracy, pair_verification
 from pipelines.identify import identify
 
 log = logging.getLogger(__name__)
@@ -115,21 +115,35 @@ def verify_images(image_a: str | os.PathLike, image_b: str | os.PathLike,
             "same": None if threshold is None else bool(score >= threshold)}
 
 
+def load_store(store: str | os.PathLike | EmbeddingSet, groups: list[str] | None = None) -> EmbeddingSet:
+    """A Parquet store, optionally restricted to some groups (alphabets); unknown groups raise."""
+    stored = store if isinstance(store, EmbeddingSet) else read_embeddings(store)
+    if not groups:
+        return stored
+    missing = sorted(set(groups) - set(stored.table["group"]))
+    if missing:
+        raise ValueError(f"groups not in the store: {missing}")
+    keep = stored.table["group"].isin(groups).to_numpy()
+    return EmbeddingSet(stored.table[keep].reset_index(drop=True), np.ascontiguousarray(stored.embeddings[keep]),
+                        stored.metadata)
+
+
 def evaluate_store(store: str | os.PathLike | EmbeddingSet, n_way: int = 20, k_shot: int = 1,
                    episodes: int = 1000, within_group: bool = True, knn_k: int = 3,
-                   gallery_fraction: float = 0.3, seed: int = 0) -> dict:
-    """N-way k-shot accuracy and KNN accuracy of a Parquet store's embeddings."""
-    stored = store if isinstance(store, EmbeddingSet) else read_embeddings(store)
+                   gallery_fraction: float = 0.3, seed: int = 0, groups: list[str] | None = None) -> dict:
+    """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store (of ``groups`` only, if given)."""
+    stored = load_store(store, groups)
     metric = stored.metadata["metric"]
     within = bool(within_group and stored.table["group"].astype(bool).any())  # plain bool: the result is dumped as JSON
     return {
         "oneshot": oneshot_accuracy(stored.embeddings, stored.table, metric, n_way, k_shot, episodes, within, seed),
         "knn": knn_identification(stored.embeddings, stored.table, metric, knn_k, gallery_fraction, seed),
+        "verification": pair_verification(stored.embeddings, stored.table, metric, seed=seed),
     }
 
 
 def cluster_store(store: str | os.PathLike | EmbeddingSet, pca_variance: float | None = None,
-                  seed: int = 0) -> tuple[dict, pd.DataFrame]:
+                  seed: int = 0, groups: list[str] | None = None) -> tuple[dict, pd.DataFrame]:
     """KMeans per group of a Parquet store: (mean ARI/NMI, per-group table)."""
-    stored = store if isinstance(store, EmbeddingSet) else read_embeddings(store)
+    stored = load_store(store, groups)
     return clustering(stored.embeddings, stored.table, stored.metadata["metric"], pca_variance, seed)

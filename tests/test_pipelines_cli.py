@@ -230,9 +230,10 @@ def test_verify_corrupt_image_names_it(tmp_path, tiny_model_path, synthetic_gall
 def test_eval_prints_json_accuracies(built):
     result = ok(run("eval", built[0], "--way", 5, "--episodes", 50))
     report = json.loads(result.stdout)
-    assert set(report) == {"oneshot", "knn"}
+    assert set(report) == {"oneshot", "knn", "verification"}
     assert 0.0 <= report["oneshot"]["accuracy"] <= 1.0
     assert 0.0 <= report["knn"]["accuracy"] <= 1.0
+    assert 0.0 <= report["verification"]["accuracy"] <= 1.0
     assert report["oneshot"]["n_way"] == 5 and report["oneshot"]["episodes"] == 50
     assert report["oneshot"]["within_group"] is True
     assert report["knn"]["gallery"] + report["knn"]["queries"] == 60
@@ -241,6 +242,11 @@ def test_eval_prints_json_accuracies(built):
 def test_eval_too_few_classes_fails_cleanly(built):
     message = fails(run("eval", built[0], "--way", 20, "--episodes", 5), 1)
     assert "n_way = 20" in message and "'synth_a01' (5)" in message
+
+
+def test_group_option_and_unknown_group(built):
+    ok(run("cluster", built[0], "--group", "synth_a01"))
+    assert "nope" in fails(run("eval", built[0], "--way", 5, "--group", "nope"), 1)
 
 
 def test_cluster_prints_ari_and_nmi(built):

@@ -115,3 +115,16 @@ def test_lake_run_errors_constant_encoder_ties_count_as_errors(tmp_path):
     write_runs(tmp_path / "all_runs", n_runs=1, n_way=4)
     table = lake_run_errors(read_lake_runs(tmp_path), lambda images: np.ones((len(images), 3), np.float32), "l2")
     assert table["error_rate"].tolist() == [1.0]
+
+
+def test_pair_verification_separates_separated_classes_and_not_random_ones():
+    from pipelines.evaluate import pair_verification
+
+    table = labelled_table()
+    rng = np.random.default_rng(2)
+    codes = pd.factorize(table["label"])[0]
+    separated = (np.eye(N_GROUPS * CLASSES_PER_GROUP, 32)[codes] + 0.05 * rng.standard_normal((len(table), 32)))
+    report = pair_verification(separated.astype(np.float32), table, "cosine", n_pairs=400, seed=3)
+    assert report["accuracy"] == pytest.approx(1.0) and report["roc_auc"] == pytest.approx(1.0)
+    noise = rng.standard_normal((len(table), 32)).astype(np.float32)
+    assert pair_verification(noise, table, "cosine", n_pairs=400, seed=3)["roc_auc"] < 0.65

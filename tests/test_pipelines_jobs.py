@@ -109,12 +109,13 @@ def test_identify_with_another_model_raises(store_and_index, synthetic_gallery):
 
 def test_evaluate_store_keys(store_and_index):
     report = evaluate_store(store_and_index[0], n_way=5, episodes=40, knn_k=1)
-    assert set(report) == {"oneshot", "knn"}
+    assert set(report) == {"oneshot", "knn", "verification"}
     assert set(report["oneshot"]) == {"accuracy", "ci95", "episodes", "n_way", "k_shot", "within_group"}
     assert set(report["knn"]) == {"accuracy", "k", "gallery", "queries"}
     assert report["oneshot"]["within_group"] is True and report["knn"]["k"] == 1
     assert 0.0 <= report["oneshot"]["accuracy"] <= 1.0 and 0.0 <= report["knn"]["accuracy"] <= 1.0
     assert report["knn"]["gallery"] + report["knn"]["queries"] == 60
+    assert report["verification"]["n_pairs"] == 2000 and 0.0 <= report["verification"]["accuracy"] <= 1.0
     json.dumps(report)  # plain Python types: the CLI prints it as JSON
 
 
@@ -123,6 +124,15 @@ def test_evaluate_store_any_group_and_object(store_and_index):
     report = evaluate_store(stored, n_way=10, episodes=40, within_group=False)
     assert report["oneshot"]["within_group"] is False and report["oneshot"]["n_way"] == 10
     assert report == evaluate_store(store_and_index[0], n_way=10, episodes=40, within_group=False)  # seeded
+
+
+def test_group_option_restricts_the_store(store_and_index):
+    summary, per_group = cluster_store(store_and_index[0], groups=["synth_a02"])
+    assert per_group["group"].tolist() == ["synth_a02"] and summary["n_images"] == 30
+    report = evaluate_store(store_and_index[0], n_way=5, episodes=20, groups=["synth_a02"])
+    assert report["knn"]["gallery"] + report["knn"]["queries"] == 30
+    with pytest.raises(ValueError, match="groups not in the store: \\['nope'\\]"):
+        evaluate_store(store_and_index[0], groups=["nope"])
 
 
 def test_cluster_store_one_row_per_group(store_and_index):

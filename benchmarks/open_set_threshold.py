@@ -1,0 +1,60 @@
+"""Calibrate the "unknown" threshold of 1:K identification on background validation alphabets.
+
+Half of the validation alphabets' characters are "known": drawers 1-5 of each are indexed, the
+other drawings are known queries; every drawing of the other half is an unknown query. The
+threshold maximising open-set accuracy is reported with the open-set report. Only background
+alphabets are read, so the threshold may be used on the evaluation alphabets.
+
+Run from the repository root::
+
+    python -m benchmarks.open_set_threshold --data ../shared/data/omniglot --out runs/open_set.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from data.omniglot import OmniglotSplit, omniglot_root
+from embedder.artifact import load_model
+from embedder.encode import encode
+from index.vector_index import VectorIndex
+from pipelines.identify import calibrate_unknown_threshold, open_set_report
+from pipelines.training import VALIDATION_ALPHABETS
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="Omniglot folder (default: $OMNIGLOT_DIR)")
+    parser.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    parser.add_argument("--gallery-drawers", type=int, default=5, help="drawings of each known character indexed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    split = OmniglotSplit(omniglot_root(args.data), "background")
+    table = split.table[split.table["group"].isin(VALIDATION_ALPHABETS["background"])].reset_index(drop=True)
+    model = load_model(args.model)
+    embeddings = encode(model, split.read(table["path"]))
+    rng = np.random.default_rng(args.seed)
+    characters = table["label"].unique()
+    known = table["label"].isin(rng.choice(characters, len(characters) // 2, replace=False)).to_numpy()
+    in_gallery = known & (table["drawer"] <= args.gallery_drawers).to_numpy()
+    known_queries = known & ~in_gallery
+    index = VectorIndex.build(embeddings[in_gallery], table[in_gallery].reset_index(drop=True), model.metric)
+    labels = table["label"].to_numpy()[known_queries]
+    threshold = calibrate_unknown_threshold(index, embeddings[known_queries], labels, embeddings[~known])
+    report = open_set_report(index, embeddings[known_queries], labels, embeddings[~known], threshold)
+    result = {"model": args.model or "shipped default", "validation_alphabets": list(VALIDATION_ALPHABETS["background"]),
+              "gallery_drawers": args.gallery_drawers, "seed": args.seed, **report}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
