@@ -7,29 +7,23 @@ Omniglot (background for training, evaluation for the pipelines), read in place.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from data.folders import read_gallery
 from data.omniglot import OmniglotSplit
 from data.synthetic import make_alphabets
-from embedder.dataset import LabelledImages
 from embedder.preprocess import Recipe
 from embedder.train import TrainConfig, train
 from index.metric import get_metric
 from pipelines.evaluate import evaluate_all
 from pipelines.jobs import build_index, embed_gallery
-from pipelines.training import VALIDATION_ALPHABETS
+from pipelines.training import VALIDATION_ALPHABETS, synthetic_background, training_sets
 
-log = logging.getLogger(__name__)
-
-SYNTHETIC_BACKGROUND = dict(n_alphabets=16, characters_per_alphabet=20)
 SYNTHETIC_EVALUATION = dict(n_alphabets=5, characters_per_alphabet=20)
 
 
@@ -39,11 +33,6 @@ def demo_train_config(steps: int, seed: int) -> TrainConfig:
                        steps=steps, lr=2e-3, warmup_steps=min(100, steps // 10), classes_per_batch=40,
                        items_per_class=5, val_every=max(1, steps // 4), checkpoint_every=max(1, steps // 4),
                        seed=seed)
-
-
-def _split_validation(table: pd.DataFrame, validation: tuple[str, ...]):
-    held = table["group"].isin(validation)
-    return table[~held], table[held]
 
 
 def raw_pixel_vectors(images: list[np.ndarray], recipe: Recipe) -> np.ndarray:
@@ -59,9 +48,8 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
     timings = {}
     started = time.perf_counter()
     if data is None:
-        background = make_alphabets(**SYNTHETIC_BACKGROUND, seed=seed, prefix="background")
+        background, validation = synthetic_background(seed)
         evaluation = make_alphabets(**SYNTHETIC_EVALUATION, seed=seed + 1, prefix="evaluation")
-        validation = tuple(sorted(background.table["group"].unique())[-3:])
         gallery_dir = out / "evaluation"
         if gallery_dir.exists():
             shutil.rmtree(gallery_dir)
@@ -77,9 +65,7 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
 
     config = demo_train_config(steps, seed)
     recipe = Recipe.from_dict(config.recipe)
-    train_table, val_table = _split_validation(background.table, validation)
-    train_set = LabelledImages.from_table(train_table, read_background, recipe, rotations=config.rotations)
-    val_set = LabelledImages.from_table(val_table, read_background, recipe)
+    train_set, val_set = training_sets(background.table, read_background, recipe, validation, config.rotations)
     tick = time.perf_counter()
     result = train(config, train_set, val_set, out / "model", resume=False, show_progress=show_progress,
                    info={"command": "oneshot demo", "data": "omniglot" if data else "synthetic"})

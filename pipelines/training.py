@@ -25,6 +25,15 @@ VALIDATION_ALPHABETS = {
 }
 
 
+SYNTHETIC_BACKGROUND = dict(n_alphabets=16, characters_per_alphabet=20)
+
+
+def synthetic_background(seed: int):
+    """The synthetic training alphabets and the three held out for validation: (SyntheticSet, names)."""
+    source = make_alphabets(**SYNTHETIC_BACKGROUND, seed=seed, prefix="background")
+    return source, tuple(sorted(source.table["group"].unique())[-3:])
+
+
 def training_sets(table: pd.DataFrame, read, recipe: Recipe, validation: tuple[str, ...],
                   rotations: bool) -> tuple[LabelledImages, LabelledImages]:
     """Split a table by group into (training, validation) image sets."""
@@ -45,9 +54,9 @@ def train_from_cli(out: str | os.PathLike, options: dict, data: str | None = Non
     config = TrainConfig.from_dict(options)
     recipe = Recipe.from_dict(config.recipe)
     if synthetic:
-        source = make_alphabets(16, 20, seed=config.seed, prefix="background")
+        source, held_out = synthetic_background(config.seed)
         table, read = source.table, source.read
-        validation = tuple(val_alphabets or sorted(table["group"].unique())[-3:])
+        validation = tuple(val_alphabets or held_out)
         described = "synthetic"
     else:
         source = OmniglotSplit(omniglot_root(data), split)

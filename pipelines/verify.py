@@ -22,6 +22,13 @@ def _csr(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return unique, codes.reshape(-1), order, starts
 
 
+def _distinct_positions(rng: np.random.Generator, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two different positions below each size (every size >= 2): (i, j) int64 arrays."""
+    i = rng.integers(sizes)
+    j = rng.integers(sizes - 1)
+    return i, j + (j >= i)
+
+
 def sample_pairs(
     labels: np.ndarray,
     n_pairs: int,
@@ -64,9 +71,7 @@ def sample_pairs(
     if eligible.size == 0:
         raise ValueError("no class has 2 or more rows: cannot make same-class pairs")
     c = eligible[rng.integers(eligible.size, size=n_same)]
-    i = rng.integers(counts[c])
-    j = rng.integers(counts[c] - 1)
-    j = j + (j >= i)
+    i, j = _distinct_positions(rng, counts[c])
     same_a = order[starts[c] + i]
     same_b = order[starts[c] + j]
 
@@ -88,9 +93,7 @@ def sample_pairs(
         if g_eligible.size == 0:
             raise ValueError("no group has 2 or more classes: cannot make same-group negatives")
         g = g_eligible[rng.integers(g_eligible.size, size=n_diff)]
-        p = rng.integers(g_counts[g])
-        q = rng.integers(g_counts[g] - 1)
-        q = q + (q >= p)
+        p, q = _distinct_positions(rng, g_counts[g])
         c1 = g_order[g_starts[g] + p]
         c2 = g_order[g_starts[g] + q]
     else:
