@@ -66,18 +66,15 @@ class ImageArchive:
             self._local.zip = handle
         return handle
 
+    def members(self) -> list[str]:
+        """Every file (not only images), as posix paths relative to the archive root."""
+        if self.is_zip:
+            return [n for n in self._zip().namelist() if not n.endswith("/")]
+        return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
+
     def names(self) -> list[str]:
         """Sorted posix paths of every image file, relative to the archive root."""
-        if self.is_zip:
-            found = [n for n in self._zip().namelist() if not n.endswith("/") and is_image_name(n)]
-            found = [n for n in found if "__MACOSX" not in n]
-        else:
-            found = [
-                p.relative_to(self.path).as_posix()
-                for p in self.path.rglob("*")
-                if p.is_file() and is_image_name(p.name)
-            ]
-        return sorted(found)
+        return sorted(n for n in self.members() if is_image_name(n) and "__MACOSX" not in n)
 
     def read_bytes(self, name: str) -> bytes:
         try:

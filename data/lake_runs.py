@@ -56,11 +56,7 @@ def read_lake_runs(path: str | os.PathLike) -> list[LakeRun]:
     """
     location = lake_runs_location(path)
     archive = ImageArchive(location)
-    if archive.is_zip:
-        members = archive._zip().namelist()
-    else:
-        members = [p.relative_to(location).as_posix() for p in location.rglob("class_labels.txt")]
-        members += archive.names()
+    members = archive.members()
     present = set(members)
     runs = []
     for member in sorted(m for m in members if _RUN.search(m)):
