@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from embedder.model import Embedder
+from index.atomic import atomic_path
 
 FORMAT = "oneshot-embedder"
 FORMAT_VERSION = 1
@@ -70,17 +71,10 @@ def save_model(model: Embedder, path: str | os.PathLike, info: dict | None = Non
     }
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
     sidecar = path.with_suffix(".json")
-    tmp_weights = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp_weights, atomic_path(sidecar) as tmp_sidecar:
         save_file(_tensors(model), str(tmp_weights), metadata={"oneshot": text})
-        tmp_sidecar.write_text(text + "\n")
         os.chmod(tmp_weights, 0o644)  # safetensors creates owner-only files; models are shared
-        os.replace(tmp_weights, path)
-        os.replace(tmp_sidecar, sidecar)
-    finally:
-        for tmp in (tmp_weights, tmp_sidecar):
-            tmp.unlink(missing_ok=True)
+        tmp_sidecar.write_text(text + "\n")
     model.fingerprint = config["fingerprint"]
     model.info = config["info"]
     return path

@@ -30,6 +30,7 @@ from embedder.losses import (ContrastiveLoss, NormalizedSoftmaxLoss, Prototypica
 from embedder.model import Embedder
 from embedder.preprocess import Recipe
 from embedder.samplers import EpisodeSampler, PairSampler, PKSampler
+from index.atomic import atomic_path
 from index.metric import get_metric
 from pipelines.episodes import sample_episodes
 from pipelines.oneshot import evaluate_episodes
@@ -161,9 +162,8 @@ class TrainResult:
 
 
 def _atomic_torch_save(state: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
@@ -173,9 +173,8 @@ def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tmp = out_dir / ".history.csv.tmp"
-    history.to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "history.csv")
+    with atomic_path(out_dir / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax_loss.plot(history["step"], history["loss"])
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
@@ -183,9 +182,9 @@ def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
     ax_acc.plot(val["step"], val["val_accuracy"], marker="o")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="validation 20-way one-shot")
     fig.tight_layout()
-    fig.savefig(out_dir / ".curves.png.tmp.png", dpi=100)
+    with atomic_path(out_dir / "curves.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(out_dir / ".curves.png.tmp.png", out_dir / "curves.png")
 
 
 def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImages | None, out_dir: str | os.PathLike,
@@ -226,7 +225,8 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
         log.info("resumed from %s at step %d", checkpoint_path, state["step"])
-    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    with atomic_path(out_dir / "config.json") as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     info = dict(info or {})
 
     def save_best(accuracy: float | None) -> None:

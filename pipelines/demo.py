@@ -19,6 +19,7 @@ from data.omniglot import OmniglotSplit
 from data.synthetic import make_alphabets
 from embedder.preprocess import Recipe
 from embedder.train import TrainConfig, train
+from index.atomic import atomic_path
 from index.metric import get_metric
 from pipelines.evaluate import evaluate_all
 from pipelines.jobs import build_index, embed_gallery
@@ -96,9 +97,8 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
         "files": {"model": str(result.model_path), "store": str(out / "gallery.parquet"),
                   "index": str(out / "gallery.faiss")},
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "summary.json")
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
