@@ -19,15 +19,13 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from data.folders import read_gallery
-from data.omniglot import omniglot_root, split_location
-from embedder.artifact import load_model
-from pipelines.evaluate import oneshot_accuracy
-from pipelines.jobs import encode_gallery
-from pipelines.metrics import confidence_interval95
-from pipelines.training import lake_errors, train_from_cli
+from oneshot.data.folders import read_gallery
+from oneshot.data.omniglot import omniglot_root, split_location
+from oneshot.embedder.artifact import load_model
+from oneshot.pipelines.evaluate import oneshot_accuracy
+from oneshot.pipelines.jobs import encode_gallery
+from oneshot.pipelines.metrics import confidence_interval95
+from oneshot.pipelines.training import lake_errors, train_from_cli
 
 
 def evaluate_model(model, data: Path, tta: bool, episodes: int, seed: int) -> dict:

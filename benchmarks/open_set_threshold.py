@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data.omniglot import OmniglotSplit, omniglot_root
-from embedder.artifact import load_model
-from embedder.encode import encode
-from index.vector_index import VectorIndex
-from pipelines.identify import calibrate_unknown_threshold, open_set_report
-from pipelines.training import VALIDATION_ALPHABETS
+from oneshot.data.omniglot import OmniglotSplit, omniglot_root
+from oneshot.embedder.artifact import load_model
+from oneshot.embedder.encode import encode
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.identify import calibrate_unknown_threshold, open_set_report
+from oneshot.pipelines.training import VALIDATION_ALPHABETS
 
 
 def main(argv=None) -> dict:

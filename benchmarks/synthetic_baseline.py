@@ -15,10 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from data.synthetic import make_alphabets
-from embedder.preprocess import Recipe
-from pipelines.demo import raw_pixel_vectors
-from pipelines.evaluate import evaluate_all
+from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder.preprocess import Recipe
+from oneshot.pipelines.demo import demo_scores, raw_pixel_vectors
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     synthetic = make_alphabets(args.alphabets, 20, seed=args.seed)
     generated = time.perf_counter() - started
     vectors = raw_pixel_vectors(list(synthetic.images), Recipe(size=28))
-    scores = evaluate_all(vectors, synthetic.table, "cosine", n_way=args.ways, n_episodes=args.episodes, seed=args.seed)
+    scores = demo_scores(vectors, synthetic.table, "cosine", args.episodes, args.seed, n_way=args.ways)
     result = {
         "benchmark": "synthetic_raw_pixel_baseline",
         "make_alphabets": {"n_alphabets": args.alphabets, "characters_per_alphabet": 20, "seed": args.seed},

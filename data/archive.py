@@ -14,11 +14,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from oneshot.errors import ImageReadError, InvalidInputError, MissingDataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
-
-
-class ImageReadError(ValueError):
-    """An image file could not be decoded."""
 
 
 def is_image_name(name: str) -> bool:
@@ -53,10 +51,10 @@ class ImageArchive:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no such file or folder")
+            raise MissingDataError(f"{self.path}: no such file or folder")
         self.is_zip = self.path.is_file()
         if self.is_zip and not zipfile.is_zipfile(self.path):
-            raise ValueError(f"{self.path}: neither a folder nor a zip file")
+            raise InvalidInputError(f"{self.path}: neither a folder nor a zip file")
         self._local = threading.local()
 
     def _zip(self) -> zipfile.ZipFile:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from oneshot.errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -49,7 +51,7 @@ class AugmentConfig:
     def from_dict(cls, config: dict) -> "AugmentConfig":
         known = {f.name for f in fields(cls)}
         if set(config) - known:
-            raise ValueError(f"unknown augmentation keys {sorted(set(config) - known)}; known: {sorted(known)}")
+            raise InvalidInputError(f"unknown augmentation keys {sorted(set(config) - known)}; known: {sorted(known)}")
         return cls(**config)
 
     @classmethod
@@ -94,7 +96,7 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     if config.probability <= 0:
         return images
     if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"expected images (B, 1, S, S), got {tuple(images.shape)}")
+        raise InvalidInputError(f"expected images (B, 1, S, S), got {tuple(images.shape)}")
     n = images.shape[0]
     share = (lambda v: v[pair_ids]) if pair_ids is not None else (lambda v: v[: n])
     draws = n if pair_ids is None else int(pair_ids.max()) + 1

@@ -23,7 +23,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from data.archive import ImageArchive, is_image_name, read_image_file
+from oneshot.data.archive import ImageArchive, is_image_name, read_image_file
+from oneshot.errors import InvalidInputError, MissingDataError
 
 LIST_SUFFIXES = (".txt", ".lst")
 COLUMNS = ["id", "path", "label", "group"]
@@ -56,7 +57,7 @@ class Gallery:
     def file(self, path: str) -> Path:
         """The file on disk behind a list entry ``path``."""
         if self.archive is not None:
-            raise ValueError(f"{self.source}: file() is for list galleries; use read()")
+            raise InvalidInputError(f"{self.source}: file() is for list galleries; use read()")
         return _resolve(self.source.parent, path)
 
     def read(self, paths: Iterable[str] | None = None, color: bool = False) -> list[np.ndarray]:
@@ -75,7 +76,7 @@ class Gallery:
             known = set(self.table["path"])
             unknown = [p for p in paths if p not in known]
             if unknown:
-                raise ValueError(f"{self.source}: {unknown[0]!r} is not a path of this gallery")
+                raise InvalidInputError(f"{self.source}: {unknown[0]!r} is not a path of this gallery")
         if self.archive is not None:
             return self.archive.read_many(paths, color=color)
         return [read_image_file(self.file(p), color=color) for p in paths]
@@ -98,13 +99,13 @@ def read_gallery(source: str | os.PathLike, labelled: bool = True) -> Gallery:
     """
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"{source}: no such file or folder")
+        raise MissingDataError(f"{source}: no such file or folder")
     if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
         return _read_list(source, labelled)
     archive = ImageArchive(source)  # ValueError unless a folder or a zip
     names = [n for n in archive.names() if not _hidden(n)]
     if not names:
-        raise ValueError(f"no images found in {source}")
+        raise InvalidInputError(f"no images found in {source}")
     if labelled:
         rows = _labels_from_layout(source, names, strip_top=archive.is_zip)
     else:
@@ -127,19 +128,19 @@ def _labels_from_layout(source: Path, names: list[str], strip_top: bool) -> list
     for name, p in zip(names, parts):
         depths.setdefault(len(p) - skip, name)
     if 1 in depths:
-        raise ValueError(
+        raise InvalidInputError(
             f"{source}: {depths[1]!r} is not inside a class folder; expected <class>/<image> or "
             "<group>/<class>/<image> (use labelled=False for unlabelled images)"
         )
     deep = [d for d in depths if d > 3]
     if deep:
         hint = f"; point at {source / next(iter(tops))} instead?" if len(tops) == 1 and not skip else ""
-        raise ValueError(
+        raise InvalidInputError(
             f"{source}: {depths[max(deep)]!r} is {max(deep)} levels deep; expected <class>/<image> "
             f"or <group>/<class>/<image>{hint}"
         )
     if len(depths) > 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"{source}: mixed layout: {depths[2]!r} is <class>/<image> but {depths[3]!r} is "
             "<group>/<class>/<image>; use one layout throughout"
         )
@@ -163,7 +164,7 @@ def _read_list(source: Path, labelled: bool) -> Gallery:
     try:
         text = source.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{source}: cannot read list file ({error})") from error
+        raise InvalidInputError(f"{source}: cannot read list file ({error})") from error
     rows, seen = [], {}
     for number, line in enumerate(text.splitlines(), start=1):
         written = line.strip()
@@ -171,13 +172,13 @@ def _read_list(source: Path, labelled: bool) -> Gallery:
             continue
         where = f"{source}, line {number}"
         if not is_image_name(written):
-            raise ValueError(f"{where}: {written!r} is not an image file name")
+            raise InvalidInputError(f"{where}: {written!r} is not an image file name")
         if written in seen:
-            raise ValueError(f"{where}: {written!r} already listed on line {seen[written]}")
+            raise InvalidInputError(f"{where}: {written!r} already listed on line {seen[written]}")
         seen[written] = number
         path = _resolve(base, written)
         if not path.is_file():
-            raise ValueError(f"{where}: {written!r} not found (looked for {path})")
+            raise InvalidInputError(f"{where}: {written!r} not found (looked for {path})")
         label = group = ""
         if labelled:
             label = path.parent.name
@@ -190,7 +191,7 @@ def _read_list(source: Path, labelled: bool) -> Gallery:
                 label = f"{group}/{label}"
         rows.append((written, label, group))
     if not rows:
-        raise ValueError(f"no images found in {source}")
+        raise InvalidInputError(f"no images found in {source}")
     return Gallery(_table(rows), source, None)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.archive import ImageArchive, is_image_name
+from oneshot.data.archive import ImageArchive, is_image_name
+from oneshot.errors import InvalidInputError, MissingDataError
 
 _RUN = re.compile(r"(?:^|/)(run\d+)/class_labels\.txt$")
 
@@ -44,7 +45,7 @@ def lake_runs_location(path: str | os.PathLike) -> Path:
             return candidate
     if path.exists():
         return path
-    raise FileNotFoundError(f"{path}: Lake's runs (all_runs.zip or folder) not found")
+    raise MissingDataError(f"{path}: Lake's runs (all_runs.zip or folder) not found")
 
 
 def read_lake_runs(path: str | os.PathLike) -> list[LakeRun]:
@@ -66,16 +67,16 @@ def read_lake_runs(path: str | os.PathLike) -> list[LakeRun]:
         text = archive.read_bytes(member).decode("utf-8", errors="replace")
         pairs = [line.split() for line in text.splitlines() if line.strip()]
         if not pairs or any(len(p) != 2 for p in pairs):
-            raise ValueError(f"{location}/{member}: expected lines 'test_image training_image'")
+            raise InvalidInputError(f"{location}/{member}: expected lines 'test_image training_image'")
         tests = [root + p[0] for p in pairs]
         train_of_test = [root + p[1] for p in pairs]
         training = sorted(set(train_of_test) | {m for m in present if m.startswith(prefix + "training/") and is_image_name(m)})
         missing = [m for m in tests + training if m not in present]
         if missing:
-            raise ValueError(f"{location}/{member}: image {missing[0]} listed but not found")
+            raise InvalidInputError(f"{location}/{member}: image {missing[0]} listed but not found")
         position = {m: i for i, m in enumerate(training)}
         answers = np.array([position[m] for m in train_of_test], dtype=np.int64)
         runs.append(LakeRun(name, archive, training, tests, answers))
     if not runs:
-        raise ValueError(f"{location}: no runNN/class_labels.txt found")
+        raise InvalidInputError(f"{location}: no runNN/class_labels.txt found")
     return runs

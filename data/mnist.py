@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from oneshot.errors import CorruptFileError, InvalidInputError
+
 IDX_TYPES = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
@@ -29,12 +31,12 @@ def _load_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise ValueError(f"{path}: cannot read ({error.strerror or error})") from error
+        raise InvalidInputError(f"{path}: cannot read ({error.strerror or error})") from error
     if data[:2] == GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as error:
-            raise ValueError(f"{path}: corrupt or truncated gzip data ({error})") from error
+            raise CorruptFileError(f"{path}: corrupt or truncated gzip data ({error})") from error
     return data
 
 
@@ -51,26 +53,26 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     data = _load_bytes(path)
     if len(data) < 4:
-        raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
+        raise CorruptFileError(f"{path}: too short for an IDX header ({len(data)} bytes)")
     zero, code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0:
-        raise ValueError(f"{path}: not an IDX file (magic {data[:4].hex()} does not start with 0000)")
+        raise CorruptFileError(f"{path}: not an IDX file (magic {data[:4].hex()} does not start with 0000)")
     if code not in IDX_TYPES:
         known = ", ".join(f"0x{c:02x}" for c in IDX_TYPES)
-        raise ValueError(f"{path}: unknown IDX data type 0x{code:02x}; known: {known}")
+        raise CorruptFileError(f"{path}: unknown IDX data type 0x{code:02x}; known: {known}")
     if ndim == 0:
-        raise ValueError(f"{path}: IDX header declares 0 dimensions")
+        raise CorruptFileError(f"{path}: IDX header declares 0 dimensions")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated header: {ndim} dimensions need {header} bytes, file has {len(data)}")
+        raise CorruptFileError(f"{path}: truncated header: {ndim} dimensions need {header} bytes, file has {len(data)}")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = IDX_TYPES[code]
     expected = math.prod(shape) * dtype.itemsize
     found = len(data) - header
     if found < expected:
-        raise ValueError(f"{path}: truncated: shape {shape} needs {expected} data bytes, found {found}")
+        raise CorruptFileError(f"{path}: truncated: shape {shape} needs {expected} data bytes, found {found}")
     if found > expected:
-        raise ValueError(f"{path}: {found - expected} unexpected bytes after the data of shape {shape}")
+        raise CorruptFileError(f"{path}: {found - expected} unexpected bytes after the data of shape {shape}")
     array = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
     return array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
@@ -88,11 +90,11 @@ def read_mnist(images_path: str | os.PathLike, labels_path: str | os.PathLike) -
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+        raise InvalidInputError(f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{labels_path}: expected integer labels (N,), got {labels.dtype} {labels.shape}")
+        raise InvalidInputError(f"{labels_path}: expected integer labels (N,), got {labels.dtype} {labels.shape}")
     if len(images) != len(labels):
-        raise ValueError(
+        raise InvalidInputError(
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
         )
     return images, labels.astype(np.int64)

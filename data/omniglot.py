@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.archive import ImageArchive
+from oneshot.data.archive import ImageArchive
+from oneshot.errors import InvalidInputError, MissingDataError
 
 SPLITS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
 SPLIT_ALIASES = {
@@ -33,10 +34,10 @@ def omniglot_root(root: str | os.PathLike | None = None) -> Path:
     if root is None:
         root = os.environ.get(ENV_VAR)
         if not root:
-            raise FileNotFoundError(f"no Omniglot folder given and ${ENV_VAR} is not set")
+            raise MissingDataError(f"no Omniglot folder given and ${ENV_VAR} is not set")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: Omniglot folder not found")
+        raise MissingDataError(f"{path}: Omniglot folder not found")
     return path
 
 
@@ -44,12 +45,12 @@ def split_location(root: str | os.PathLike, split: str) -> Path:
     """Where ``split`` lives under ``root``: an extracted folder if present, else the zip."""
     name = SPLIT_ALIASES.get(split, split)
     if name not in SPLITS:
-        raise ValueError(f"unknown Omniglot split {split!r}; known: {', '.join(SPLIT_ALIASES)}")
+        raise InvalidInputError(f"unknown Omniglot split {split!r}; known: {', '.join(SPLIT_ALIASES)}")
     root = Path(root)
     for candidate in (root / name, root / f"{name}.zip"):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{root}: neither {name}/ nor {name}.zip found")
+    raise MissingDataError(f"{root}: neither {name}/ nor {name}.zip found")
 
 
 class OmniglotSplit:
@@ -77,7 +78,7 @@ class OmniglotSplit:
                 (name, match["alphabet"], match["character"], int(match["drawer"]))
             )
         if not rows:
-            raise ValueError(f"{self.location}: no Omniglot images (<Alphabet>/characterNN/NNNN_DD.png) found")
+            raise InvalidInputError(f"{self.location}: no Omniglot images (<Alphabet>/characterNN/NNNN_DD.png) found")
         table = pd.DataFrame(rows, columns=["path", "alphabet", "character", "drawer"])
         table["label"] = table["alphabet"] + "/" + table["character"]
         table["group"] = table["alphabet"]

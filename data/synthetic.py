@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from oneshot.errors import InvalidInputError
+
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAX_BYTES = 4 << 30
 _SAMPLES_PER_SEGMENT = 8
@@ -89,7 +91,7 @@ class SyntheticSet:
         out = []
         for path in paths:
             if path not in position:
-                raise ValueError(f"{path!r}: not a path of this synthetic set")
+                raise InvalidInputError(f"{path!r}: not a path of this synthetic set")
             out.append(self.images[position[path]])
         return out
 
@@ -114,7 +116,7 @@ class SyntheticSet:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 ok, encoded = cv2.imencode(".png", image)
                 if not ok:
-                    raise ValueError(f"{path}: PNG encoding failed")
+                    raise InvalidInputError(f"{path}: PNG encoding failed")
                 target.write_bytes(encoded.tobytes())
             _check_target(folder)
             if folder.exists():
@@ -128,12 +130,12 @@ class SyntheticSet:
 
 def _check_target(folder: Path) -> None:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ValueError(f"{folder}: already exists and is not an empty folder; not overwriting")
+        raise InvalidInputError(f"{folder}: already exists and is not an empty folder; not overwriting")
 
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise InvalidInputError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -168,10 +170,10 @@ def make_alphabets(
     size = _check_int("size", size, 16)
     seed = _check_int("seed", seed, 0)
     if not isinstance(prefix, str) or not _PREFIX.match(prefix):
-        raise ValueError(f"prefix must be a plain name of letters, digits, '_', '.', '-', got {prefix!r}")
+        raise InvalidInputError(f"prefix must be a plain name of letters, digits, '_', '.', '-', got {prefix!r}")
     count = n_alphabets * characters_per_alphabet * drawers
     if count * size * size > _MAX_BYTES:
-        raise ValueError(f"{count} images of {size}x{size} exceed 4 GiB; ask for fewer or smaller")
+        raise InvalidInputError(f"{count} images of {size}x{size} exceed 4 GiB; ask for fewer or smaller")
 
     key = zlib.crc32(prefix.encode("utf-8"))
     images = np.empty((count, size, size), dtype=np.uint8)

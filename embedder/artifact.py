@@ -17,8 +17,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from embedder.model import Embedder
-from index.atomic import atomic_path
+from oneshot.atomic import atomic_path
+from oneshot.embedder.model import Embedder
+from oneshot.errors import CorruptFileError, InvalidInputError, MissingDataError
 
 FORMAT = "oneshot-embedder"
 FORMAT_VERSION = 1
@@ -57,7 +58,7 @@ def save_model(model: Embedder, path: str | os.PathLike, info: dict | None = Non
     """
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: model files end in .safetensors")
+        raise InvalidInputError(f"{path}: model files end in .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format": FORMAT,
@@ -84,17 +85,17 @@ def read_model_config(path: str | os.PathLike) -> dict:
     """The config stored in a model file's header."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found")
+        raise MissingDataError(f"{path}: model file not found")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path}: not a safetensors model file ({error})") from error
+        raise CorruptFileError(f"{path}: not a safetensors model file ({error})") from error
     if "oneshot" not in metadata:
-        raise ValueError(f"{path}: safetensors file without a oneshot config")
+        raise CorruptFileError(f"{path}: safetensors file without a oneshot config")
     config = json.loads(metadata["oneshot"])
     if config.get("format") != FORMAT or config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported model format {config.get('format')!r} v{config.get('format_version')}")
+        raise CorruptFileError(f"{path}: unsupported model format {config.get('format')!r} v{config.get('format_version')}")
     return config
 
 
@@ -113,9 +114,9 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not match the stored config ({error})") from error
+        raise CorruptFileError(f"{path}: weights do not match the stored config ({error})") from error
     if model_fingerprint(model) != config["fingerprint"]:
-        raise ValueError(f"{path}: weights do not match the stored fingerprint {config['fingerprint']} "
+        raise CorruptFileError(f"{path}: weights do not match the stored fingerprint {config['fingerprint']} "
                          "(corrupt or edited file)")
     model.fingerprint = config["fingerprint"]
     model.info = config.get("info", {})

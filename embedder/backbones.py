@@ -11,13 +11,15 @@ from typing import Callable
 import torch
 from torch import nn
 
+from oneshot.errors import InvalidInputError
+
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_backbone(name: str):
     def decorator(factory):
         if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} registered twice")
+            raise InvalidInputError(f"backbone {name!r} registered twice")
         _BACKBONES[name] = factory
         return factory
 
@@ -31,7 +33,7 @@ def backbone_names() -> list[str]:
 def create_backbone(name: str, **options) -> nn.Module:
     """Build a registered backbone; unknown names raise and list the known ones."""
     if name not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(backbone_names())}")
+        raise InvalidInputError(f"unknown backbone {name!r}; known: {', '.join(backbone_names())}")
     return _BACKBONES[name](**{k: v for k, v in options.items() if v is not None})
 
 
@@ -51,7 +53,7 @@ class ConvNet(nn.Module):
     def __init__(self, channels: int = 64, blocks: int = 4, in_channels: int = 1):
         super().__init__()
         if blocks < 1 or channels < 1:
-            raise ValueError(f"blocks and channels must be positive, got {blocks}, {channels}")
+            raise InvalidInputError(f"blocks and channels must be positive, got {blocks}, {channels}")
         widths = [in_channels] + [channels] * blocks
         self.features = nn.Sequential(*[_conv_block(a, b) for a, b in zip(widths, widths[1:])])
         self.feature_dim = channels

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from embedder.preprocess import Recipe
+from oneshot.embedder.preprocess import Recipe
+from oneshot.errors import InvalidInputError
 
 
 @dataclass
@@ -31,9 +32,9 @@ class LabelledImages:
     def __post_init__(self):
         n = len(self.images)
         if self.images.ndim != 4 or self.images.shape[1] != 1:
-            raise ValueError(f"expected images (N, 1, S, S), got {self.images.shape}")
+            raise InvalidInputError(f"expected images (N, 1, S, S), got {self.images.shape}")
         if self.labels.shape != (n,) or self.groups.shape != (n,):
-            raise ValueError(f"labels {self.labels.shape} and groups {self.groups.shape} must be ({n},)")
+            raise InvalidInputError(f"labels {self.labels.shape} and groups {self.groups.shape} must be ({n},)")
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, read: Callable[[Sequence[str]], list], recipe: Recipe,

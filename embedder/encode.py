@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from embedder.model import Embedder
+from oneshot.embedder.model import Embedder
 
 
 def default_device() -> torch.device:

@@ -13,16 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oneshot.errors import InvalidInputError
+
 
 class EmbeddingLoss(nn.Module):
     """Base class: ``loss(embeddings (B, D), labels (B,)) -> scalar``."""
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if embeddings.ndim != 2:
-            raise ValueError(f"expected embeddings (B, D), got shape {tuple(embeddings.shape)}")
+            raise InvalidInputError(f"expected embeddings (B, D), got shape {tuple(embeddings.shape)}")
         labels = torch.as_tensor(labels, device=embeddings.device)
         if labels.shape != embeddings.shape[:1]:
-            raise ValueError(f"expected labels ({embeddings.shape[0]},), got {tuple(labels.shape)}")
+            raise InvalidInputError(f"expected labels ({embeddings.shape[0]},), got {tuple(labels.shape)}")
         return self.compute_loss(embeddings, labels)
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -31,7 +33,7 @@ class EmbeddingLoss(nn.Module):
 
 def _split_pairs(embeddings: torch.Tensor, labels: torch.Tensor):
     if embeddings.shape[0] % 2:
-        raise ValueError(f"pair objectives need an even batch (pairs i, B/2+i), got {embeddings.shape[0]}")
+        raise InvalidInputError(f"pair objectives need an even batch (pairs i, B/2+i), got {embeddings.shape[0]}")
     half = embeddings.shape[0] // 2
     return embeddings[:half], embeddings[half:], (labels[:half] == labels[half:]).float()
 
@@ -88,7 +90,7 @@ class TripletLoss(EmbeddingLoss):
     def __init__(self, margin: float = 0.2, mining: str = "hard"):
         super().__init__()
         if mining not in self.MINING:
-            raise ValueError(f"unknown mining {mining!r}; known: {', '.join(self.MINING)}")
+            raise InvalidInputError(f"unknown mining {mining!r}; known: {', '.join(self.MINING)}")
         self.margin = margin
         self.mining = mining
 
@@ -126,7 +128,7 @@ class PrototypicalLoss(EmbeddingLoss):
     def __init__(self, k_shot: int = 1, scale: float = 10.0):
         super().__init__()
         if k_shot < 1:
-            raise ValueError(f"k_shot must be >= 1, got {k_shot}")
+            raise InvalidInputError(f"k_shot must be >= 1, got {k_shot}")
         self.k_shot = k_shot
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
 
@@ -135,7 +137,7 @@ class PrototypicalLoss(EmbeddingLoss):
         order = torch.argsort(inverse, stable=True)
         counts = torch.bincount(inverse)
         if counts.min() <= self.k_shot:
-            raise ValueError(f"every class needs more than k_shot={self.k_shot} rows, got {counts.min().item()}")
+            raise InvalidInputError(f"every class needs more than k_shot={self.k_shot} rows, got {counts.min().item()}")
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order), device=order.device) - starts[inverse[order]]

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedder.backbones import create_backbone
-from embedder.preprocess import Recipe
+from oneshot.embedder.backbones import create_backbone
+from oneshot.embedder.preprocess import Recipe
+from oneshot.errors import InvalidInputError
 
 
 class NormalizedHead(nn.Module):
@@ -76,7 +77,7 @@ class Embedder(nn.Module):
     ):
         super().__init__()
         if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
+            raise InvalidInputError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
         self.recipe = recipe or Recipe()
         self.backbone_name = backbone
         self.backbone_options = dict(backbone_options or {})
@@ -116,5 +117,5 @@ class Embedder(nn.Module):
         """images float32 (N, 1, S, S) in [0, 1] -> vectors (N, D)."""
         size = self.recipe.size
         if images.ndim != 4 or images.shape[1] != 1 or images.shape[2:] != (size, size):
-            raise ValueError(f"expected images (N, 1, {size}, {size}), got {tuple(images.shape)}")
+            raise InvalidInputError(f"expected images (N, 1, {size}, {size}), got {tuple(images.shape)}")
         return self.head(self.backbone(images))

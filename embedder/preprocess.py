@@ -12,6 +12,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from oneshot.errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -34,13 +36,13 @@ class Recipe:
 
     def __post_init__(self):
         if not isinstance(self.size, int) or self.size < 8:
-            raise ValueError(f"size must be an int >= 8, got {self.size!r}")
+            raise InvalidInputError(f"size must be an int >= 8, got {self.size!r}")
         if self.threshold is not None and not 0 < int(self.threshold) < 256:
-            raise ValueError(f"threshold must be in 1..255 or None, got {self.threshold!r}")
+            raise InvalidInputError(f"threshold must be in 1..255 or None, got {self.threshold!r}")
         if self.invert not in (True, False, "auto"):
-            raise ValueError(f"invert must be True, False or 'auto', got {self.invert!r}")
+            raise InvalidInputError(f"invert must be True, False or 'auto', got {self.invert!r}")
         if not 0 <= self.margin < 0.5:
-            raise ValueError(f"margin must be in [0, 0.5), got {self.margin!r}")
+            raise InvalidInputError(f"margin must be in [0, 0.5), got {self.margin!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +52,7 @@ class Recipe:
         known = {f.name for f in fields(cls)}
         unknown = set(config) - known
         if unknown:
-            raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
+            raise InvalidInputError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
         return cls(**config)
 
     def ink(self, image: np.ndarray) -> np.ndarray:
@@ -58,7 +60,7 @@ class Recipe:
         if image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if image.ndim != 2 or image.size == 0:
-            raise ValueError(f"expected an image (H, W) or (H, W, 3), got shape {image.shape}")
+            raise InvalidInputError(f"expected an image (H, W) or (H, W, 3), got shape {image.shape}")
         gray = image.astype(np.float32) / 255.0
         invert = self.invert
         if invert == "auto":

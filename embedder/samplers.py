@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from oneshot.errors import InvalidInputError
+
 
 class _LabelIndex:
     def __init__(self, labels, groups=None, min_per_class: int = 1):
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) == 0:
-            raise ValueError(f"expected non-empty labels (N,), got shape {labels.shape}")
+            raise InvalidInputError(f"expected non-empty labels (N,), got shape {labels.shape}")
         groups = np.zeros(len(labels), dtype=np.int64) if groups is None else np.asarray(groups)
         if groups.shape != labels.shape:
-            raise ValueError(f"groups shape {groups.shape} does not match labels {labels.shape}")
+            raise InvalidInputError(f"groups shape {groups.shape} does not match labels {labels.shape}")
         classes, inverse = np.unique(labels, return_inverse=True)
         rows = [np.flatnonzero(inverse == c) for c in range(len(classes))]
         keep = [c for c in range(len(classes)) if len(rows[c]) >= min_per_class]
         if not keep:
-            raise ValueError(f"no class has the {min_per_class} items a batch needs")
+            raise InvalidInputError(f"no class has the {min_per_class} items a batch needs")
         self.rows = [rows[c] for c in keep]
         self.class_group = np.array([groups[rows[c][0]] for c in keep])
         self.by_group = {g: np.flatnonzero(self.class_group == g) for g in np.unique(self.class_group)}
@@ -38,10 +40,10 @@ class PKSampler:
 
     def __init__(self, labels, p: int, k: int, seed: int = 0):
         if p < 2 or k < 1:
-            raise ValueError(f"need p >= 2 classes and k >= 1 items, got p={p}, k={k}")
+            raise InvalidInputError(f"need p >= 2 classes and k >= 1 items, got p={p}, k={k}")
         self.index = _LabelIndex(labels, min_per_class=k)
         if len(self.index) < p:
-            raise ValueError(f"p={p} classes asked but only {len(self.index)} have {k} items")
+            raise InvalidInputError(f"p={p} classes asked but only {len(self.index)} have {k} items")
         self.p, self.k, self.seed = p, k, seed
 
     def batch(self, step: int) -> np.ndarray:
@@ -60,15 +62,15 @@ class EpisodeSampler:
     def __init__(self, labels, groups=None, n_way: int = 20, k_shot: int = 1, n_query: int = 5,
                  within_group: bool = True, seed: int = 0):
         if n_way < 2 or k_shot < 1 or n_query < 1:
-            raise ValueError(f"need n_way >= 2, k_shot >= 1, n_query >= 1; got {n_way}, {k_shot}, {n_query}")
+            raise InvalidInputError(f"need n_way >= 2, k_shot >= 1, n_query >= 1; got {n_way}, {k_shot}, {n_query}")
         self.index = _LabelIndex(labels, groups, min_per_class=k_shot + n_query)
         self.n_way, self.per_class, self.within_group, self.seed = n_way, k_shot + n_query, within_group, seed
         if within_group:
             self.groups = [g for g, c in self.index.by_group.items() if len(c) >= n_way]
             if not self.groups:
-                raise ValueError(f"no group has {n_way} classes with {self.per_class} items each")
+                raise InvalidInputError(f"no group has {n_way} classes with {self.per_class} items each")
         elif len(self.index) < n_way:
-            raise ValueError(f"n_way={n_way} but only {len(self.index)} classes have {self.per_class} items")
+            raise InvalidInputError(f"n_way={n_way} but only {len(self.index)} classes have {self.per_class} items")
 
     def batch(self, step: int) -> np.ndarray:
         rng = _rng(self.seed, step)
@@ -89,10 +91,10 @@ class PairSampler:
 
     def __init__(self, labels, groups=None, pairs: int = 32, same_group_negatives: bool = True, seed: int = 0):
         if pairs < 2:
-            raise ValueError(f"need at least 2 pairs per batch, got {pairs}")
+            raise InvalidInputError(f"need at least 2 pairs per batch, got {pairs}")
         self.index = _LabelIndex(labels, groups, min_per_class=2)
         if len(self.index) < 2:
-            raise ValueError("pairs need at least two classes with two items each")
+            raise InvalidInputError("pairs need at least two classes with two items each")
         self.pairs, self.same_group_negatives, self.seed = pairs, same_group_negatives, seed
 
     def _other_class(self, rng, c: int) -> int:
@@ -124,7 +126,7 @@ class TripletSampler:
 
     def __init__(self, labels, groups=None, triplets: int = 32, same_group_negatives: bool = True, seed: int = 0):
         if triplets < 1:
-            raise ValueError(f"need at least 1 triplet per batch, got {triplets}")
+            raise InvalidInputError(f"need at least 1 triplet per batch, got {triplets}")
         self.pairs = PairSampler(labels, groups, 2, same_group_negatives, seed)
         self.triplets, self.seed = triplets, seed
 

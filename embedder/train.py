@@ -1,7 +1,7 @@
 """The seeded training loop.
 
-Validation is 20-way within-alphabet one-shot accuracy on held-out groups (alphabets); the best
-model is kept; early stopping, warm-up plus cosine learning-rate schedule; a checkpoint every few
+Validation is a callable from the caller (``model -> score``, higher is better; the pipelines pass
+N-way one-shot accuracy on held-out groups); the best model is kept; early stopping, warm-up plus cosine learning-rate schedule; a checkpoint every few
 steps lets a killed run resume exactly (every batch and augmentation is a function of the seed
 and the step); curves are written as CSV and PNG.
 """
@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,19 +22,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from data.augment import AugmentConfig, augment
-from embedder.artifact import load_model, save_model
-from embedder.dataset import LabelledImages
-from embedder.encode import default_device, encode
-from embedder.losses import (ContrastiveLoss, NormalizedSoftmaxLoss, PrototypicalLoss, SiameseBCELoss,
-                             TripletLoss)
-from embedder.model import Embedder
-from embedder.preprocess import Recipe
-from embedder.samplers import EpisodeSampler, PairSampler, PKSampler
-from index.atomic import atomic_path
-from index.metric import get_metric
-from pipelines.episodes import sample_episodes
-from pipelines.oneshot import evaluate_episodes
+from oneshot.atomic import atomic_path
+from oneshot.data.augment import AugmentConfig, augment
+from oneshot.embedder.artifact import load_model, save_model
+from oneshot.embedder.dataset import LabelledImages
+from oneshot.embedder.encode import default_device
+from oneshot.embedder.losses import (
+    ContrastiveLoss,
+    NormalizedSoftmaxLoss,
+    PrototypicalLoss,
+    SiameseBCELoss,
+    TripletLoss,
+)
+from oneshot.embedder.model import Embedder
+from oneshot.embedder.preprocess import Recipe
+from oneshot.embedder.samplers import EpisodeSampler, PairSampler, PKSampler
+from oneshot.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax")
@@ -76,15 +80,15 @@ class TrainConfig:
         for name in _INTEGER_OPTIONS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"training option {name} must be an integer, got {value!r}")
+                raise InvalidInputError(f"training option {name} must be an integer, got {value!r}")
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"training option {name} must be a non-negative number, got {value!r}")
+                raise InvalidInputError(f"training option {name} must be a non-negative number, got {value!r}")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+            raise InvalidInputError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         if self.steps < 1 or self.val_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("steps, val_every and checkpoint_every must be positive")
+            raise InvalidInputError("steps, val_every and checkpoint_every must be positive")
         Recipe.from_dict(self.recipe)
         AugmentConfig.from_dict(self.augment)
 
@@ -95,7 +99,7 @@ class TrainConfig:
     def from_dict(cls, config: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         if set(config) - known:
-            raise ValueError(f"unknown training options {sorted(set(config) - known)}; known: {sorted(known)}")
+            raise InvalidInputError(f"unknown training options {sorted(set(config) - known)}; known: {sorted(known)}")
         return cls(**config)
 
 
@@ -136,19 +140,14 @@ def _schedule(config: TrainConfig):
     return factor
 
 
-class Validator:
-    """Fixed, seeded N-way one-shot episodes over the validation images."""
-
-    def __init__(self, val: LabelledImages, config: TrainConfig):
-        self.val = val
-        self.episodes = sample_episodes(val.labels, val.groups, n_way=config.val_way, k_shot=1, n_query=1,
-                                        n_episodes=config.val_episodes, within_group=True, seed=config.seed + 1)
-
-    def __call__(self, model: Embedder) -> float:
-        embeddings = encode(model, self.val.images, batch_size=512, show_progress=False)
-        result = evaluate_episodes(embeddings, self.episodes, get_metric(model.metric))
+def _validate(validate: Callable[[Embedder], float] | None, model: Embedder) -> float | None:
+    """Score the model with the caller's validation (``None``: no validation); leaves it in train mode."""
+    if validate is None:
+        return None
+    try:
+        return float(validate(model))
+    finally:
         model.train()
-        return float(result.accuracy)
 
 
 @dataclass
@@ -187,10 +186,14 @@ def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
     plt.close(fig)
 
 
-def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImages | None, out_dir: str | os.PathLike,
+def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Embedder], float] | None,
+          out_dir: str | os.PathLike,
           resume: bool = True, device: str | None = None, show_progress: bool | None = None,
           info: dict | None = None) -> TrainResult:
-    """Train an embedder; returns the best model (by validation accuracy, else the last).
+    """Train an embedder; returns the best model (by validation score, else the last).
+
+    The loop knows nothing of how validation is done: ``validate(model) -> float`` (higher is
+    better) comes from the caller, e.g. :class:`oneshot.pipelines.validation.OneShotValidation`.
 
     Writes into ``out_dir``: ``model.safetensors`` (+ ``.json``), ``checkpoint.pt`` (for resume),
     ``history.csv``, ``curves.png`` and ``config.json``.
@@ -210,7 +213,6 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
     params = list(model.parameters()) + [p for p in loss_fn.parameters() if not any(p is q for q in model.parameters())]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    validate = Validator(val_set, config) if val_set is not None else None
     augment_config = AugmentConfig.from_dict(config.augment)
 
     checkpoint_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.safetensors"
@@ -218,7 +220,7 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
     if resume and checkpoint_path.exists():
         saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if saved["config"] != config.to_dict():
-            raise ValueError(f"{checkpoint_path}: made with a different training config; use another --out or --no-resume")
+            raise InvalidInputError(f"{checkpoint_path}: made with a different training config; use another --out or --no-resume")
         model.load_state_dict(saved["model"])
         loss_fn.load_state_dict(saved["loss"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -259,7 +261,7 @@ def train(config: TrainConfig, train_set: LabelledImages, val_set: LabelledImage
         bar.update(1)
         last = step == config.steps
         if step % config.val_every == 0 or last:
-            accuracy = validate(model) if validate else None
+            accuracy = _validate(validate, model)
             state["history"].append({"step": step, "loss": float(np.mean(running)), "val_accuracy": accuracy,
                                      "lr": scheduler.get_last_lr()[0], "seconds": round(state["seconds"], 1)})
             running = state["running"] = []

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from oneshot.errors import InvalidInputError
+
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ("cosine", "l2", "l1")
@@ -44,14 +46,14 @@ def as_matrix(x: np.ndarray, name: str = "x", dimension: int | None = None) -> n
     """
     arr = np.asarray(x)
     if arr.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (N, D), got shape {arr.shape}")
+        raise InvalidInputError(f"{name}: expected a 2-D array (N, D), got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+        raise InvalidInputError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
     if dimension is not None and arr.shape[1] != dimension:
-        raise ValueError(f"{name}: expected dimension {dimension}, got shape {arr.shape}")
+        raise InvalidInputError(f"{name}: expected dimension {dimension}, got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN or infinite values")
+        raise InvalidInputError(f"{name}: contains NaN or infinite values")
     return arr
 
 
@@ -67,7 +69,7 @@ class Metric:
 
     def __post_init__(self) -> None:
         if self.name not in METRIC_NAMES:
-            raise ValueError(f"unknown metric {self.name!r}; known: {', '.join(METRIC_NAMES)}")
+            raise InvalidInputError(f"unknown metric {self.name!r}; known: {', '.join(METRIC_NAMES)}")
 
     @property
     def faiss_metric(self) -> int:
@@ -112,7 +114,7 @@ class Metric:
         q = self.prepare(queries)
         g = self.prepare(gallery)
         if q.shape[1] != g.shape[1]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"queries and gallery must have the same dimension, got {q.shape} and {g.shape}"
             )
         if self.name == "cosine":
@@ -141,7 +143,7 @@ class Metric:
         a = self.prepare(a)
         b = self.prepare(b)
         if a.shape != b.shape:
-            raise ValueError(f"paired arrays must have the same shape, got {a.shape} and {b.shape}")
+            raise InvalidInputError(f"paired arrays must have the same shape, got {a.shape} and {b.shape}")
         if self.name == "cosine":
             out = np.einsum("ij,ij->i", a, b)
         elif self.name == "l2":
@@ -199,5 +201,5 @@ def get_metric(name: str | Metric) -> Metric:
     if isinstance(name, Metric):
         return name
     if not isinstance(name, str) or name.lower() not in _METRICS:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
+        raise InvalidInputError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
     return _METRICS[name.lower()]

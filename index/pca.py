@@ -6,7 +6,8 @@ import logging
 import faiss
 import numpy as np
 
-from index.metric import as_matrix
+from oneshot.errors import InvalidInputError
+from oneshot.index.metric import as_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def dim_for_variance(x: np.ndarray, variance: float) -> int:
         An int in [1, D].
     """
     if not 0.0 < variance <= 1.0:
-        raise ValueError(f"pca_variance must be in (0, 1], got {variance}")
+        raise InvalidInputError(f"pca_variance must be in (0, 1], got {variance}")
     share = explained_variance(x)
     if share.sum() == 0:
         return 1
@@ -76,13 +77,13 @@ def resolve_pca_dim(
         ValueError: both given, or out of range.
     """
     if pca_dim is not None and pca_variance is not None:
-        raise ValueError("give pca_dim or pca_variance, not both")
+        raise InvalidInputError("give pca_dim or pca_variance, not both")
     dimension = x.shape[1]
     if pca_dim is not None:
         if isinstance(pca_dim, bool) or not isinstance(pca_dim, (int, np.integer)):
-            raise ValueError(f"pca_dim must be an int, got {pca_dim!r}")
+            raise InvalidInputError(f"pca_dim must be an int, got {pca_dim!r}")
         if not 1 <= pca_dim <= dimension:
-            raise ValueError(f"pca_dim must be in [1, {dimension}], got {pca_dim}")
+            raise InvalidInputError(f"pca_dim must be in [1, {dimension}], got {pca_dim}")
         return int(pca_dim)
     if pca_variance is not None:
         dim = dim_for_variance(training_sample(x, seed), float(pca_variance))
@@ -101,7 +102,7 @@ def fit_pca(x: np.ndarray, dim: int, seed: int = 0) -> faiss.PCAMatrix:
     """
     x = as_matrix(x, "x")
     if x.shape[0] < 2:
-        raise ValueError(f"PCA needs at least 2 training vectors, got {x.shape[0]}")
+        raise InvalidInputError(f"PCA needs at least 2 training vectors, got {x.shape[0]}")
     pca = faiss.PCAMatrix(x.shape[1], int(dim), 0.0, False)
     pca.train(training_sample(x, seed))
     return pca

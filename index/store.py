@@ -20,8 +20,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index.atomic import atomic_path
-from index.metric import as_matrix, get_metric
+from oneshot.atomic import atomic_path
+from oneshot.errors import CorruptFileError, InvalidInputError, MissingDataError
+from oneshot.index.metric import as_matrix, get_metric
 
 logger = logging.getLogger(__name__)
 
@@ -74,24 +75,24 @@ def check_table(table: pd.DataFrame, count: int, name: str = "table") -> pd.Data
         ValueError: not a DataFrame, missing columns, wrong length, bad or duplicate ids.
     """
     if not isinstance(table, pd.DataFrame):
-        raise ValueError(f"{name}: expected a pandas DataFrame, got {type(table).__name__}")
+        raise InvalidInputError(f"{name}: expected a pandas DataFrame, got {type(table).__name__}")
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{name}: missing columns {missing}; required: {list(REQUIRED_COLUMNS)}")
+        raise InvalidInputError(f"{name}: missing columns {missing}; required: {list(REQUIRED_COLUMNS)}")
     if EMBEDDING_COLUMN in table.columns:
-        raise ValueError(f"{name}: must not hold an {EMBEDDING_COLUMN!r} column; pass embeddings")
+        raise InvalidInputError(f"{name}: must not hold an {EMBEDDING_COLUMN!r} column; pass embeddings")
     if len(table) != count:
-        raise ValueError(f"{name}: expected {count} rows (one per embedding), got {len(table)}")
+        raise InvalidInputError(f"{name}: expected {count} rows (one per embedding), got {len(table)}")
     out = table.reset_index(drop=True).copy()
     ids = out["id"]
     if ids.isna().any() or not pd.api.types.is_integer_dtype(ids.dtype):
-        raise ValueError(f"{name}: 'id' must be integers without missing values, got {ids.dtype}")
+        raise InvalidInputError(f"{name}: 'id' must be integers without missing values, got {ids.dtype}")
     out["id"] = ids.astype(np.int64)
     if out["id"].duplicated().any():
         dup = out.loc[out["id"].duplicated(), "id"].head(5).tolist()
-        raise ValueError(f"{name}: 'id' must be unique; duplicated: {dup}")
+        raise InvalidInputError(f"{name}: 'id' must be unique; duplicated: {dup}")
     if out["label"].isna().any():
-        raise ValueError(f"{name}: 'label' has missing values")
+        raise InvalidInputError(f"{name}: 'label' has missing values")
     out["label"] = [str(v) for v in out["label"]]
     for column in ("path", "group"):
         out[column] = ["" if pd.isna(v) else str(v) for v in out[column]]
@@ -103,11 +104,11 @@ def _build_metadata(embeddings: np.ndarray, metadata: dict[str, Any] | None) -> 
     count, dimension = embeddings.shape
     for key, actual in (("count", count), ("dimension", dimension)):
         if key in meta and meta[key] != actual:
-            raise ValueError(f"metadata[{key!r}] = {meta[key]!r} but the embeddings have {actual}")
+            raise InvalidInputError(f"metadata[{key!r}] = {meta[key]!r} but the embeddings have {actual}")
         meta[key] = int(actual)
     normalized = rows_normalized(embeddings)
     if meta.get("normalized") and not normalized:
-        raise ValueError("metadata says normalized=True but some rows do not have unit norm")
+        raise InvalidInputError("metadata says normalized=True but some rows do not have unit norm")
     meta["normalized"] = normalized
     if meta.get("metric") is None:
         meta["metric"] = "cosine" if normalized else "l2"
@@ -117,7 +118,7 @@ def _build_metadata(embeddings: np.ndarray, metadata: dict[str, Any] | None) -> 
     try:
         json.dumps(meta)
     except TypeError as exc:
-        raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
+        raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
     return meta
 
 
@@ -160,7 +161,7 @@ def write_embeddings(
     emb = as_matrix(embeddings, "embeddings")
     rows = check_table(table, emb.shape[0])
     if row_group_size < 1:
-        raise ValueError(f"row_group_size must be >= 1, got {row_group_size}")
+        raise InvalidInputError(f"row_group_size must be >= 1, got {row_group_size}")
     meta = _build_metadata(emb, metadata)
     base = pa.Table.from_pandas(rows, preserve_index=False)
     schema = base.schema.append(_embedding_field(emb.shape[1]))
@@ -187,24 +188,24 @@ def read_store_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: embedding store not found")
+        raise MissingDataError(f"{path}: embedding store not found")
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from exc
+        raise CorruptFileError(f"{path}: not a readable Parquet file ({exc})") from exc
     return _metadata_from_schema(path, schema)
 
 
 def _metadata_from_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
-        raise ValueError(f"{path}: no {METADATA_KEY.decode()!r} metadata; not an embedding store")
+        raise CorruptFileError(f"{path}: no {METADATA_KEY.decode()!r} metadata; not an embedding store")
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: {METADATA_KEY.decode()!r} metadata is not JSON ({exc})") from exc
+        raise CorruptFileError(f"{path}: {METADATA_KEY.decode()!r} metadata is not JSON ({exc})") from exc
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: {METADATA_KEY.decode()!r} metadata is not a JSON object")
+        raise CorruptFileError(f"{path}: {METADATA_KEY.decode()!r} metadata is not a JSON object")
     return meta
 
 
@@ -226,25 +227,25 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     try:
         arrow = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from exc
+        raise CorruptFileError(f"{path}: not a readable Parquet file ({exc})") from exc
     missing = [c for c in (*REQUIRED_COLUMNS, EMBEDDING_COLUMN) if c not in arrow.column_names]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
+        raise CorruptFileError(f"{path}: missing columns {missing}")
     vec_type = arrow.schema.field(EMBEDDING_COLUMN).type
     if not (pa.types.is_fixed_size_list(vec_type) and vec_type.value_type == pa.float32()):
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: column {EMBEDDING_COLUMN!r} must be fixed_size_list<float32>, got {vec_type}"
         )
     dimension = vec_type.list_size
     if meta.get("dimension") != dimension:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: metadata dimension {meta.get('dimension')!r} but vectors have {dimension}"
         )
     if meta.get("count") != arrow.num_rows:
-        raise ValueError(f"{path}: metadata count {meta.get('count')!r} but {arrow.num_rows} rows")
+        raise CorruptFileError(f"{path}: metadata count {meta.get('count')!r} but {arrow.num_rows} rows")
     column = arrow.column(EMBEDDING_COLUMN)
     if column.null_count:
-        raise ValueError(f"{path}: {column.null_count} rows have no embedding")
+        raise CorruptFileError(f"{path}: {column.null_count} rows have no embedding")
     if arrow.num_rows:
         flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
         embeddings = np.ascontiguousarray(flat, dtype=np.float32).reshape(arrow.num_rows, dimension)
@@ -252,8 +253,8 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         embeddings = np.zeros((0, dimension), dtype=np.float32)
     table = arrow.drop_columns([EMBEDDING_COLUMN]).to_pandas()
     if not pd.api.types.is_integer_dtype(table["id"].dtype) or table["id"].duplicated().any():
-        raise ValueError(f"{path}: 'id' must be unique integers")
+        raise CorruptFileError(f"{path}: 'id' must be unique integers")
     table["id"] = table["id"].astype(np.int64)
     if not np.isfinite(embeddings).all():
-        raise ValueError(f"{path}: embeddings contain NaN or infinite values")
+        raise CorruptFileError(f"{path}: embeddings contain NaN or infinite values")
     return EmbeddingSet(table=table, embeddings=embeddings, metadata=meta)

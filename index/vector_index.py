@@ -21,11 +21,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index.atomic import atomic_path
-from index.gpu import gpu_count, to_gpu
-from index.metric import Metric, as_matrix, get_metric
-from index.pca import resolve_pca_dim, training_sample
-from index.store import METADATA_KEY, check_table, read_embeddings
+from oneshot.atomic import atomic_path
+from oneshot.errors import CorruptFileError, InvalidInputError, MissingDataError
+from oneshot.index.gpu import gpu_count, to_gpu
+from oneshot.index.metric import Metric, as_matrix, get_metric
+from oneshot.index.pca import resolve_pca_dim, training_sample
+from oneshot.index.store import METADATA_KEY, check_table, read_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,10 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 def _table_from(table: pd.DataFrame, count: int) -> pd.DataFrame:
     if not isinstance(table, pd.DataFrame):
-        raise ValueError(f"table: expected a pandas DataFrame, got {type(table).__name__}")
+        raise InvalidInputError(f"table: expected a pandas DataFrame, got {type(table).__name__}")
     missing = [c for c in ("id", "label") if c not in table.columns]
     if missing:
-        raise ValueError(f"table: missing columns {missing}; required: ['id', 'label']")
+        raise InvalidInputError(f"table: missing columns {missing}; required: ['id', 'label']")
     full = table.reset_index(drop=True).copy()
     for column in ("group", "path"):
         if column not in full.columns:
@@ -133,18 +134,18 @@ class VectorIndex:
         metric = get_metric(metric)
         x = metric.prepare(as_matrix(embeddings, "embeddings"))
         if x.shape[0] == 0:
-            raise ValueError("embeddings: the gallery is empty")
+            raise InvalidInputError("embeddings: the gallery is empty")
         rows = _table_from(table, x.shape[0])
         meta = dict(metadata or {})
         try:
             json.dumps(meta)
         except TypeError as exc:
-            raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
+            raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
         dim = resolve_pca_dim(x, pca_dim, pca_variance, seed)
         if dim is not None and metric.name == "l1":
             logger.warning("PCA rotates the space and L1 distances are not rotation-invariant")
         if dim is not None and x.shape[0] < 2:
-            raise ValueError(f"PCA needs at least 2 gallery vectors, got {x.shape[0]}")
+            raise InvalidInputError(f"PCA needs at least 2 gallery vectors, got {x.shape[0]}")
         index = faiss.index_factory(x.shape[1], _factory_string(metric, dim), metric.faiss_metric)
         if not index.is_trained:
             index.train(training_sample(x, seed))
@@ -256,7 +257,7 @@ class VectorIndex:
         pos_clipped = np.minimum(pos, max(0, len(self._sorted_ids) - 1))
         found = self._sorted_ids[pos_clipped] == flat[valid]
         if not found.all():
-            raise ValueError(f"ids not in the index: {flat[valid][~found][:5].tolist()}")
+            raise InvalidInputError(f"ids not in the index: {flat[valid][~found][:5].tolist()}")
         out.reshape(-1)[valid] = self._labels[self._order[pos_clipped]]
         return out
 
@@ -267,7 +268,7 @@ class VectorIndex:
         if not use_gpu:
             return self._index
         if available == 0:
-            raise ValueError("use_gpu=True but FAISS sees no GPU (CPU-only build or no device)")
+            raise InvalidInputError("use_gpu=True but FAISS sees no GPU (CPU-only build or no device)")
         if self._gpu_index is None:
             self._gpu_index = to_gpu(self._index)
         return self._gpu_index
@@ -289,9 +290,9 @@ class VectorIndex:
         """
         q = as_matrix(queries, "queries", self.input_dimension)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+            raise InvalidInputError(f"k must be an int >= 1, got {k!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         index = self._search_index(use_gpu)
         scores = np.empty((q.shape[0], k), dtype=np.float32)
         ids = np.empty((q.shape[0], k), dtype=np.int64)
@@ -350,25 +351,25 @@ class VectorIndex:
         sidecar = sidecar_path(path)
         for required in (path, sidecar):
             if not required.is_file():
-                raise ValueError(f"{required}: not found (an index needs {path} and {sidecar})")
+                raise MissingDataError(f"{required}: not found (an index needs {path} and {sidecar})")
         try:
             arrow = pq.read_table(sidecar)
             meta = json.loads((arrow.schema.metadata or {})[METADATA_KEY])
         except (pa.ArrowException, OSError, KeyError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{sidecar}: not an index metadata file ({exc})") from exc
+            raise CorruptFileError(f"{sidecar}: not an index metadata file ({exc})") from exc
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
-            raise ValueError(f"{path}: not a readable FAISS index ({exc})") from exc
+            raise CorruptFileError(f"{path}: not a readable FAISS index ({exc})") from exc
         if not isinstance(index, faiss.IndexIDMap2):
-            raise ValueError(f"{path}: expected an IndexIDMap2, got {type(index).__name__}")
+            raise CorruptFileError(f"{path}: expected an IndexIDMap2, got {type(index).__name__}")
         try:
             metric = get_metric(meta.get("metric"))
             table = check_table(
                 arrow.to_pandas()[list(TABLE_COLUMNS)], arrow.num_rows, str(sidecar)
             )
         except (ValueError, KeyError) as exc:
-            raise ValueError(f"{sidecar}: bad index metadata ({exc})") from exc
+            raise CorruptFileError(f"{sidecar}: bad index metadata ({exc})") from exc
         pca = meta.get("pca")
         inner = faiss.downcast_index(index.index)
         stored_dim = inner.index.d if isinstance(inner, faiss.IndexPreTransform) else inner.d
@@ -392,5 +393,5 @@ class VectorIndex:
             if not np.array_equal(stored_ids, table["id"].to_numpy(dtype=np.int64)):
                 problems.append("ids differ between sidecar and index")
         if problems:
-            raise ValueError(f"{path}: index and {sidecar.name} disagree: " + "; ".join(problems))
+            raise CorruptFileError(f"{path}: index and {sidecar.name} disagree: " + "; ".join(problems))
         return cls(index, table, metric, pca, dict(meta.get("metadata") or {}))

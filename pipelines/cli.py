@@ -13,11 +13,19 @@ from pathlib import Path
 
 import click
 
-from data.archive import ImageReadError
+from oneshot.errors import OneshotError
+
+BUG_NOTE = ("oneshot: unexpected error (a bug, not bad input); please report it with the traceback above "
+            "and the command you ran")
 
 
 def _friendly(command):
-    """Translate library errors into ``click.ClickException`` (exit 1, one line, no traceback)."""
+    """Turn the library's own errors into one line and exit 1; anything else is a bug.
+
+    ``OneshotError`` (bad input, missing data, corrupt file, model mismatch) and OS errors that name
+    a file (permission denied, disk full) become ``click.ClickException``. Every other exception
+    keeps its traceback, followed by a line saying it is a bug to report.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -25,15 +33,22 @@ def _friendly(command):
             return command(*args, **kwargs)
         except click.ClickException:
             raise
-        except (ValueError, FileNotFoundError, ImageReadError, OSError, KeyError) as error:
-            message = str(error).strip("'\"") or type(error).__name__
-            raise click.ClickException(message) from error
+        except OneshotError as error:
+            raise click.ClickException(str(error)) from error
+        except Exception as error:
+            if isinstance(error, OSError) and error.filename is not None:
+                raise click.ClickException(f"{error.filename}: {error.strerror or error}") from error
+            import traceback
+
+            traceback.print_exc()
+            click.echo(BUG_NOTE, err=True)
+            sys.exit(3)
 
     return wrapper
 
 
 def _version() -> str:
-    from embedder.artifact import library_versions
+    from oneshot.embedder.artifact import library_versions
 
     return library_versions()["oneshot"]
 
@@ -67,7 +82,7 @@ def demo(out, data, seed, steps, episodes):
       oneshot demo --out runs/demo
       oneshot demo --data ../shared/data/omniglot --out runs/omniglot
     """
-    from pipelines.demo import format_summary, run_demo
+    from oneshot.pipelines.demo import format_summary, run_demo
 
     summary = run_demo(out, data, seed=seed, steps=steps, episodes=episodes)
     click.echo(format_summary(summary))
@@ -75,10 +90,10 @@ def demo(out, data, seed, steps, episodes):
 
 
 @main.command("train")
-@click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Omniglot folder; default: $OMNIGLOT_DIR, else the synthetic alphabets.")
-@click.option("--split", default="background", show_default=True,
-              type=click.Choice(["background", "small1", "small2"]), help="Omniglot training split.")
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="Omniglot folder, gallery folder, zip, list file or MNIST IDX file; default: $OMNIGLOT_DIR.")
+@click.option("--split", default=None, type=click.Choice(["background", "small1", "small2", "train"]),
+              help="Omniglot training split (default background) or MNIST 'train'.")
 @click.option("--synthetic", is_flag=True, help="Train on the built-in synthetic alphabets.")
 @click.option("--val-alphabets", default=None, help="Comma-separated alphabets held out for validation.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (model, checkpoint, curves).")
@@ -104,7 +119,7 @@ def train_command(data, split, synthetic, val_alphabets, out, config_file, objec
       oneshot train --synthetic --steps 300 --out runs/synth
       oneshot train --data ../shared/data/omniglot --objective triplet --mining semihard --out runs/triplet
     """
-    from pipelines.training import train_from_cli
+    from oneshot.pipelines.training import train_from_cli
 
     options = _read_config(config_file) if config_file else {}
     overrides = dict(objective=objective, mining=mining, backbone=backbone, dim=dim, steps=steps, lr=lr, seed=seed)
@@ -147,7 +162,7 @@ def embed(source, out, model, batch_size, unlabelled, tta):
     Example:
       oneshot embed ../shared/data/omniglot/images_evaluation.zip --out runs/eval.parquet
     """
-    from pipelines.jobs import embed_gallery
+    from oneshot.pipelines.jobs import embed_gallery
 
     stored = embed_gallery(source, out, model, batch_size, labelled=not unlabelled, tta=tta)
     click.echo(f"wrote {len(stored)} embeddings (D={stored.dimension}) to {out}")
@@ -174,7 +189,7 @@ def index_build(store, out, pca_dim, pca_variance):
     """
     if pca_dim and pca_variance:
         raise click.UsageError("give --pca-dim or --pca-variance, not both")
-    from pipelines.jobs import build_index
+    from oneshot.pipelines.jobs import build_index
 
     index = build_index(store, out, pca_dim, pca_variance)
     click.echo(f"indexed {len(index)} vectors (D={index.dimension}, metric {index.metric.name}) in {out}")
@@ -195,14 +210,14 @@ def identify_command(queries, index_path, model, threshold, k, out):
     Example:
       oneshot identify new_images/ --index runs/eval.faiss --threshold 0.6
     """
-    from pipelines.jobs import identify_images
+    from oneshot.pipelines.jobs import identify_images
 
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     result = identify_images(queries, index_path, model, threshold, k)
     text = result.to_json(orient="records", lines=True)
     if out:
-        from index.atomic import atomic_path
+        from oneshot.atomic import atomic_path
 
         with atomic_path(out) as tmp:
             Path(tmp).write_text(text)
@@ -227,7 +242,7 @@ def verify_command(image_a, image_b, model, threshold):
     Example:
       oneshot verify a.png b.png --threshold 0.6
     """
-    from pipelines.jobs import verify_images
+    from oneshot.pipelines.jobs import verify_images
 
     click.echo(json.dumps(verify_images(image_a, image_b, model, threshold)))
 
@@ -249,7 +264,7 @@ def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups):
     Example:
       oneshot eval runs/eval.parquet --way 5 --shot 1
     """
-    from pipelines.jobs import evaluate_store
+    from oneshot.pipelines.jobs import evaluate_store
 
     click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed, groups=list(groups)), indent=2))
 
@@ -267,7 +282,7 @@ def cluster_command(store, pca_variance, seed, groups):
     Example:
       oneshot cluster runs/eval.parquet --pca-variance 0.99
     """
-    from pipelines.jobs import cluster_store
+    from oneshot.pipelines.jobs import cluster_store
 
     summary, per_group = cluster_store(store, pca_variance, seed, list(groups))
     click.echo(per_group.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -287,7 +302,7 @@ def lake_command(data, model, tta):
     Example:
       oneshot lake --data ../shared/data/omniglot
     """
-    from pipelines.training import lake_errors
+    from oneshot.pipelines.training import lake_errors
 
     table = lake_errors(data, model, tta)
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

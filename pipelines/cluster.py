@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from index.metric import Metric, as_matrix, get_metric
-from index.pca import apply_pca
+from oneshot.errors import InvalidInputError
+from oneshot.index.metric import Metric, as_matrix, get_metric
+from oneshot.index.pca import apply_pca
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ def kmeans(
     """
     x = as_matrix(x, "x")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= x.shape[0]:
-        raise ValueError(f"k must be an int in [1, {x.shape[0]}] (the number of rows), got {k!r}")
+        raise InvalidInputError(f"k must be an int in [1, {x.shape[0]}] (the number of rows), got {k!r}")
     if nredo < 1 or niter < 1:
-        raise ValueError(f"niter and nredo must be >= 1, got {niter} and {nredo}")
+        raise InvalidInputError(f"niter and nredo must be >= 1, got {niter} and {nredo}")
     rng = np.random.default_rng(seed)
     best_obj, best = np.inf, None
     for redo in range(int(nredo)):
@@ -129,14 +130,14 @@ def cluster_groups(
     emb = metric.prepare(as_matrix(embeddings, "embeddings"))
     labels = np.asarray(labels, dtype=object)
     if labels.shape != (emb.shape[0],):
-        raise ValueError(f"labels: expected shape ({emb.shape[0]},), got {labels.shape}")
+        raise InvalidInputError(f"labels: expected shape ({emb.shape[0]},), got {labels.shape}")
     if groups is None:
         groups = np.full(emb.shape[0], "all", dtype=object)
     groups = np.asarray(groups, dtype=object)
     if groups.shape != labels.shape:
-        raise ValueError(f"groups: expected shape {labels.shape}, got {groups.shape}")
+        raise InvalidInputError(f"groups: expected shape {labels.shape}, got {groups.shape}")
     if emb.shape[0] == 0:
-        raise ValueError("embeddings: nothing to cluster")
+        raise InvalidInputError("embeddings: nothing to cluster")
     group_keys = groups.astype(str)
     label_keys = labels.astype(str)
     rows = []
@@ -174,7 +175,7 @@ def summarize_clusters(per_group: pd.DataFrame) -> dict[str, float]:
     """
     missing = [c for c in ("n_images", "n_classes", "ari", "nmi") if c not in per_group.columns]
     if missing or len(per_group) == 0:
-        raise ValueError(f"expected a non-empty cluster_groups table, missing columns {missing}")
+        raise InvalidInputError(f"expected a non-empty cluster_groups table, missing columns {missing}")
     return {
         "n_groups": int(len(per_group)),
         "n_images": int(per_group["n_images"].sum()),

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from data.folders import read_gallery
-from data.omniglot import OmniglotSplit
-from data.synthetic import make_alphabets
-from embedder.preprocess import Recipe
-from embedder.train import TrainConfig, train
-from index.atomic import atomic_path
-from index.metric import get_metric
-from pipelines.evaluate import evaluate_all
-from pipelines.jobs import build_index, embed_gallery
-from pipelines.training import VALIDATION_ALPHABETS, synthetic_background, training_sets
+from oneshot.atomic import atomic_path
+from oneshot.data.folders import read_gallery
+from oneshot.data.omniglot import OmniglotSplit
+from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder.preprocess import Recipe
+from oneshot.embedder.train import TrainConfig, train
+from oneshot.pipelines.evaluate import evaluate
+from oneshot.pipelines.jobs import build_index, embed_gallery
+from oneshot.pipelines.training import training_sets, training_source
+from oneshot.pipelines.validation import OneShotValidation
 
 SYNTHETIC_EVALUATION = dict(n_alphabets=5, characters_per_alphabet=20)
 
@@ -41,6 +41,15 @@ def raw_pixel_vectors(images: list[np.ndarray], recipe: Recipe) -> np.ndarray:
     return np.ascontiguousarray(recipe.batch(images).reshape(len(images), -1))
 
 
+def demo_scores(embeddings: np.ndarray, table, metric: str, episodes: int, seed: int, n_way: int = 20) -> dict:
+    """The demo's row: N-way one-shot (within alphabet), KNN (k=3) and KMeans per alphabet, flat."""
+    result = evaluate(embeddings, table, metric, ("oneshot", "knn", "clustering"), n_way=n_way, n_episodes=episodes,
+                      seed=seed)
+    return {"oneshot_accuracy": result["oneshot"]["accuracy"], "oneshot_ci95": result["oneshot"]["ci95"],
+            "knn_accuracy": result["knn"]["accuracy"], "ari": result["clustering"]["ari"],
+            "nmi": result["clustering"]["nmi"]}
+
+
 def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed: int = 0,
              steps: int | None = None, episodes: int = 1000, show_progress: bool | None = None) -> dict:
     """Run the whole pipeline; returns the summary also written to ``out/summary.json``."""
@@ -48,27 +57,25 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     started = time.perf_counter()
+    background, validation, _ = training_source(data, "background" if data else None, data is None, seed)
     if data is None:
-        background, validation = synthetic_background(seed)
         evaluation = make_alphabets(**SYNTHETIC_EVALUATION, seed=seed + 1, prefix="evaluation")
         gallery_dir = out / "evaluation"
         if gallery_dir.exists():
             shutil.rmtree(gallery_dir)
         evaluation.write(gallery_dir)
-        gallery_source, read_background = gallery_dir, background.read
+        gallery_source = gallery_dir
         steps = steps or 1000
     else:
-        background = OmniglotSplit(data, "background")
         gallery_source = OmniglotSplit(data, "evaluation").location
-        validation, read_background = VALIDATION_ALPHABETS["background"], background.read
         steps = steps or 800
     timings["data"] = time.perf_counter() - started
 
     config = demo_train_config(steps, seed)
     recipe = Recipe.from_dict(config.recipe)
-    train_set, val_set = training_sets(background.table, read_background, recipe, validation, config.rotations)
+    train_set, val_set = training_sets(background.table, background.read, recipe, validation, config.rotations)
     tick = time.perf_counter()
-    result = train(config, train_set, val_set, out / "model", resume=False, show_progress=show_progress,
+    result = train(config, train_set, OneShotValidation.from_config(val_set, config), out / "model", resume=False, show_progress=show_progress,
                    info={"command": "oneshot demo", "data": "omniglot" if data else "synthetic"})
     timings["train"] = time.perf_counter() - tick
 
@@ -79,9 +86,9 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
     timings["embed_and_index"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    scores = {"embedder": evaluate_all(store.embeddings, store.table, store.metadata["metric"], 20, episodes, seed=seed)}
+    scores = {"embedder": demo_scores(store.embeddings, store.table, store.metadata["metric"], episodes, seed)}
     pixels = raw_pixel_vectors(gallery.read(list(gallery.table["path"])), recipe)
-    scores["raw pixels"] = evaluate_all(pixels, gallery.table, get_metric("cosine"), 20, episodes, seed=seed)
+    scores["raw pixels"] = demo_scores(pixels, gallery.table, "cosine", episodes, seed)
     timings["pipelines"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
 

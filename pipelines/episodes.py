@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oneshot.errors import InvalidInputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ class Episode:
 
 def _check_positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        raise InvalidInputError(f"{name} must be an int >= 1, got {value!r}")
     return int(value)
 
 
@@ -85,16 +87,16 @@ def sample_episodes(
     n_query = _check_positive_int("n_query", n_query)
     n_episodes = _check_positive_int("n_episodes", n_episodes)
     if n_way < 2:
-        raise ValueError(f"n_way must be >= 2, got {n_way}")
+        raise InvalidInputError(f"n_way must be >= 2, got {n_way}")
     labels = np.asarray(labels, dtype=object)
     if labels.ndim != 1:
-        raise ValueError(f"labels: expected a 1-D array, got shape {labels.shape}")
+        raise InvalidInputError(f"labels: expected a 1-D array, got shape {labels.shape}")
     if within_group and groups is None:
-        raise ValueError("within_group=True needs groups")
+        raise InvalidInputError("within_group=True needs groups")
     if groups is not None:
         groups = np.asarray(groups, dtype=object)
         if groups.shape != labels.shape:
-            raise ValueError(f"groups: expected shape {labels.shape}, got {groups.shape}")
+            raise InvalidInputError(f"groups: expected shape {labels.shape}, got {groups.shape}")
 
     classes, first, inverse = np.unique(
         labels.astype(str), return_index=True, return_inverse=True
@@ -107,7 +109,7 @@ def sample_episodes(
     need = k_shot + n_query
     short = [f"{class_labels[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < need)]
     if short:
-        raise ValueError(
+        raise InvalidInputError(
             f"{len(short)} class(es) have fewer than k_shot + n_query = {need} items: "
             + _describe(short)
         )
@@ -117,7 +119,7 @@ def sample_episodes(
         for c, rows in enumerate(members):
             found = np.unique(groups[rows].astype(str))
             if len(found) != 1:
-                raise ValueError(f"class {class_labels[c]!r} spans groups {list(found)}")
+                raise InvalidInputError(f"class {class_labels[c]!r} spans groups {list(found)}")
             class_group.append(found[0])
         class_group = np.asarray(class_group, dtype=object)
         pools = []
@@ -136,12 +138,12 @@ def sample_episodes(
                 _describe(skipped),
             )
         if not pools:
-            raise ValueError(
+            raise InvalidInputError(
                 f"no group has n_way = {n_way} classes; groups (classes): {_describe(skipped)}"
             )
     else:
         if len(classes) < n_way:
-            raise ValueError(f"n_way = {n_way} but only {len(classes)} classes")
+            raise InvalidInputError(f"n_way = {n_way} but only {len(classes)} classes")
         pools = [np.arange(len(classes))]
 
     rng = np.random.default_rng(seed)

@@ -8,13 +8,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from index.metric import Metric, get_metric
-from index.vector_index import VectorIndex
-from pipelines.cluster import cluster_groups, summarize_clusters
-from pipelines.episodes import sample_episodes
-from pipelines.knn import knn_accuracy, split_gallery_queries
-from pipelines.oneshot import evaluate_episodes, evaluate_runs
-from pipelines.verify import calibrate_threshold, pair_scores, sample_pairs, verification_report
+from oneshot.errors import InvalidInputError
+from oneshot.index.metric import Metric, get_metric
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.cluster import cluster_groups, summarize_clusters
+from oneshot.pipelines.episodes import sample_episodes
+from oneshot.pipelines.knn import knn_accuracy, split_gallery_queries
+from oneshot.pipelines.oneshot import evaluate_episodes, evaluate_runs
+from oneshot.pipelines.verify import calibrate_threshold, pair_scores, sample_pairs, verification_report
 
 
 def has_groups(table: pd.DataFrame) -> bool:
@@ -75,15 +76,39 @@ def clustering(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str
     return summarize_clusters(per_group), per_group
 
 
-def evaluate_all(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, n_way: int = 20,
-                 n_episodes: int = 1000, knn_k: int = 3, seed: int = 0) -> dict:
-    """The three pipelines the demo reports, as one flat dict."""
+TASKS = ("oneshot", "knn", "verification", "clustering")
+
+
+def evaluate(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,
+             tasks: Sequence[str] = TASKS, n_way: int = 20, k_shot: int = 1, n_episodes: int = 1000,
+             within_group: bool = True, knn_k: int = 3, gallery_fraction: float = 0.3,
+             pca_variance: float | None = None, seed: int = 0) -> dict:
+    """The one evaluation entry point (``oneshot eval``, the demo and the benchmarks use it).
+
+    Args:
+        embeddings: (N, D) float32, one row per ``table`` row (``label`` and ``group`` columns).
+        tasks: any of ``"oneshot"`` (N-way k-shot episodes), ``"knn"`` (index part of each class,
+            classify the rest), ``"verification"`` (1:1 pairs) and ``"clustering"`` (KMeans per group).
+        within_group: draw episodes inside one group when the rows have groups.
+    Returns:
+        ``{task: result dict}`` for the asked tasks; clustering also holds a ``per_group`` list.
+    """
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise InvalidInputError(f"unknown evaluation tasks {unknown}; known: {list(TASKS)}")
     metric = get_metric(metric)
-    oneshot = oneshot_accuracy(embeddings, table, metric, n_way, 1, n_episodes, has_groups(table), seed)
-    knn = knn_identification(embeddings, table, metric, knn_k, seed=seed)
-    cluster_summary, _ = clustering(embeddings, table, metric, seed=seed)
-    return {"oneshot_accuracy": oneshot["accuracy"], "oneshot_ci95": oneshot["ci95"],
-            "knn_accuracy": knn["accuracy"], "ari": cluster_summary["ari"], "nmi": cluster_summary["nmi"]}
+    within = bool(within_group and has_groups(table))
+    results = {}
+    if "oneshot" in tasks:
+        results["oneshot"] = oneshot_accuracy(embeddings, table, metric, n_way, k_shot, n_episodes, within, seed)
+    if "knn" in tasks:
+        results["knn"] = knn_identification(embeddings, table, metric, knn_k, gallery_fraction, seed)
+    if "verification" in tasks:
+        results["verification"] = pair_verification(embeddings, table, metric, seed=seed)
+    if "clustering" in tasks:
+        summary, per_group = clustering(embeddings, table, metric, pca_variance, seed)
+        results["clustering"] = {**summary, "per_group": per_group.to_dict(orient="records")}
+    return results
 
 
 def lake_run_errors(runs: Sequence, encode_images, metric: Metric | str) -> pd.DataFrame:

@@ -6,9 +6,10 @@ import logging
 import numpy as np
 import pandas as pd
 
-from index.vector_index import VectorIndex
-from pipelines.knn import knn_classify
-from pipelines.metrics import best_threshold
+from oneshot.errors import InvalidInputError
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.knn import knn_classify
+from oneshot.pipelines.metrics import best_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def _scores_for_calibration(
     known_labels = np.asarray(known_labels, dtype=object)
     candidate, known_score = _predict(index, known_queries, k)
     if known_labels.shape != candidate.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"known_labels: expected shape {candidate.shape}, got {known_labels.shape}"
         )
     _, unknown_score = _predict(index, unknown_queries, k)
@@ -100,13 +101,13 @@ def calibrate_unknown_threshold(
         The threshold.
     """
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        raise InvalidInputError(f"target must be one of {TARGETS}, got {target!r}")
     correct, known_score, unknown_score = _scores_for_calibration(
         index, known_queries, known_labels, unknown_queries, int(k)
     )
     n_known, n_unknown = known_score.size, unknown_score.size
     if n_known == 0 or n_unknown == 0:
-        raise ValueError(f"need known and unknown queries, got {n_known} and {n_unknown}")
+        raise InvalidInputError(f"need known and unknown queries, got {n_known} and {n_unknown}")
     positive = known_score[correct & np.isfinite(known_score)]
     negative = unknown_score[np.isfinite(unknown_score)]
     if target == "accuracy":
@@ -144,7 +145,7 @@ def open_set_report(
     )
     n_known, n_unknown = known_score.size, unknown_score.size
     if n_known == 0 or n_unknown == 0:
-        raise ValueError(f"need known and unknown queries, got {n_known} and {n_unknown}")
+        raise InvalidInputError(f"need known and unknown queries, got {n_known} and {n_unknown}")
     t = -np.inf if threshold is None else np.float32(threshold)
     known_accepted = np.float32(known_score) >= t
     unknown_rejected = ~(np.float32(unknown_score) >= t)

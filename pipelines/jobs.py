@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.archive import read_image_file
-from data.folders import Gallery, read_gallery
-from embedder.artifact import load_model
-from embedder.encode import encode, progress_bar
-from embedder.model import Embedder
-from index.metric import get_metric
-from index.store import EmbeddingSet, read_embeddings, write_embeddings
-from index.vector_index import VectorIndex
-from pipelines.evaluate import clustering, has_groups, knn_identification, oneshot_accuracy, pair_verification
-from pipelines.identify import identify
+from oneshot.data.archive import read_image_file
+from oneshot.data.source import ImageSource, describe_source, open_source
+from oneshot.embedder.artifact import load_model
+from oneshot.embedder.encode import encode, progress_bar
+from oneshot.embedder.model import Embedder
+from oneshot.errors import InvalidInputError, ModelMismatchError
+from oneshot.index.metric import get_metric
+from oneshot.index.store import EmbeddingSet, read_embeddings, write_embeddings
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.evaluate import clustering, evaluate
+from oneshot.pipelines.identify import identify
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ def _model(model: Embedder | str | os.PathLike | None) -> Embedder:
     return model if isinstance(model, Embedder) else load_model(model)
 
 
-def encode_gallery(model: Embedder, gallery: Gallery, batch_size: int = 256,
+def encode_gallery(model: Embedder, gallery: ImageSource, batch_size: int = 256,
                    show_progress: bool | None = None, tta: bool = False) -> np.ndarray:
-    """Read, preprocess and encode a gallery chunk by chunk (flat memory) -> float32 (N, D)."""
+    """Read, preprocess and encode an image source chunk by chunk -> float32 (N, D), table order."""
     paths = list(gallery.table["path"])
     chunks = []
     with progress_bar(show_progress, len(paths), "encode") as bar:
@@ -45,21 +46,22 @@ def encode_gallery(model: Embedder, gallery: Gallery, batch_size: int = 256,
     return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
 
 
-def embed_gallery(source: str | os.PathLike | Gallery, out: str | os.PathLike,
+def embed_gallery(source: str | os.PathLike | ImageSource, out: str | os.PathLike,
                   model: Embedder | str | os.PathLike | None = None, batch_size: int = 256,
                   labelled: bool = True, show_progress: bool | None = None, tta: bool = False) -> EmbeddingSet:
-    """Encode every image of a folder, zip or list file into a Parquet embedding store.
+    """Encode every image of a source into a Parquet embedding store.
 
     Args:
-        source: the images (see :func:`data.folders.read_gallery`), or a ready ``Gallery``.
+        source: a folder, zip, list file, MNIST IDX file or Omniglot folder (see
+            :func:`oneshot.data.source.open_source`), or an opened image source.
         out: the ``.parquet`` file to write (atomically).
         model: a model, a model file, or ``None`` for the shipped default.
     """
     model = _model(model)
-    gallery = source if isinstance(source, Gallery) else read_gallery(source, labelled=labelled)
+    gallery = open_source(source, labelled=labelled)
     embeddings = encode_gallery(model, gallery, batch_size, show_progress, tta)
     metadata = {"metric": model.metric, "model_fingerprint": getattr(model, "fingerprint", None),
-                "source": str(gallery.source), "recipe": model.recipe.to_dict(), "tta": tta}
+                "source": describe_source(gallery), "recipe": model.recipe.to_dict(), "tta": tta}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_embeddings(out, gallery.table, embeddings, metadata)
     return read_embeddings(out)
@@ -72,6 +74,11 @@ def build_index(store: str | os.PathLike, out: str | os.PathLike, pca_dim: int |
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     index.save(out)
     return index
+
+
+def load_index(path: str | os.PathLike) -> VectorIndex:
+    """A saved index (FAISS file plus its ``.meta.parquet`` sidecar), checked on load."""
+    return VectorIndex.load(path)
 
 
 def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.PathLike,
@@ -91,12 +98,12 @@ def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.Pa
     expected = index.metadata.get("model_fingerprint")
     actual = getattr(model, "fingerprint", None)
     if expected and actual and expected != actual:
-        raise ValueError(f"the index was built with model {expected} but the queries use model {actual}; "
-                         "pass the same --model used for `oneshot embed`")
+        raise ModelMismatchError(f"the index was built with model {expected} but the queries use model {actual}; "
+                                 "pass the same --model used for `oneshot embed`")
     try:
-        gallery = read_gallery(queries)
-    except ValueError:
-        gallery = read_gallery(queries, labelled=False)
+        gallery = open_source(queries)
+    except InvalidInputError:
+        gallery = open_source(queries, labelled=False)
     embeddings = encode_gallery(model, gallery, batch_size)
     result = identify(index, embeddings, threshold, k=k)
     result.insert(0, "path", gallery.table["path"].to_numpy())
@@ -122,7 +129,7 @@ def load_store(store: str | os.PathLike | EmbeddingSet, groups: list[str] | None
         return stored
     missing = sorted(set(groups) - set(stored.table["group"]))
     if missing:
-        raise ValueError(f"groups not in the store: {missing}")
+        raise InvalidInputError(f"groups not in the store: {missing}")
     keep = stored.table["group"].isin(groups).to_numpy()
     return EmbeddingSet(stored.table[keep].reset_index(drop=True), np.ascontiguousarray(stored.embeddings[keep]),
                         stored.metadata)
@@ -133,13 +140,8 @@ def evaluate_store(store: str | os.PathLike | EmbeddingSet, n_way: int = 20, k_s
                    gallery_fraction: float = 0.3, seed: int = 0, groups: list[str] | None = None) -> dict:
     """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store (of ``groups`` only, if given)."""
     stored = load_store(store, groups)
-    metric = stored.metadata["metric"]
-    within = bool(within_group and stored.table["group"].astype(bool).any())  # plain bool: the result is dumped as JSON
-    return {
-        "oneshot": oneshot_accuracy(stored.embeddings, stored.table, metric, n_way, k_shot, episodes, within, seed),
-        "knn": knn_identification(stored.embeddings, stored.table, metric, knn_k, gallery_fraction, seed),
-        "verification": pair_verification(stored.embeddings, stored.table, metric, seed=seed),
-    }
+    return evaluate(stored.embeddings, stored.table, stored.metadata["metric"], ("oneshot", "knn", "verification"),
+                    n_way, k_shot, episodes, within_group, knn_k, gallery_fraction, seed=seed)
 
 
 def cluster_store(store: str | os.PathLike | EmbeddingSet, pca_variance: float | None = None,

@@ -5,8 +5,9 @@ import logging
 
 import numpy as np
 
-from index.vector_index import VectorIndex
-from pipelines.metrics import accuracy
+from oneshot.errors import InvalidInputError
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.metrics import accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def _neighbours(
     exclude_ids = np.asarray(exclude_ids, dtype=np.int64)
     n_queries = np.asarray(queries).shape[0] if np.ndim(queries) == 2 else -1
     if exclude_ids.shape != (n_queries,):
-        raise ValueError(f"exclude_ids: expected shape ({n_queries},), got {exclude_ids.shape}")
+        raise InvalidInputError(f"exclude_ids: expected shape ({n_queries},), got {exclude_ids.shape}")
     result = index.search(queries, k + 1)
     # An exclude id of -1 excludes nothing (and must not drop padding).
     keep = (result.ids != exclude_ids[:, None]) | (exclude_ids[:, None] == -1)
@@ -67,9 +68,9 @@ def knn_classify(
         label (NaN when none).
     """
     if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        raise InvalidInputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+        raise InvalidInputError(f"k must be an int >= 1, got {k!r}")
     scores, ids, labels = _neighbours(index, queries, int(k), exclude_ids)
     n_queries = ids.shape[0]
     valid = ids != -1
@@ -124,7 +125,7 @@ def knn_accuracy(
     labels = np.asarray(labels, dtype=object)
     predicted, _ = knn_classify(index, queries, k=k, exclude_ids=exclude_ids, weighting=weighting)
     if labels.shape != predicted.shape:
-        raise ValueError(f"labels: expected shape {predicted.shape}, got {labels.shape}")
+        raise InvalidInputError(f"labels: expected shape {predicted.shape}, got {labels.shape}")
     value = accuracy(predicted, labels)
     logger.info("%d-NN accuracy %.4f over %d queries", k, value, len(labels))
     return value
@@ -150,16 +151,16 @@ def split_gallery_queries(
         ValueError: a class with fewer than 2 rows (named), or a fraction out of range.
     """
     if not 0.0 < gallery_fraction < 1.0:
-        raise ValueError(f"gallery_fraction must be in (0, 1), got {gallery_fraction}")
+        raise InvalidInputError(f"gallery_fraction must be in (0, 1), got {gallery_fraction}")
     labels = np.asarray(labels, dtype=object)
     if labels.ndim != 1:
-        raise ValueError(f"labels: expected a 1-D array, got shape {labels.shape}")
+        raise InvalidInputError(f"labels: expected a 1-D array, got shape {labels.shape}")
     classes, inverse, counts = np.unique(
         labels.astype(str), return_inverse=True, return_counts=True
     )
     small = classes[counts < 2]
     if small.size:
-        raise ValueError(
+        raise InvalidInputError(
             f"{small.size} class(es) have fewer than 2 rows, cannot split: {list(small[:5])}"
         )
     rng = np.random.default_rng(seed)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from oneshot.errors import InvalidInputError
+
 Z_95 = 1.96
 
 
@@ -16,12 +18,12 @@ def accuracy(predicted: np.ndarray, expected: np.ndarray) -> float:
     predicted = np.asarray(predicted, dtype=object)
     expected = np.asarray(expected, dtype=object)
     if predicted.shape != expected.shape or predicted.ndim != 1:
-        raise ValueError(
+        raise InvalidInputError(
             "expected two 1-D arrays of the same length, "
             f"got {predicted.shape} and {expected.shape}"
         )
     if predicted.shape[0] == 0:
-        raise ValueError("accuracy of an empty set is undefined")
+        raise InvalidInputError("accuracy of an empty set is undefined")
     return float(np.mean(predicted == expected))
 
 
@@ -35,7 +37,7 @@ def confidence_interval95(values: np.ndarray) -> float:
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.shape[0] == 0:
-        raise ValueError(f"expected a non-empty 1-D array, got shape {values.shape}")
+        raise InvalidInputError(f"expected a non-empty 1-D array, got shape {values.shape}")
     if values.shape[0] == 1:
         return 0.0
     return float(Z_95 * values.std(ddof=1) / np.sqrt(values.shape[0]))
@@ -56,11 +58,11 @@ def strictly_best(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores)
     target = np.asarray(target, dtype=np.int64)
     if scores.ndim != 2 or target.shape != (scores.shape[0],):
-        raise ValueError(
+        raise InvalidInputError(
             f"expected scores (Q, C) and target (Q,), got {scores.shape} and {target.shape}"
         )
     if target.size and (target.min() < 0 or target.max() >= scores.shape[1]):
-        raise ValueError(
+        raise InvalidInputError(
             f"target must be in [0, {scores.shape[1]}), got {target.min()}..{target.max()}"
         )
     rows = np.arange(scores.shape[0])
@@ -92,9 +94,9 @@ def best_threshold(
     positive = np.asarray(positive, dtype=np.float64).reshape(-1)
     negative = np.asarray(negative, dtype=np.float64).reshape(-1)
     if positive.size + negative.size == 0:
-        raise ValueError("no scores to calibrate on")
+        raise InvalidInputError("no scores to calibrate on")
     if not (np.isfinite(positive).all() and np.isfinite(negative).all()):
-        raise ValueError("scores must be finite")
+        raise InvalidInputError("scores must be finite")
     values = np.unique(np.concatenate([positive, negative]))
     # Candidate i accepts scores >= values[i]; candidate len(values) rejects everything.
     accepted_pos = positive.size - np.searchsorted(np.sort(positive), values, side="left")

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.metric import Metric, as_matrix, get_metric
-from pipelines.episodes import Episode
-from pipelines.metrics import confidence_interval95, strictly_best
+from oneshot.errors import InvalidInputError
+from oneshot.index.metric import Metric, as_matrix, get_metric
+from oneshot.pipelines.episodes import Episode
+from oneshot.pipelines.metrics import confidence_interval95, strictly_best
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def prototypes(support: np.ndarray, metric: Metric | str) -> np.ndarray:
     metric = get_metric(metric)
     support = np.asarray(support)
     if support.ndim != 3:
-        raise ValueError(f"support: expected (n_way, k_shot, D), got shape {support.shape}")
+        raise InvalidInputError(f"support: expected (n_way, k_shot, D), got shape {support.shape}")
     n_way, k_shot, dim = support.shape
     prepared = metric.prepare(support.reshape(n_way * k_shot, dim)).reshape(n_way, k_shot, dim)
     return metric.prepare(prepared.mean(axis=1))
@@ -88,7 +89,7 @@ def evaluate_episodes(
     metric = get_metric(metric)
     emb = metric.prepare(as_matrix(embeddings, "embeddings"))
     if len(episodes) == 0:
-        raise ValueError("episodes: expected at least one episode, got none")
+        raise InvalidInputError("episodes: expected at least one episode, got none")
     per_episode = np.empty(len(episodes), dtype=np.float64)
     n = emb.shape[0]
     for e, episode in enumerate(episodes):
@@ -96,9 +97,9 @@ def evaluate_episodes(
         query = np.asarray(episode.query, dtype=np.int64)
         for name, rows in (("support", support), ("query", query)):
             if rows.size and (rows.min() < 0 or rows.max() >= n):
-                raise ValueError(f"episode {e}: {name} rows must be in [0, {n}), got {rows.max()}")
+                raise InvalidInputError(f"episode {e}: {name} rows must be in [0, {n}), got {rows.max()}")
         if support.ndim != 2:
-            raise ValueError(f"episode {e}: support must be (n_way, k_shot), got {support.shape}")
+            raise InvalidInputError(f"episode {e}: support must be (n_way, k_shot), got {support.shape}")
         correct = episode_correct(emb[support], emb[query], episode.query_target, metric)
         per_episode[e] = correct.mean()
     accuracy = float(per_episode.mean())
@@ -129,15 +130,15 @@ def evaluate_runs(
     queries = np.asarray(queries)
     answers = np.asarray(answers)
     if support.ndim != 3 or queries.ndim != 3:
-        raise ValueError(
+        raise InvalidInputError(
             "expected support (R, n_way, D) and queries (R, n_query, D), "
             f"got {support.shape} and {queries.shape}"
         )
     runs, n_way, dim = support.shape
     if queries.shape[0] != runs or queries.shape[2] != dim:
-        raise ValueError(f"queries: expected (R={runs}, n_query, D={dim}), got {queries.shape}")
+        raise InvalidInputError(f"queries: expected (R={runs}, n_query, D={dim}), got {queries.shape}")
     if answers.shape != queries.shape[:2] or not np.issubdtype(answers.dtype, np.integer):
-        raise ValueError(
+        raise InvalidInputError(
             f"answers: expected int (R, n_query) = {queries.shape[:2]}, "
             f"got {answers.dtype} {answers.shape}"
         )

@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 
-from data.lake_runs import read_lake_runs
-from data.omniglot import OmniglotSplit, omniglot_root
-from data.synthetic import make_alphabets
-from embedder.artifact import load_model
-from embedder.dataset import LabelledImages
-from embedder.encode import encode
-from embedder.model import Embedder
-from embedder.preprocess import Recipe
-from embedder.train import TrainConfig, TrainResult, train
-from pipelines.evaluate import lake_run_errors
+from oneshot.data.lake_runs import read_lake_runs
+from oneshot.data.omniglot import OmniglotSplit, omniglot_root
+from oneshot.data.source import ImageSource, describe_source, open_source
+from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder.artifact import load_model
+from oneshot.embedder.dataset import LabelledImages
+from oneshot.embedder.encode import encode
+from oneshot.embedder.model import Embedder
+from oneshot.embedder.preprocess import Recipe
+from oneshot.embedder.train import TrainConfig, TrainResult, train
+from oneshot.errors import InvalidInputError
+from oneshot.pipelines.evaluate import lake_run_errors
+from oneshot.pipelines.validation import OneShotValidation
 
 #: Background alphabets held out for validation (never trained on), per Omniglot split.
 VALIDATION_ALPHABETS = {
@@ -40,32 +42,52 @@ def training_sets(table: pd.DataFrame, read, recipe: Recipe, validation: tuple[s
     held = table["group"].isin(validation)
     missing = set(validation) - set(table["group"])
     if missing:
-        raise ValueError(f"validation alphabets not in the data: {sorted(missing)}")
+        raise InvalidInputError(f"validation alphabets not in the data: {sorted(missing)}")
     if held.all() or not held.any():
-        raise ValueError("validation must hold out some, but not all, alphabets")
+        raise InvalidInputError("validation must hold out some, but not all, alphabets")
     return (LabelledImages.from_table(table[~held], read, recipe, rotations),
             LabelledImages.from_table(table[held], read, recipe))
 
 
-def train_from_cli(out: str | os.PathLike, options: dict, data: str | None = None, split: str = "background",
+def training_source(data: str | os.PathLike | ImageSource | None = None, split: str | None = None,
+                    synthetic: bool = False, seed: int = 0,
+                    val_groups: list[str] | None = None) -> tuple[ImageSource, tuple[str, ...], str]:
+    """Where training images come from and which groups validation holds out.
+
+    Args:
+        data: any source :func:`~oneshot.data.source.open_source` reads; ``None`` means
+            ``$OMNIGLOT_DIR``, or the synthetic alphabets with ``synthetic``.
+        split: the Omniglot or MNIST split (Omniglot's ``background`` by default).
+        val_groups: groups held out for validation; default: Omniglot's four validation
+            alphabets, the synthetic set's last three.
+    Returns:
+        (source, validation groups, a short description for the model file).
+    """
+    if synthetic:
+        source, held_out = synthetic_background(seed)
+        return source, tuple(val_groups or held_out), "synthetic"
+    source = open_source(data if data is not None else omniglot_root(), split=split)
+    if isinstance(source, OmniglotSplit):
+        name = split or "background"
+        default = VALIDATION_ALPHABETS.get(name, ())
+        return source, tuple(val_groups or default), f"omniglot/{name}"
+    if not val_groups:
+        raise InvalidInputError(f"{describe_source(source)}: name the groups held out for validation "
+                                "(--val-alphabets)")
+    return source, tuple(val_groups), describe_source(source)
+
+
+def train_from_cli(out: str | os.PathLike, options: dict, data: str | None = None, split: str | None = None,
                    synthetic: bool = False, val_alphabets: list[str] | None = None, resume: bool = True,
                    command: str | None = None, show_progress: bool | None = None) -> TrainResult:
-    """Train on Omniglot (``data`` or ``$OMNIGLOT_DIR``) or, with ``synthetic``, the synthetic alphabets."""
+    """Train on any image source (``data`` or ``$OMNIGLOT_DIR``) or, with ``synthetic``, the synthetic alphabets."""
     config = TrainConfig.from_dict(options)
     recipe = Recipe.from_dict(config.recipe)
-    if synthetic:
-        source, held_out = synthetic_background(config.seed)
-        table, read = source.table, source.read
-        validation = tuple(val_alphabets or held_out)
-        described = "synthetic"
-    else:
-        source = OmniglotSplit(omniglot_root(data), split)
-        table, read = source.table, source.read
-        validation = tuple(val_alphabets or VALIDATION_ALPHABETS[split])
-        described = f"omniglot/{split}"
-    train_set, val_set = training_sets(table, read, recipe, validation, config.rotations)
+    source, validation, described = training_source(data, split, synthetic, config.seed, val_alphabets)
+    train_set, val_set = training_sets(source.table, source.read, recipe, validation, config.rotations)
     info = {"command": command, "data": described, "validation_alphabets": list(validation)}
-    return train(config, train_set, val_set, out, resume=resume, show_progress=show_progress, info=info)
+    validate = OneShotValidation.from_config(val_set, config)
+    return train(config, train_set, validate, out, resume=resume, show_progress=show_progress, info=info)
 
 
 def lake_errors(data: str | os.PathLike | None = None, model=None, tta: bool = False) -> pd.DataFrame:

@@ -6,8 +6,9 @@ import logging
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from index.metric import Metric, as_matrix, get_metric
-from pipelines.metrics import best_threshold, threshold_between
+from oneshot.errors import InvalidInputError
+from oneshot.index.metric import Metric, as_matrix, get_metric
+from oneshot.pipelines.metrics import best_threshold, threshold_between
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,12 @@ def sample_pairs(
         ``(a, b, same)``: (n_pairs,) int64 row indices and (n_pairs,) bool.
     """
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 2:
-        raise ValueError(f"n_pairs must be an int >= 2, got {n_pairs!r}")
+        raise InvalidInputError(f"n_pairs must be an int >= 2, got {n_pairs!r}")
     labels = np.asarray(labels, dtype=object)
     if labels.ndim != 1:
-        raise ValueError(f"labels: expected a 1-D array, got shape {labels.shape}")
+        raise InvalidInputError(f"labels: expected a 1-D array, got shape {labels.shape}")
     if same_group_negatives and groups is None:
-        raise ValueError("same_group_negatives=True needs groups")
+        raise InvalidInputError("same_group_negatives=True needs groups")
     rng = np.random.default_rng(seed)
     classes, codes, order, starts = _csr(labels.astype(str))
     counts = np.bincount(codes, minlength=classes.size)
@@ -69,7 +70,7 @@ def sample_pairs(
     # Same-class pairs.
     eligible = np.flatnonzero(counts >= 2)
     if eligible.size == 0:
-        raise ValueError("no class has 2 or more rows: cannot make same-class pairs")
+        raise InvalidInputError("no class has 2 or more rows: cannot make same-class pairs")
     c = eligible[rng.integers(eligible.size, size=n_same)]
     i, j = _distinct_positions(rng, counts[c])
     same_a = order[starts[c] + i]
@@ -79,26 +80,26 @@ def sample_pairs(
     if same_group_negatives:
         groups = np.asarray(groups, dtype=object)
         if groups.shape != labels.shape:
-            raise ValueError(f"groups: expected shape {labels.shape}, got {groups.shape}")
+            raise InvalidInputError(f"groups: expected shape {labels.shape}, got {groups.shape}")
         class_group = np.empty(classes.size, dtype=object)
         group_keys = groups.astype(str)
         for code in range(classes.size):
             found = np.unique(group_keys[order[starts[code] : starts[code] + counts[code]]])
             if found.size != 1:
-                raise ValueError(f"class {classes[code]!r} spans groups {list(found)}")
+                raise InvalidInputError(f"class {classes[code]!r} spans groups {list(found)}")
             class_group[code] = found[0]
         g_keys, g_codes, g_order, g_starts = _csr(class_group.astype(str))
         g_counts = np.bincount(g_codes, minlength=g_keys.size)
         g_eligible = np.flatnonzero(g_counts >= 2)
         if g_eligible.size == 0:
-            raise ValueError("no group has 2 or more classes: cannot make same-group negatives")
+            raise InvalidInputError("no group has 2 or more classes: cannot make same-group negatives")
         g = g_eligible[rng.integers(g_eligible.size, size=n_diff)]
         p, q = _distinct_positions(rng, g_counts[g])
         c1 = g_order[g_starts[g] + p]
         c2 = g_order[g_starts[g] + q]
     else:
         if classes.size < 2:
-            raise ValueError("only one class: cannot make different-class pairs")
+            raise InvalidInputError("only one class: cannot make different-class pairs")
         c1 = rng.integers(classes.size, size=n_diff)
         c2 = rng.integers(classes.size - 1, size=n_diff)
         c2 = c2 + (c2 >= c1)
@@ -131,11 +132,11 @@ def pair_scores(
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"a and b: expected two (P,) arrays, got {a.shape} and {b.shape}")
+        raise InvalidInputError(f"a and b: expected two (P,) arrays, got {a.shape} and {b.shape}")
     n = emb.shape[0]
     for name, rows in (("a", a), ("b", b)):
         if rows.size and (rows.min() < 0 or rows.max() >= n):
-            raise ValueError(f"{name}: row indices must be in [0, {n})")
+            raise InvalidInputError(f"{name}: row indices must be in [0, {n})")
     out = np.empty(a.shape[0], dtype=np.float32)
     for start in range(0, a.shape[0], _PAIR_BLOCK):
         stop = start + _PAIR_BLOCK
@@ -147,13 +148,13 @@ def _check_scores(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.
     scores = np.asarray(scores, dtype=np.float64)
     same = np.asarray(same)
     if scores.ndim != 1 or same.shape != scores.shape:
-        raise ValueError(f"expected scores (P,) and same (P,), got {scores.shape} and {same.shape}")
+        raise InvalidInputError(f"expected scores (P,) and same (P,), got {scores.shape} and {same.shape}")
     if same.dtype != bool:
         if not np.isin(same, (0, 1)).all():
-            raise ValueError("same: expected booleans (or 0/1)")
+            raise InvalidInputError("same: expected booleans (or 0/1)")
         same = same.astype(bool)
     if not np.isfinite(scores).all():
-        raise ValueError("scores: contains NaN or infinite values")
+        raise InvalidInputError("scores: contains NaN or infinite values")
     return scores, same
 
 
@@ -176,10 +177,10 @@ def calibrate_threshold(
         threshold, _ = best_threshold(scores[same], scores[~same])
         return threshold
     if not 0.0 <= target_far <= 1.0:
-        raise ValueError(f"target_far must be in [0, 1], got {target_far}")
+        raise InvalidInputError(f"target_far must be in [0, 1], got {target_far}")
     negative = np.sort(scores[~same])
     if negative.size == 0:
-        raise ValueError("target_far needs different-class pairs")
+        raise InvalidInputError("target_far needs different-class pairs")
     # Accepting scores >= t lets through negatives >= t; allow at most floor(far * M).
     allowed = int(np.floor(target_far * negative.size + 1e-9))
     if allowed >= negative.size:
@@ -220,7 +221,7 @@ def verification_report(
     """
     scores, same = _check_scores(scores, same)
     if same.all() or not same.any():
-        raise ValueError("verification needs both same-class and different-class pairs")
+        raise InvalidInputError("verification needs both same-class and different-class pairs")
     if threshold is None:
         threshold = calibrate_threshold(scores, same)
     accepted = scores >= np.float64(threshold)

@@ -27,9 +27,9 @@ def tiny_model_path(tmp_path_factory) -> Path:
     """A tiny, deterministic, untrained embedder saved as a model file (conv, 16x16 in, 8-D out)."""
     import torch
 
-    from embedder.artifact import save_model
-    from embedder.model import Embedder
-    from embedder.preprocess import Recipe
+    from oneshot.embedder.artifact import save_model
+    from oneshot.embedder.model import Embedder
+    from oneshot.embedder.preprocess import Recipe
 
     torch.manual_seed(0)
     model = Embedder("conv", dim=8, recipe=Recipe(size=16), backbone_options={"channels": 4, "blocks": 2})
@@ -39,6 +39,6 @@ def tiny_model_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_gallery(tmp_path_factory) -> Path:
     """A labelled gallery folder ``group/class/image``: 2 alphabets x 5 characters x 6 drawers (60 PNGs)."""
-    from data.synthetic import make_alphabets
+    from oneshot.data.synthetic import make_alphabets
 
     return make_alphabets(2, 5, drawers=6, seed=3).write(tmp_path_factory.mktemp("synthetic") / "gallery")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.augment import AugmentConfig, augment
-from data.synthetic import make_alphabets
-from embedder.preprocess import Recipe
+from oneshot.data.augment import AugmentConfig, augment
+from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder.preprocess import Recipe
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data.archive import ImageReadError
-from data.folders import Gallery, read_gallery
+from oneshot.data.archive import ImageReadError
+from oneshot.data.folders import Gallery, read_gallery
 
 
 def _write(path: Path, value: int = 0, shape=(12, 10), suffix: str | None = None) -> np.ndarray:

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data.lake_runs import read_lake_runs
-from embedder.preprocess import Recipe
+from oneshot.data.lake_runs import read_lake_runs
+from oneshot.embedder.preprocess import Recipe
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from data.folders import read_gallery
-from data.omniglot import OmniglotSplit, omniglot_root, split_location
+from oneshot.data.folders import read_gallery
+from oneshot.data.omniglot import OmniglotSplit, omniglot_root, split_location
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-import data.synthetic as synthetic
-from data.folders import read_gallery
-from data.synthetic import SyntheticSet, make_alphabets
-from embedder.preprocess import Recipe
+import oneshot.data.synthetic as synthetic
+from oneshot.data.folders import read_gallery
+from oneshot.data.synthetic import SyntheticSet, make_alphabets
+from oneshot.embedder.preprocess import Recipe
 
 
 @pytest.fixture(scope="module")

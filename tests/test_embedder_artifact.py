@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import embedder.artifact as artifact
-from embedder.artifact import load_model, model_fingerprint, read_model_config, save_model
-from embedder.model import Embedder
-from embedder.preprocess import Recipe
+import oneshot.embedder.artifact as artifact
+from oneshot.embedder.artifact import load_model, model_fingerprint, read_model_config, save_model
+from oneshot.embedder.model import Embedder
+from oneshot.embedder.preprocess import Recipe
 
 torch.set_num_threads(1)
 

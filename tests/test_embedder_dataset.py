@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.synthetic import make_alphabets
-from embedder.dataset import LabelledImages
-from embedder.preprocess import Recipe
+from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder.dataset import LabelledImages
+from oneshot.embedder.preprocess import Recipe
 
 
 def _set(rotations: bool) -> LabelledImages:

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.synthetic import make_alphabets
-from embedder.encode import embed_tensor, encode, tta_views
-from embedder.model import Embedder
-from embedder.preprocess import Recipe
+from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder.encode import embed_tensor, encode, tta_views
+from oneshot.embedder.model import Embedder
+from oneshot.embedder.preprocess import Recipe
 
 torch.set_num_threads(1)
 

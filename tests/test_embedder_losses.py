@@ -6,9 +6,15 @@ import math
 import pytest
 import torch
 
-from embedder.losses import (ContrastiveLoss, NormalizedSoftmaxLoss, PrototypicalLoss, SiameseBCELoss,
-                             TripletLoss, pairwise_distances)
-from embedder.model import SiameseHead
+from oneshot.embedder.losses import (
+    ContrastiveLoss,
+    NormalizedSoftmaxLoss,
+    PrototypicalLoss,
+    SiameseBCELoss,
+    TripletLoss,
+    pairwise_distances,
+)
+from oneshot.embedder.model import SiameseHead
 
 torch.set_num_threads(1)
 

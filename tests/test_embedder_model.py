@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from embedder.backbones import backbone_names, create_backbone, register_backbone
-from embedder.model import Embedder, NormalizedHead, SiameseHead
-from embedder.preprocess import Recipe
-from index.vector_index import VectorIndex
+from oneshot.embedder.backbones import backbone_names, create_backbone, register_backbone
+from oneshot.embedder.model import Embedder, NormalizedHead, SiameseHead
+from oneshot.embedder.preprocess import Recipe
+from oneshot.index.vector_index import VectorIndex
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedder.preprocess import Recipe
+from oneshot.embedder.preprocess import Recipe
 
 
 def _paper(height: int, width: int) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedder.samplers import EpisodeSampler, PairSampler, PKSampler, TripletSampler
+from oneshot.embedder.samplers import EpisodeSampler, PairSampler, PKSampler, TripletSampler
 
 # 3 groups (alphabets) x 6 classes x 5 items; class c belongs to group c // 6.
 N_GROUPS, CLASSES_PER_GROUP, ITEMS = 3, 6, 5

@@ -9,15 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-import embedder.train as train_module
-from data.synthetic import make_alphabets
-from embedder.artifact import model_fingerprint, read_model_config
-from embedder.dataset import LabelledImages
-from embedder.encode import encode
-from embedder.preprocess import Recipe
-from embedder.train import OBJECTIVES, TrainConfig, train
-from pipelines.episodes import sample_episodes
-from pipelines.oneshot import evaluate_episodes
+import oneshot.embedder.train as train_module
+from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder.artifact import model_fingerprint, read_model_config
+from oneshot.embedder.dataset import LabelledImages
+from oneshot.embedder.encode import encode
+from oneshot.embedder.preprocess import Recipe
+from oneshot.embedder.train import OBJECTIVES, TrainConfig, train
+from oneshot.pipelines.episodes import sample_episodes
+from oneshot.pipelines.oneshot import evaluate_episodes
+from oneshot.pipelines.validation import OneShotValidation
 
 torch.set_num_threads(1)
 RECIPE = Recipe(size=16)
@@ -42,7 +43,8 @@ def _config(**changes) -> TrainConfig:
 
 def _run(config, data, out_dir, **kwargs):
     train_set, val_set = data
-    return train(config, train_set, val_set, out_dir, device="cpu", show_progress=False, **kwargs)
+    validate = OneShotValidation.from_config(val_set, config)
+    return train(config, train_set, validate, out_dir, device="cpu", show_progress=False, **kwargs)
 
 
 def test_short_run_writes_everything(data, tmp_path):
@@ -170,9 +172,8 @@ def test_without_validation_keeps_the_last_model(data, tmp_path):
 
 
 def test_early_stopping(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module.Validator, "__call__", lambda self, model: 0.5)  # never improves
     config = _config(steps=20, val_every=2, checkpoint_every=2, patience=2, warmup_steps=1)
-    result = _run(config, data, tmp_path)
+    result = train(config, data[0], lambda model: 0.5, tmp_path, device="cpu", show_progress=False)  # never improves
     assert result.history["step"].tolist() == [2, 4, 6]
     assert result.best_step == 2 and result.best_accuracy == 0.5
     assert read_model_config(result.model_path)["info"]["step"] == 2

@@ -3,7 +3,7 @@ import faiss
 import numpy as np
 import pytest
 
-from index.metric import METRIC_NAMES, Metric, get_metric
+from oneshot.index.metric import METRIC_NAMES, Metric, get_metric
 
 
 def naive_similarity(name, q, g):

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index.store import METADATA_KEY, read_embeddings, read_store_metadata, write_embeddings
+from oneshot.errors import MissingDataError
+from oneshot.index.store import METADATA_KEY, read_embeddings, read_store_metadata, write_embeddings
 
 
 @pytest.fixture
@@ -139,7 +140,7 @@ def test_metadata_must_agree_with_data(tmp_path, gallery):
 
 def test_read_errors_name_the_file(tmp_path, gallery):
     missing = tmp_path / "missing.parquet"
-    with pytest.raises(ValueError, match="missing.parquet"):
+    with pytest.raises(MissingDataError, match="missing.parquet"):
         read_embeddings(missing)
     garbage = tmp_path / "garbage.parquet"
     garbage.write_bytes(b"not parquet at all")

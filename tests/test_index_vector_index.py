@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import index.vector_index as vector_index_module
-from index.gpu import gpu_count, to_gpu
-from index.metric import METRIC_NAMES, get_metric
-from index.store import write_embeddings
-from index.vector_index import VectorIndex, sidecar_path
+import oneshot.index.vector_index as vector_index_module
+from oneshot.errors import MissingDataError
+from oneshot.index.gpu import gpu_count, to_gpu
+from oneshot.index.metric import METRIC_NAMES, get_metric
+from oneshot.index.store import write_embeddings
+from oneshot.index.vector_index import VectorIndex, sidecar_path
 
 
 @pytest.fixture
@@ -141,7 +142,7 @@ def test_load_rejects_missing_or_mismatched_files(tmp_path, gallery):
     os.replace(sidecar_path(b), sidecar_path(a))
     with pytest.raises(ValueError, match="a.faiss.*count"):
         VectorIndex.load(a)
-    with pytest.raises(ValueError, match="b.faiss.meta.parquet"):
+    with pytest.raises(MissingDataError, match="b.faiss.meta.parquet"):
         VectorIndex.load(b)
     (tmp_path / "c.faiss").write_bytes(b"junk")
     os.replace(sidecar_path(a), sidecar_path(tmp_path / "c.faiss"))

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from index.store import read_embeddings
-from index.vector_index import VectorIndex, sidecar_path
-from pipelines.cli import main
+from oneshot.index.store import read_embeddings
+from oneshot.index.vector_index import VectorIndex, sidecar_path
+from oneshot.pipelines.cli import main
 
 TINY_CONFIG = {
     "backbone": "conv", "backbone_options": {"channels": 4, "blocks": 2}, "dim": 8, "recipe": {"size": 16},
@@ -56,9 +56,9 @@ def other_model_path(tmp_path_factory) -> Path:
     """Same architecture as the tiny model, different weights (so a different fingerprint)."""
     import torch
 
-    from embedder.artifact import save_model
-    from embedder.model import Embedder
-    from embedder.preprocess import Recipe
+    from oneshot.embedder.artifact import save_model
+    from oneshot.embedder.model import Embedder
+    from oneshot.embedder.preprocess import Recipe
 
     torch.manual_seed(1)
     model = Embedder("conv", dim=8, recipe=Recipe(size=16), backbone_options={"channels": 4, "blocks": 2})
@@ -298,7 +298,7 @@ def test_train_synthetic_with_config(tmp_path):
     assert found, result.output
     assert 0.0 <= float(found.group(1)) <= 1.0 and int(found.group(2)) in (2, 4)
     assert (out / "model.safetensors").is_file() and (out / "history.csv").is_file()
-    from embedder.artifact import load_model
+    from oneshot.embedder.artifact import load_model
 
     model = load_model(out / "model.safetensors")
     assert model.dim == 8 and model.recipe.size == 16

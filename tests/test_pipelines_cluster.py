@@ -3,7 +3,7 @@ import faiss
 import numpy as np
 import pytest
 
-from pipelines.cluster import cluster_groups, kmeans, summarize_clusters
+from oneshot.pipelines.cluster import cluster_groups, kmeans, summarize_clusters
 
 
 @pytest.fixture(autouse=True)

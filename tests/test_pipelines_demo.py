@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from embedder.artifact import load_model
-from index.store import read_embeddings
-from index.vector_index import VectorIndex
-from pipelines.demo import format_summary, run_demo
+from oneshot.embedder.artifact import load_model
+from oneshot.index.store import read_embeddings
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.demo import format_summary, run_demo
 
 SCORES = ("oneshot_accuracy", "knn_accuracy", "ari", "nmi")
 

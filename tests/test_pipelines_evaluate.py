@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.lake_runs import read_lake_runs
-from pipelines.evaluate import evaluate_all, lake_run_errors
+from oneshot.data.lake_runs import read_lake_runs
+from oneshot.pipelines.evaluate import evaluate, lake_run_errors
 
 N_GROUPS, CLASSES_PER_GROUP, ITEMS = 2, 10, 8
 
@@ -27,29 +27,41 @@ def test_separated_classes_score_perfectly():
     centres = np.eye(n_classes, 32)  # one axis per class
     codes = pd.factorize(table["label"])[0]
     vectors = (centres[codes] + 0.05 * rng.standard_normal((len(table), 32))).astype(np.float32)
-    scores = evaluate_all(vectors, table, "cosine", n_way=5, n_episodes=200, seed=1)
-    assert set(scores) == {"oneshot_accuracy", "oneshot_ci95", "knn_accuracy", "ari", "nmi"}
-    assert scores["oneshot_accuracy"] == pytest.approx(1.0)
-    assert scores["oneshot_ci95"] == pytest.approx(0.0)
-    assert scores["knn_accuracy"] == pytest.approx(1.0)
-    assert scores["ari"] == pytest.approx(1.0) and scores["nmi"] == pytest.approx(1.0)
+    scores = evaluate(vectors, table, "cosine", n_way=5, n_episodes=200, seed=1)
+    assert set(scores) == {"oneshot", "knn", "verification", "clustering"}
+    assert scores["oneshot"]["accuracy"] == pytest.approx(1.0)
+    assert scores["oneshot"]["ci95"] == pytest.approx(0.0)
+    assert scores["knn"]["accuracy"] == pytest.approx(1.0)
+    assert scores["verification"]["accuracy"] == pytest.approx(1.0)
+    clustering = scores["clustering"]
+    assert clustering["ari"] == pytest.approx(1.0) and clustering["nmi"] == pytest.approx(1.0)
+    assert len(clustering["per_group"]) == N_GROUPS
 
 
 def test_random_vectors_score_near_chance():
     table = labelled_table()
     vectors = np.random.default_rng(1).standard_normal((len(table), 32)).astype(np.float32)
-    scores = evaluate_all(vectors, table, "cosine", n_way=5, n_episodes=400, seed=2)
-    assert abs(scores["oneshot_accuracy"] - 1 / 5) < 0.08  # 5-way chance, ~4 standard errors
-    assert scores["knn_accuracy"] < 0.15  # 20 classes: chance 0.05
-    assert abs(scores["ari"]) < 0.1
-    assert scores["nmi"] < 0.5
+    scores = evaluate(vectors, table, "cosine", n_way=5, n_episodes=400, seed=2)
+    assert abs(scores["oneshot"]["accuracy"] - 1 / 5) < 0.08  # 5-way chance, ~4 standard errors
+    assert scores["knn"]["accuracy"] < 0.15  # 20 classes: chance 0.05
+    assert abs(scores["verification"]["accuracy"] - 0.5) < 0.06  # balanced pairs
+    assert abs(scores["clustering"]["ari"]) < 0.1
+    assert scores["clustering"]["nmi"] < 0.5
 
 
 def test_seeded_and_metric_names_accepted():
     table = labelled_table()
     vectors = np.random.default_rng(2).standard_normal((len(table), 16)).astype(np.float32)
-    first = evaluate_all(vectors, table, "l2", n_way=5, n_episodes=100, seed=3)
-    assert first == evaluate_all(vectors, table, "l2", n_way=5, n_episodes=100, seed=3)
+    first = evaluate(vectors, table, "l2", n_way=5, n_episodes=100, seed=3)
+    assert first == evaluate(vectors, table, "l2", n_way=5, n_episodes=100, seed=3)
+
+
+def test_only_the_asked_tasks_run_and_unknown_ones_are_named():
+    table = labelled_table()
+    vectors = np.random.default_rng(2).standard_normal((len(table), 16)).astype(np.float32)
+    assert set(evaluate(vectors, table, "cosine", tasks=("knn",))) == {"knn"}
+    with pytest.raises(ValueError, match="clusterin"):
+        evaluate(vectors, table, "cosine", tasks=("clusterin",))
 
 
 # ---------------------------------------------------------------- Lake's runs
@@ -118,7 +130,7 @@ def test_lake_run_errors_constant_encoder_ties_count_as_errors(tmp_path):
 
 
 def test_pair_verification_separates_separated_classes_and_not_random_ones():
-    from pipelines.evaluate import pair_verification
+    from oneshot.pipelines.evaluate import pair_verification
 
     table = labelled_table()
     rng = np.random.default_rng(2)

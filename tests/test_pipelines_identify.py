@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from index.vector_index import VectorIndex
-from pipelines.identify import calibrate_unknown_threshold, identify, open_set_report
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.identify import calibrate_unknown_threshold, identify, open_set_report
 
 
 @pytest.fixture

@@ -7,13 +7,19 @@ import cv2
 import numpy as np
 import pytest
 
-from data.folders import read_gallery
-from embedder.artifact import load_model
-from embedder.encode import encode
-from index.store import read_embeddings
-from index.vector_index import VectorIndex
-from pipelines.jobs import (build_index, cluster_store, embed_gallery, encode_gallery, evaluate_store,
-                            identify_images)
+from oneshot.data.folders import read_gallery
+from oneshot.embedder.artifact import load_model
+from oneshot.embedder.encode import encode
+from oneshot.index.store import read_embeddings
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.jobs import (
+    build_index,
+    cluster_store,
+    embed_gallery,
+    encode_gallery,
+    evaluate_store,
+    identify_images,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +103,8 @@ def test_identify_unlabelled_queries(tmp_path, store_and_index, synthetic_galler
 def test_identify_with_another_model_raises(store_and_index, synthetic_gallery):
     import torch
 
-    from embedder.model import Embedder
-    from embedder.preprocess import Recipe
+    from oneshot.embedder.model import Embedder
+    from oneshot.embedder.preprocess import Recipe
 
     torch.manual_seed(1)
     other = Embedder("conv", dim=8, recipe=Recipe(size=16), backbone_options={"channels": 4, "blocks": 2})

@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from index.metric import get_metric
-from index.vector_index import VectorIndex
-from pipelines.knn import knn_accuracy, knn_classify, split_gallery_queries
+from oneshot.index.metric import get_metric
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.knn import knn_accuracy, knn_classify, split_gallery_queries
 
 
 def make_index(x, labels, metric="cosine", ids=None):

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index.metric import METRIC_NAMES, get_metric
-from pipelines.metrics import best_threshold
-from pipelines.verify import (
+from oneshot.index.metric import METRIC_NAMES, get_metric
+from oneshot.pipelines.metrics import best_threshold
+from oneshot.pipelines.verify import (
     calibrate_threshold,
     equal_error_rate,
     pair_scores,

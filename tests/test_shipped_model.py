@@ -5,10 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
-from embedder.artifact import DEFAULT_MODEL, load_model, read_model_config
-from pipelines.training import lake_errors
+from oneshot.embedder.artifact import DEFAULT_MODEL, load_model, read_model_config
+from oneshot.pipelines.training import lake_errors
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STATED = re.compile(r"shipped model's error on Lake's 20 official runs: \*\*([0-9.]+)%\*\*")

@@ -1,0 +1,74 @@
+"""oneshot: one-shot image recognition with metric-learning embedders and FAISS vector search.
+
+The public API in one place::
+
+    import oneshot
+
+    model = oneshot.load_model()                              # the shipped model
+    vectors = oneshot.encode(model, images)                   # uint8 (H, W) arrays -> float32 (N, D)
+    store = oneshot.embed_gallery("gallery/", "gallery.parquet")
+    index = oneshot.build_index("gallery.parquet", "gallery.faiss")
+    answers = oneshot.identify_images("queries/", index)
+    oneshot.verify_images("a.png", "b.png")
+    oneshot.evaluate_store("gallery.parquet")
+    oneshot.cluster_store("gallery.parquet")
+
+Subpackages, bottom layer first: ``oneshot.data`` (image sources), ``oneshot.embedder`` (models,
+training, encoding) and ``oneshot.index`` (stores, vector search) side by side, then
+``oneshot.pipelines`` (jobs, evaluations, the CLI). ``oneshot.errors`` and ``oneshot.atomic`` sit
+below them all. Names are imported on first use, so ``import oneshot`` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "load_model": "oneshot.embedder.artifact",
+    "save_model": "oneshot.embedder.artifact",
+    "Embedder": "oneshot.embedder.model",
+    "Recipe": "oneshot.embedder.preprocess",
+    "encode": "oneshot.embedder.encode",
+    "TrainConfig": "oneshot.embedder.train",
+    "train": "oneshot.embedder.train",
+    "read_gallery": "oneshot.data.folders",
+    "open_source": "oneshot.data.source",
+    "ImageSource": "oneshot.data.source",
+    "EmbeddingSet": "oneshot.index.store",
+    "read_embeddings": "oneshot.index.store",
+    "write_embeddings": "oneshot.index.store",
+    "VectorIndex": "oneshot.index.vector_index",
+    "get_metric": "oneshot.index.metric",
+    "embed_gallery": "oneshot.pipelines.jobs",
+    "build_index": "oneshot.pipelines.jobs",
+    "load_index": "oneshot.pipelines.jobs",
+    "identify_images": "oneshot.pipelines.jobs",
+    "verify_images": "oneshot.pipelines.jobs",
+    "evaluate_store": "oneshot.pipelines.jobs",
+    "cluster_store": "oneshot.pipelines.jobs",
+    "evaluate": "oneshot.pipelines.evaluate",
+    "OneshotError": "oneshot.errors",
+    "InvalidInputError": "oneshot.errors",
+    "ImageReadError": "oneshot.errors",
+    "MissingDataError": "oneshot.errors",
+    "CorruptFileError": "oneshot.errors",
+    "ModelMismatchError": "oneshot.errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'oneshot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
