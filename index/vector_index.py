@@ -1,80 +1,38 @@
-"""A FAISS flat index with int64 ids, per-row metadata and (optionally) PCA inside the index.
+"""A FAISS index with int64 ids, per-row metadata and (optionally) PCA inside the index.
 
 The FAISS index is ``IndexIDMap2`` over either a flat index or an ``IndexPreTransform``
 (``PCAMatrix``, then ``NormalizationTransform`` for cosine) in front of a flat index, built with
-the index factory (``"IDMap2,PCA64,L2norm,Flat"``). The fitted PCA is therefore saved and loaded
-with the index and can never drift from it. Scores always follow :class:`index.metric.Metric`:
-higher = more similar.
+the index factory (:mod:`oneshot.index.kinds`). The fitted PCA is therefore saved and loaded with
+the index and can never drift from it. Scores always follow :class:`oneshot.index.metric.Metric`:
+higher = more similar. The rows beside the index live in :mod:`oneshot.index.id_table`, the files
+in :mod:`oneshot.index.index_file`; :class:`VectorIndex` implements
+:class:`oneshot.index.search.Searcher`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from oneshot.atomic import atomic_path
-from oneshot.errors import CorruptFileError, InvalidInputError, MissingDataError
+from oneshot.errors import InvalidInputError
 from oneshot.index.gpu import gpu_count, to_gpu
+from oneshot.index.id_table import TABLE_COLUMNS, IdTable
+from oneshot.index.index_file import SIDECAR_SUFFIX, read_index_files, sidecar_path, write_index_files
+from oneshot.index.kinds import factory_string
 from oneshot.index.metric import Metric, as_matrix, get_metric
 from oneshot.index.pca import resolve_pca_dim, training_sample
-from oneshot.index.store import METADATA_KEY, check_table, read_embeddings
+from oneshot.index.search import SearchResult, check_k
+from oneshot.index.store import read_embeddings
 
 logger = logging.getLogger(__name__)
 
-SIDECAR_SUFFIX = ".meta.parquet"
-TABLE_COLUMNS = ("id", "label", "group", "path")
-
-
-@dataclass
-class SearchResult:
-    """The k best gallery rows for each query, best first.
-
-    Attributes:
-        scores: (Q, k) float32 similarities, higher = better; ``-inf`` where no result.
-        ids: (Q, k) int64 gallery ids; ``-1`` where no result (k larger than the gallery).
-        labels: (Q, k) object labels of ``ids``; None where no result.
-    """
-
-    scores: np.ndarray
-    ids: np.ndarray
-    labels: np.ndarray
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """The metadata file saved next to an index file: ``path + ".meta.parquet"``."""
-    return Path(str(path) + SIDECAR_SUFFIX)
-
-
-def _table_from(table: pd.DataFrame, count: int) -> pd.DataFrame:
-    if not isinstance(table, pd.DataFrame):
-        raise InvalidInputError(f"table: expected a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in ("id", "label") if c not in table.columns]
-    if missing:
-        raise InvalidInputError(f"table: missing columns {missing}; required: ['id', 'label']")
-    full = table.reset_index(drop=True).copy()
-    for column in ("group", "path"):
-        if column not in full.columns:
-            full[column] = ""
-    return check_table(full[list(TABLE_COLUMNS)], count)
-
-
-def _factory_string(metric: Metric, pca_dim: int | None) -> str:
-    parts = ["IDMap2"]
-    if pca_dim is not None:
-        parts.append(f"PCA{pca_dim}")
-        if metric.normalizes:
-            parts.append("L2norm")
-    parts.append("Flat")
-    return ",".join(parts)
+__all__ = ["VectorIndex", "SearchResult", "sidecar_path", "SIDECAR_SUFFIX", "TABLE_COLUMNS"]
 
 
 class VectorIndex:
@@ -93,15 +51,11 @@ class VectorIndex:
         metadata: dict[str, Any],
     ) -> None:
         self._index = index
-        self._table = table
+        self._rows = IdTable(table)
         self._metric = metric
         self._pca = pca
         self.metadata = metadata
         self._gpu_index: faiss.Index | None = None
-        ids = table["id"].to_numpy(dtype=np.int64)
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted_ids = ids[self._order]
-        self._labels = np.asarray(table["label"].to_numpy(dtype=object), dtype=object)
 
     # ---------------------------------------------------------------- construction
 
@@ -135,7 +89,7 @@ class VectorIndex:
         x = metric.prepare(as_matrix(embeddings, "embeddings"))
         if x.shape[0] == 0:
             raise InvalidInputError("embeddings: the gallery is empty")
-        rows = _table_from(table, x.shape[0])
+        rows = IdTable.from_table(table, x.shape[0]).table
         meta = dict(metadata or {})
         try:
             json.dumps(meta)
@@ -146,7 +100,7 @@ class VectorIndex:
             logger.warning("PCA rotates the space and L1 distances are not rotation-invariant")
         if dim is not None and x.shape[0] < 2:
             raise InvalidInputError(f"PCA needs at least 2 gallery vectors, got {x.shape[0]}")
-        index = faiss.index_factory(x.shape[1], _factory_string(metric, dim), metric.faiss_metric)
+        index = faiss.index_factory(x.shape[1], factory_string(metric, dim), metric.faiss_metric)
         if not index.is_trained:
             index.train(training_sample(x, seed))
         index.add_with_ids(x, rows["id"].to_numpy(dtype=np.int64))
@@ -224,17 +178,17 @@ class VectorIndex:
     @property
     def table(self) -> pd.DataFrame:
         """A copy of the rows: ``id``, ``label``, ``group``, ``path`` in insertion order."""
-        return self._table.copy()
+        return self._rows.table.copy()
 
     @property
     def ids(self) -> np.ndarray:
         """(N,) int64 ids in insertion order."""
-        return self._table["id"].to_numpy(dtype=np.int64)
+        return self._rows.ids
 
     @property
     def labels(self) -> np.ndarray:
         """(N,) object labels in insertion order."""
-        return self._labels.copy()
+        return self._rows.labels
 
     @property
     def faiss_index(self) -> faiss.Index:
@@ -244,22 +198,8 @@ class VectorIndex:
     # ---------------------------------------------------------------- search
 
     def labels_for(self, ids: np.ndarray) -> np.ndarray:
-        """Labels of gallery ids, any shape; ``-1`` gives None.
-
-        Raises:
-            ValueError: an id that is neither in the index nor -1.
-        """
-        ids = np.asarray(ids, dtype=np.int64)
-        out = np.full(ids.shape, None, dtype=object)
-        flat = ids.reshape(-1)
-        valid = flat != -1
-        pos = np.searchsorted(self._sorted_ids, flat[valid])
-        pos_clipped = np.minimum(pos, max(0, len(self._sorted_ids) - 1))
-        found = self._sorted_ids[pos_clipped] == flat[valid]
-        if not found.all():
-            raise InvalidInputError(f"ids not in the index: {flat[valid][~found][:5].tolist()}")
-        out.reshape(-1)[valid] = self._labels[self._order[pos_clipped]]
-        return out
+        """Labels of gallery ids, any shape; ``-1`` gives None (see :meth:`IdTable.labels_for`)."""
+        return self._rows.labels_for(ids)
 
     def _search_index(self, use_gpu: bool | None) -> faiss.Index:
         available = gpu_count()
@@ -289,8 +229,7 @@ class VectorIndex:
             :class:`SearchResult` with (Q, k) arrays.
         """
         q = as_matrix(queries, "queries", self.input_dimension)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InvalidInputError(f"k must be an int >= 1, got {k!r}")
+        k = check_k(k)
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         index = self._search_index(use_gpu)
@@ -327,71 +266,16 @@ class VectorIndex:
         Returns:
             ``Path(path)``.
         """
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            faiss.write_index(self._index, str(tmp))
-        sidecar = sidecar_path(path)
-        meta = json.dumps(self._file_metadata()).encode()
-        arrow = pa.Table.from_pandas(self._table, preserve_index=False)
-        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), METADATA_KEY: meta})
-        with atomic_path(sidecar) as tmp:
-            pq.write_table(arrow, tmp)
+        path = write_index_files(path, self._index, self._rows.table, self._file_metadata())
         logger.info("saved index (%d vectors) to %s", len(self), path)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> VectorIndex:
-        """Read an index written by :meth:`save`.
+        """Read an index written by :meth:`save` (see :func:`~oneshot.index.index_file.read_index_files`).
 
         Raises:
-            ValueError: a missing or unreadable file, or an index and sidecar that disagree;
-                the message names the file.
+            MissingDataError, CorruptFileError: naming the file.
         """
-        path = Path(path)
-        sidecar = sidecar_path(path)
-        for required in (path, sidecar):
-            if not required.is_file():
-                raise MissingDataError(f"{required}: not found (an index needs {path} and {sidecar})")
-        try:
-            arrow = pq.read_table(sidecar)
-            meta = json.loads((arrow.schema.metadata or {})[METADATA_KEY])
-        except (pa.ArrowException, OSError, KeyError, json.JSONDecodeError) as exc:
-            raise CorruptFileError(f"{sidecar}: not an index metadata file ({exc})") from exc
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as exc:
-            raise CorruptFileError(f"{path}: not a readable FAISS index ({exc})") from exc
-        if not isinstance(index, faiss.IndexIDMap2):
-            raise CorruptFileError(f"{path}: expected an IndexIDMap2, got {type(index).__name__}")
-        try:
-            metric = get_metric(meta.get("metric"))
-            table = check_table(
-                arrow.to_pandas()[list(TABLE_COLUMNS)], arrow.num_rows, str(sidecar)
-            )
-        except (ValueError, KeyError) as exc:
-            raise CorruptFileError(f"{sidecar}: bad index metadata ({exc})") from exc
-        pca = meta.get("pca")
-        inner = faiss.downcast_index(index.index)
-        stored_dim = inner.index.d if isinstance(inner, faiss.IndexPreTransform) else inner.d
-        problems = []
-        if meta.get("count") != index.ntotal or arrow.num_rows != index.ntotal:
-            problems.append(
-                f"count: sidecar {meta.get('count')} ({arrow.num_rows} rows), index {index.ntotal}"
-            )
-        if meta.get("input_dimension") != index.d:
-            problems.append(
-                f"input dimension: sidecar {meta.get('input_dimension')}, index {index.d}"
-            )
-        if meta.get("dimension") != stored_dim:
-            problems.append(f"dimension: sidecar {meta.get('dimension')}, index {stored_dim}")
-        if (pca is not None) != isinstance(inner, faiss.IndexPreTransform):
-            problems.append(f"PCA: sidecar says {pca}, index {type(inner).__name__}")
-        if index.metric_type != metric.faiss_metric:
-            problems.append(f"metric: sidecar {metric.name}, index metric_type {index.metric_type}")
-        if not problems:
-            stored_ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-            if not np.array_equal(stored_ids, table["id"].to_numpy(dtype=np.int64)):
-                problems.append("ids differ between sidecar and index")
-        if problems:
-            raise CorruptFileError(f"{path}: index and {sidecar.name} disagree: " + "; ".join(problems))
-        return cls(index, table, metric, pca, dict(meta.get("metadata") or {}))
+        files = read_index_files(path)
+        return cls(files.index, files.table, files.metric, files.pca, files.metadata)

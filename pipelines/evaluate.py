@@ -3,13 +3,14 @@ per group, and Lake's official runs. All from vectors: no network forward per (q
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from oneshot.errors import InvalidInputError
 from oneshot.index.metric import Metric, get_metric
+from oneshot.index.search import Searcher
 from oneshot.index.vector_index import VectorIndex
 from oneshot.pipelines.cluster import cluster_groups, summarize_clusters
 from oneshot.pipelines.episodes import sample_episodes
@@ -41,15 +42,19 @@ def oneshot_accuracy(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric
 
 
 def knn_identification(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, k: int = 3,
-                       gallery_fraction: float = 0.3, seed: int = 0) -> dict:
+                       gallery_fraction: float = 0.3, seed: int = 0,
+                       build_searcher: Callable[..., Searcher] = VectorIndex.build) -> dict:
     """The reference protocol: index ``gallery_fraction`` of each class, classify the rest by KNN.
+
+    ``build_searcher(embeddings, table, metric)`` makes the gallery's searcher: FAISS by default,
+    :class:`~oneshot.index.search.ExactSearch` for a numpy reference.
 
     Returns:
         ``{"accuracy", "k", "gallery", "queries"}``.
     """
     labels = table["label"].to_numpy(dtype=object)
     gallery, queries = split_gallery_queries(labels, gallery_fraction, seed)
-    index = VectorIndex.build(embeddings[gallery], table.iloc[gallery].reset_index(drop=True), metric)
+    index = build_searcher(embeddings[gallery], table.iloc[gallery].reset_index(drop=True), metric)
     accuracy = knn_accuracy(index, embeddings[queries], labels[queries], k=k)
     return {"accuracy": accuracy, "k": k, "gallery": int(len(gallery)), "queries": int(len(queries))}
 

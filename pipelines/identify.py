@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from oneshot.errors import InvalidInputError
-from oneshot.index.vector_index import VectorIndex
+from oneshot.index.search import Searcher
 from oneshot.pipelines.knn import knn_classify
 from oneshot.pipelines.metrics import best_threshold
 
@@ -17,7 +17,7 @@ UNKNOWN = "unknown"
 TARGETS = ("accuracy", "balanced")
 
 
-def _predict(index: VectorIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _predict(index: Searcher, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best label and its score per query: nearest neighbour (k=1) or k-NN vote."""
     if k == 1:
         result = index.search(queries, 1)
@@ -26,7 +26,7 @@ def _predict(index: VectorIndex, queries: np.ndarray, k: int) -> tuple[np.ndarra
 
 
 def identify(
-    index: VectorIndex,
+    index: Searcher,
     queries: np.ndarray,
     threshold: float | None,
     k: int = 1,
@@ -57,7 +57,7 @@ def identify(
 
 
 def _scores_for_calibration(
-    index: VectorIndex,
+    index: Searcher,
     known_queries: np.ndarray,
     known_labels: np.ndarray,
     unknown_queries: np.ndarray,
@@ -75,7 +75,7 @@ def _scores_for_calibration(
 
 
 def calibrate_unknown_threshold(
-    index: VectorIndex,
+    index: Searcher,
     known_queries: np.ndarray,
     known_labels: np.ndarray,
     unknown_queries: np.ndarray,
@@ -120,7 +120,7 @@ def calibrate_unknown_threshold(
 
 
 def open_set_report(
-    index: VectorIndex,
+    index: Searcher,
     known_queries: np.ndarray,
     known_labels: np.ndarray,
     unknown_queries: np.ndarray,

@@ -1,4 +1,4 @@
-"""K-nearest-neighbour classification against a :class:`index.vector_index.VectorIndex`."""
+"""K-nearest-neighbour classification against any :class:`oneshot.index.search.Searcher` (FAISS or exact)."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,7 @@ import logging
 import numpy as np
 
 from oneshot.errors import InvalidInputError
-from oneshot.index.vector_index import VectorIndex
+from oneshot.index.search import Searcher
 from oneshot.pipelines.metrics import accuracy
 
 logger = logging.getLogger(__name__)
@@ -16,7 +16,7 @@ _DISTANCE_EPS = 1e-6
 
 
 def _neighbours(
-    index: VectorIndex, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None
+    index: Searcher, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k (scores, ids, labels) with each query's excluded id removed."""
     if exclude_ids is None:
@@ -42,7 +42,7 @@ def _neighbours(
 
 
 def knn_classify(
-    index: VectorIndex,
+    index: Searcher,
     queries: np.ndarray,
     k: int = 5,
     exclude_ids: np.ndarray | None = None,
@@ -109,7 +109,7 @@ def knn_classify(
 
 
 def knn_accuracy(
-    index: VectorIndex,
+    index: Searcher,
     queries: np.ndarray,
     labels: np.ndarray,
     k: int = 5,
