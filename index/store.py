@@ -209,11 +209,13 @@ def _metadata_from_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
     return meta
 
 
-def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
+def read_embeddings(path: str | os.PathLike, allow_nonfinite: bool = False) -> EmbeddingSet:
     """Read a store written by :func:`write_embeddings`.
 
     Args:
         path: the ``.parquet`` file.
+        allow_nonfinite: return rows with NaN or infinite values instead of raising (for callers
+            that leave such rows out themselves, like ``index build``).
 
     Returns:
         :class:`EmbeddingSet` with float32 C-contiguous (N, D) embeddings.
@@ -255,6 +257,6 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     if not pd.api.types.is_integer_dtype(table["id"].dtype) or table["id"].duplicated().any():
         raise CorruptFileError(f"{path}: 'id' must be unique integers")
     table["id"] = table["id"].astype(np.int64)
-    if not np.isfinite(embeddings).all():
+    if not allow_nonfinite and not np.isfinite(embeddings).all():
         raise CorruptFileError(f"{path}: embeddings contain NaN or infinite values")
     return EmbeddingSet(table=table, embeddings=embeddings, metadata=meta)
