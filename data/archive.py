@@ -19,6 +19,7 @@ Listing is robust to what real galleries hold (:meth:`ImageArchive.scan`):
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 import zipfile
@@ -47,7 +48,16 @@ def is_image_name(name: str) -> bool:
 
 def is_litter(name: str) -> bool:
     """OS litter or hidden: any part of the posix path hidden, ``__MACOSX``, ``Thumbs.db`` ..."""
-    return any(part.startswith(".") or part.lower() in LITTER_NAMES for part in PurePosixPath(name).parts)
+    return any((part.startswith(".") and part not in (".", "..")) or part.lower() in LITTER_NAMES
+               for part in PurePosixPath(name).parts)
+
+
+_ESCAPED_BYTE = re.compile(r"\\x([0-9a-f]{2})")
+
+
+def unescape_name(name: str) -> str:
+    r"""The inverse of :func:`escape_name`: ``\xNN`` back to the surrogate-escaped byte."""
+    return _ESCAPED_BYTE.sub(lambda match: chr(0xDC00 + int(match[1], 16)), name)
 
 
 def escape_name(name: str) -> str:
@@ -128,12 +138,14 @@ class ImageArchive:
         listing = Listing()
         for info in self._zip().infolist():
             name = info.filename
-            if info.is_dir() or is_litter(name) or not is_image_name(name):
+            if info.is_dir() or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             reason = None
             parts = PurePosixPath(name.replace("\\", "/")).parts
             if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
                 reason = "unsafe member name (absolute or with '..'); not read"
+            elif is_litter(name) or not is_image_name(name):
+                continue
             elif name in self._infos:
                 reason = "duplicate member name in the zip; only the first is read"
             elif info.file_size > self.max_file_bytes:
@@ -234,7 +246,10 @@ class ImageArchive:
                                          f"{self.max_file_bytes} (possible zip bomb)")
                 with self._zip().open(info) as handle:
                     return handle.read(self.max_file_bytes + 1)[: self.max_file_bytes + 1]
-            path = self.path / self._real.get(name, name)
+            real = self._real.get(name)
+            if real is None:
+                real = name if "\\x" not in name or (self.path / name).exists() else unescape_name(name)
+            path = self.path / real
             size = path.stat().st_size
             if size > self.max_file_bytes:
                 raise ImageReadError(f"{where}: {size} bytes exceeds the cap of {self.max_file_bytes}")
