@@ -90,18 +90,20 @@ class ImageArchive:
 
     Args:
         path: the folder or zip file.
-        max_file_bytes: files (or uncompressed zip members) larger than this are rejected.
-        max_pixels: images with more pixels are rejected (see :func:`decode_image`).
+        max_file_bytes: files (or uncompressed zip members) larger than this are rejected
+            (default :data:`DEFAULT_MAX_FILE_BYTES`).
+        max_pixels: images with more pixels are rejected (default
+            :data:`oneshot.data.decode.DEFAULT_MAX_PIXELS`).
     Raises:
         MissingDataError: ``path`` does not exist.
         InvalidInputError: ``path`` is a file but not a readable zip (e.g. a corrupt central directory).
     """
 
-    def __init__(self, path: str | os.PathLike, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, path: str | os.PathLike, max_file_bytes: int | None = None,
+                 max_pixels: int | None = None):
         self.path = Path(path)
-        self.max_file_bytes = int(max_file_bytes)
-        self.max_pixels = int(max_pixels)
+        self.max_file_bytes = int(max_file_bytes if max_file_bytes is not None else DEFAULT_MAX_FILE_BYTES)
+        self.max_pixels = int(max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS)
         if not self.path.exists():
             raise MissingDataError(f"{self.path}: no such file or folder")
         self.is_zip = self.path.is_file()
