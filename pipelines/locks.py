@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,33 @@ try:
     import fcntl
 except ImportError:  # Windows: no flock; writes stay atomic, concurrent writers are not refused
     fcntl = None
+
+log = logging.getLogger(__name__)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.tmp$")  # oneshot.atomic.atomic_path's temporary names
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> int:
+    """Remove temporary files a killed writer of ``path`` left behind (``.<name>.<uuid>.tmp``).
+
+    Only safe while holding :func:`exclusive_lock` on ``path`` (no live writer can own them). Looks
+    beside ``path`` for temporaries of ``path`` and of files named after it (``<name>.rejects.csv``,
+    ``<name>.meta.parquet``), and inside ``path`` when it is a folder (a training run).
+
+    Returns:
+        How many files were removed.
+    """
+    target = Path(path)
+    found = []
+    if target.parent.is_dir():
+        found += [p for p in target.parent.iterdir()
+                  if (m := _TEMP.match(p.name)) and (m["name"] == target.name or m["name"].startswith(target.name + "."))]
+    if target.is_dir():
+        found += [p for p in target.iterdir() if _TEMP.match(p.name)]
+    for stale in found:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            stale.unlink()
+            log.info("removed %s, left by a writer that was killed", stale)
+    return len(found)
 
 
 def lock_path(path: str | os.PathLike) -> Path:
@@ -27,7 +56,8 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
     The lock is a hidden file beside ``path`` locked with ``flock``: the operating system releases
     it when the process ends, even when it is killed, so a crash never leaves a stale lock. The
     file is removed on release (a waiter that locked a removed file notices and retries), so a
-    finished job leaves nothing behind.
+    finished job leaves nothing behind. Once the lock is held, temporary files left by a killed
+    writer of ``path`` are removed (:func:`remove_stale_temporaries`).
 
     Yields:
         The lock file's path.
@@ -56,6 +86,7 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
             break
         handle.close()  # the holder removed the file between our open and our lock: try again
     try:
+        remove_stale_temporaries(target)
         yield lock
     finally:
         with contextlib.suppress(FileNotFoundError):

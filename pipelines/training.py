@@ -92,17 +92,17 @@ def train_from_cli(out: str | os.PathLike, options: dict, data: str | None = Non
     config = TrainConfig.from_dict(options)
     recipe = Recipe.from_dict(config.recipe)
     rejects = rejects if rejects is not None else Rejects()
-    source, validation, described = training_source(data, split, synthetic, config.seed, val_alphabets,
-                                                    strict=rejects.policy.fail)
-    table, images = read_source(source, rejects)
     Path(out).mkdir(parents=True, exist_ok=True)
-    rejects.write(Path(out) / "rejects.csv")
-    train_set, val_set = training_sets(table, lambda paths: [images[p] for p in paths], recipe, validation,
-                                       config.rotations)
-    del images
-    info = {"command": command, "data": described, "validation_alphabets": list(validation)}
-    validate = OneShotValidation.from_config(val_set, config)
     with exclusive_lock(out):
+        source, validation, described = training_source(data, split, synthetic, config.seed, val_alphabets,
+                                                        strict=rejects.policy.fail)
+        table, images = read_source(source, rejects)
+        rejects.write(Path(out) / "rejects.csv")
+        train_set, val_set = training_sets(table, lambda paths: [images[p] for p in paths], recipe, validation,
+                                           config.rotations)
+        del images
+        info = {"command": command, "data": described, "validation_alphabets": list(validation)}
+        validate = OneShotValidation.from_config(val_set, config)
         return train(config, train_set, validate, out, resume=resume, show_progress=show_progress, info=info)
 
 
