@@ -122,7 +122,7 @@ class ImageArchive:
         if handle is None:
             try:
                 handle = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as error:
+            except Exception as error:  # zipfile raises BadZipFile, NotImplementedError, ValueError... on bad bytes
                 raise InvalidInputError(f"{self.path}: corrupt zip file ({error})") from error
             self._local.zip = handle
         return handle
@@ -140,7 +140,7 @@ class ImageArchive:
         listing = Listing()
         for info in self._zip().infolist():
             name = info.filename
-            if info.is_dir() or not name.lower().endswith(IMAGE_SUFFIXES):
+            if not name or name.endswith("/") or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             reason = None
             parts = PurePosixPath(name.replace("\\", "/")).parts
