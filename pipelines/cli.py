@@ -34,10 +34,10 @@ def _friendly(command):
         except click.ClickException:
             raise
         except OneshotError as error:
-            raise click.ClickException(str(error)) from error
+            raise click.ClickException(_printable(str(error))) from error
         except Exception as error:
             if isinstance(error, OSError) and error.filename is not None:
-                raise click.ClickException(f"{error.filename}: {error.strerror or error}") from error
+                raise click.ClickException(_printable(f"{error.filename}: {error.strerror or error}")) from error
             import traceback
 
             traceback.print_exc()
@@ -45,6 +45,13 @@ def _friendly(command):
             sys.exit(3)
 
     return wrapper
+
+
+def _printable(message: str) -> str:
+    """A message with file names that are not valid UTF-8 escaped (``\\xNN``), so it can always be printed."""
+    from oneshot.data.archive import escape_name
+
+    return escape_name(message)
 
 
 def _reject_options(command):

@@ -127,7 +127,7 @@ class Rejects:
 
     def add(self, path: str, reason: str) -> None:
         """Record one rejected file; in ``fail`` mode raise :class:`ImageReadError` naming it instead."""
-        path = escape_name(str(path))
+        path, reason = escape_name(str(path)), escape_name(str(reason))
         if self.policy.fail:
             raise ImageReadError(f"{path}: {reason} (stopped: --on-error fail)")
         log.info("rejected %s: %s", path, reason)
@@ -211,6 +211,8 @@ def read_batch(source, paths: Sequence[str], rejects: Rejects,
             images.append(source.read([path], **read_options)[0])
             kept.append(path)
         except ImageReadError as error:
+            if rejects.policy.fail:  # the source's own message names the whole path
+                raise ImageReadError(f"{escape_name(str(error))} (stopped: --on-error fail)") from error
             rejects.add(path, _reason(error, path))
     rejects.kept += len(kept)
     return images, kept

@@ -354,3 +354,33 @@ def test_read_batch_keeps_order_and_names_failures():
     assert rejects.kept == 2
     with pytest.raises(ImageReadError, match="bad2: not an image"):
         read_batch(Source(), ["ok1", "bad2"], Rejects(RejectPolicy("fail")))
+
+
+def test_error_naming_a_non_utf8_folder_prints_cleanly(tmp_path, tiny_model_path):
+    folder = os.fsencode(tmp_path) + b"/galer\xeda"  # the gallery folder itself has a Latin-1 name
+    os.mkdir(folder)
+    os.mkdir(folder + b"/a")
+    with open(folder + b"/a/x.png", "wb") as handle:
+        handle.write(b"<html>not an image</html>")
+    result = run("embed", os.fsdecode(folder), "--out", tmp_path / "g.parquet", "--model", tiny_model_path,
+                 "--on-error", "fail")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "galer\\xeda" in result.stderr and "x.png" in result.stderr
+
+
+def test_omniglot_dir_set_but_wrong_fails_instead_of_skipping(tmp_path):
+    import subprocess
+    import sys
+
+    test_file = Path(__file__).with_name("test_data_lake_runs.py")
+    base = {k: v for k, v in os.environ.items() if k != "OMNIGLOT_DIR"}
+    wrong = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
+                           env={**base, "OMNIGLOT_DIR": str(tmp_path / "nowhere")}, capture_output=True, text=True,
+                           timeout=300)
+    assert wrong.returncode == 1 and "is set but is not a folder" in wrong.stdout
+    empty = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
+                           env={**base, "OMNIGLOT_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 1 and "holds neither images_background" in empty.stdout
+    unset = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(test_file)],
+                           env=base, capture_output=True, text=True, timeout=300)
+    assert unset.returncode == 0 and "OMNIGLOT_DIR is not set" in unset.stdout
