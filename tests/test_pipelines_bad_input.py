@@ -150,6 +150,7 @@ def test_embed_skips_and_names_every_bad_file(bad_gallery, tmp_path, tiny_model_
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     summary = result.stdout.strip().splitlines()[-1]
+    assert (len(good), len(expected)) == (28, 12)  # the figures quoted in the README
     assert summary == f"encoded {len(good)}, rejected {len(expected)}; list in {out}.rejects.csv"
     stored = read_embeddings(out)
     assert set(stored.table["path"]) == good
