@@ -277,16 +277,21 @@ class ImageArchive:
         return f"ImageArchive({str(self.path)!r})"
 
 
-def read_image_file(path: str | os.PathLike, color: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> np.ndarray:
-    """Decode a single image file on disk (see :func:`decode_image`)."""
+def read_image_file(path: str | os.PathLike, color: bool = False, max_pixels: int | None = None,
+                    max_file_bytes: int | None = None) -> np.ndarray:
+    """Decode a single image file on disk (see :func:`decode_image`); refuses folders, pipes and devices."""
     path = Path(path)
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    max_file_bytes = DEFAULT_MAX_FILE_BYTES if max_file_bytes is None else max_file_bytes
     shown = escape_name(str(path))
     try:
-        if path.stat().st_size > max_file_bytes:
-            raise ImageReadError(f"{shown}: {path.stat().st_size} bytes exceeds the cap of {max_file_bytes}")
-        if path.is_dir():
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
             raise ImageReadError(f"{shown}: a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageReadError(f"{shown}: not a regular file (a device, pipe or socket)")
+        if info.st_size > max_file_bytes:
+            raise ImageReadError(f"{shown}: {info.st_size} bytes exceeds the cap of {max_file_bytes}")
         data = path.read_bytes()
     except OSError as error:
         raise ImageReadError(f"{shown}: cannot read ({error.strerror or error})") from error

@@ -124,14 +124,16 @@ def build_index(store: str | os.PathLike, out: str | os.PathLike, pca_dim: int |
     process writing the same ``out``.
     """
     rejects = rejects if rejects is not None else Rejects()
-    stored = read_embeddings(store, allow_nonfinite=True)
-    ok = finite_rows(stored.embeddings, list(stored.table["path"]), rejects)
-    meta = {"model_fingerprint": stored.metadata.get("model_fingerprint"), "source": str(store)}
-    index = VectorIndex.build(np.ascontiguousarray(stored.embeddings[ok]), stored.table[ok].reset_index(drop=True),
-                              stored.metadata["metric"], pca_dim=pca_dim, pca_variance=pca_variance,
-                              metadata=meta, seed=seed)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out):
+        stored = read_embeddings(store, allow_nonfinite=True)
+        ok = finite_rows(stored.embeddings, list(stored.table["path"]), rejects)
+        if not ok.any():
+            raise InvalidInputError(f"{store}: no row has a finite vector; nothing to index")
+        meta = {"model_fingerprint": stored.metadata.get("model_fingerprint"), "source": str(store)}
+        index = VectorIndex.build(np.ascontiguousarray(stored.embeddings[ok]),
+                                  stored.table[ok].reset_index(drop=True), stored.metadata["metric"],
+                                  pca_dim=pca_dim, pca_variance=pca_variance, metadata=meta, seed=seed)
         rejects.write(rejects_path(out))
         index.save(out)
     return index

@@ -20,6 +20,10 @@ import sys
 from pathlib import Path
 
 import faiss
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402,F401 - imported once here, not in every forked child
 import pyarrow.parquet as pq
 import safetensors.torch
 import torch

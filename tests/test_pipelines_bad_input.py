@@ -373,15 +373,22 @@ def test_omniglot_dir_set_but_wrong_fails_instead_of_skipping(tmp_path):
     import subprocess
     import sys
 
-    test_file = Path(__file__).with_name("test_data_lake_runs.py")
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    shutil.copy(Path(__file__).with_name("conftest.py"), suite / "conftest.py")
+    (suite / "test_needs_data.py").write_text("def test_needs_data(omniglot_dir):\n    assert omniglot_dir.is_dir()\n")
     base = {k: v for k, v in os.environ.items() if k != "OMNIGLOT_DIR"}
-    wrong = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
-                           env={**base, "OMNIGLOT_DIR": str(tmp_path / "nowhere")}, capture_output=True, text=True,
-                           timeout=300)
+
+    def pytest_with(value):
+        env = base if value is None else {**base, "OMNIGLOT_DIR": value}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                               str(suite)], env=env, capture_output=True, text=True, timeout=300, cwd=suite)
+
+    wrong = pytest_with(str(tmp_path / "nowhere"))
     assert wrong.returncode == 1 and "is set but is not a folder" in wrong.stdout
-    empty = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
-                           env={**base, "OMNIGLOT_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=300)
+    empty = pytest_with(str(tmp_path))
     assert empty.returncode == 1 and "holds neither images_background" in empty.stdout
-    unset = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(test_file)],
-                           env=base, capture_output=True, text=True, timeout=300)
+    unset = pytest_with(None)
     assert unset.returncode == 0 and "OMNIGLOT_DIR is not set" in unset.stdout
+    (tmp_path / "images_background.zip").write_bytes(b"")
+    assert pytest_with(str(tmp_path)).returncode == 0
