@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from oneshot.embedder.model import Embedder
 from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.metric import get_metric
 from oneshot.index.store import EmbeddingSet, read_embeddings, write_embeddings
-from oneshot.index.vector_index import VectorIndex
+from oneshot.index.vector_index import VectorIndex, sidecar_path
 from oneshot.pipelines.evaluate import clustering, evaluate
 from oneshot.pipelines.identify import identify
 from oneshot.pipelines.locks import exclusive_lock
@@ -135,8 +136,25 @@ def build_index(store: str | os.PathLike, out: str | os.PathLike, pca_dim: int |
                                   stored.table[ok].reset_index(drop=True), stored.metadata["metric"],
                                   pca_dim=pca_dim, pca_variance=pca_variance, metadata=meta, seed=seed)
         rejects.write(rejects_path(out))
-        index.save(out)
+        _save_index_pair(index, Path(out))
     return index
+
+
+def _save_index_pair(index: VectorIndex, out: Path) -> None:
+    """Save both files of an index under temporary names, then rename them back to back.
+
+    A kill between the two renames (microseconds) leaves a pair that ``VectorIndex.load`` refuses
+    as disagreeing; a kill anywhere else leaves the old pair or the new one. Temporaries left by a
+    kill are removed by the next writer (see :func:`oneshot.pipelines.locks.remove_stale_temporaries`).
+    """
+    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        index.save(staging)
+        os.replace(staging, out)
+        os.replace(sidecar_path(staging), sidecar_path(out))
+    finally:
+        for leftover in (staging, sidecar_path(staging)):
+            leftover.unlink(missing_ok=True)
 
 
 def load_index(path: str | os.PathLike) -> VectorIndex:

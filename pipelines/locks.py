@@ -16,7 +16,14 @@ except ImportError:  # Windows: no flock; writes stay atomic, concurrent writers
     fcntl = None
 
 log = logging.getLogger(__name__)
-_TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.tmp$")  # oneshot.atomic.atomic_path's temporary names
+# oneshot.atomic.atomic_path's temporary names, and a staged index's sidecar (<temporary>.meta.parquet)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.tmp(\.meta\.parquet)?$")
+
+
+def _belongs(name: str, target: str) -> bool:
+    """Whether a temporary's base name is ``target``, a file named after it, or a temporary of those."""
+    name = name.removeprefix(".") if name.startswith(f".{target}") else name
+    return name == target or name.startswith(target + ".")
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> int:
@@ -33,7 +40,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> int:
     found = []
     if target.parent.is_dir():
         found += [p for p in target.parent.iterdir()
-                  if (m := _TEMP.match(p.name)) and (m["name"] == target.name or m["name"].startswith(target.name + "."))]
+                  if (m := _TEMP.match(p.name)) and _belongs(m["name"], target.name)]
     if target.is_dir():
         found += [p for p in target.iterdir() if _TEMP.match(p.name)]
     for stale in found:
