@@ -62,6 +62,14 @@ class Gallery:
             raise InvalidInputError(f"{self.source}: file() is for list galleries; use read()")
         return _resolve(self.source.parent, path)
 
+    def _known_paths(self) -> frozenset[str]:
+        """The table's paths as a set, built once per table (reads come in many small batches)."""
+        cached = self.__dict__.get("_known")
+        if cached is None or cached[0] is not self.table:
+            cached = (self.table, frozenset(self.table["path"]))
+            self.__dict__["_known"] = cached
+        return cached[1]
+
     def read(self, paths: Iterable[str] | None = None, color: bool = False) -> list[np.ndarray]:
         """Decode images by their ``path`` (all, in table order, when ``None``).
 
@@ -75,7 +83,7 @@ class Gallery:
             paths = list(self.table["path"])
         else:
             paths = [paths] if isinstance(paths, str) else list(paths)
-            known = set(self.table["path"])
+            known = self._known_paths()
             unknown = [p for p in paths if p not in known]
             if unknown:
                 raise InvalidInputError(f"{self.source}: {unknown[0]!r} is not a path of this gallery")
