@@ -60,8 +60,9 @@ def _reject_options(command):
                            help="Exit 1 (after writing the output) when more files than this are rejected: "
                                 "a count (10) or a share (1%).")(command)
     return click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
-                        help="skip: leave bad files out and list them in <out>.rejects.csv; "
-                             "fail: stop at the first one, writing nothing.")(command)
+                        help="skip: leave bad files out and list them (path, reason) in a CSV beside the output "
+                             "(<out>.rejects.csv; OUT/rejects.csv for train); fail: stop at the first one, "
+                             "writing nothing.")(command)
 
 
 def _rejects(on_error: str, max_rejects: str | None):
