@@ -43,6 +43,8 @@ class Gallery:
     table: pd.DataFrame
     source: Path
     archive: ImageArchive | None = field(default=None, repr=False)  # None for a list file
+    #: ``(path, reason)`` for files found but left out while listing (only with ``strict=False``).
+    rejects: list[tuple[str, str]] = field(default_factory=list, repr=False)
 
     @property
     def kind(self) -> str:
@@ -60,6 +62,14 @@ class Gallery:
             raise InvalidInputError(f"{self.source}: file() is for list galleries; use read()")
         return _resolve(self.source.parent, path)
 
+    def _known_paths(self) -> frozenset[str]:
+        """The table's paths as a set, built once per table (reads come in many small batches)."""
+        cached = self.__dict__.get("_known")
+        if cached is None or cached[0] is not self.table:
+            cached = (self.table, frozenset(self.table["path"]))
+            self.__dict__["_known"] = cached
+        return cached[1]
+
     def read(self, paths: Iterable[str] | None = None, color: bool = False) -> list[np.ndarray]:
         """Decode images by their ``path`` (all, in table order, when ``None``).
 
@@ -73,7 +83,7 @@ class Gallery:
             paths = list(self.table["path"])
         else:
             paths = [paths] if isinstance(paths, str) else list(paths)
-            known = set(self.table["path"])
+            known = self._known_paths()
             unknown = [p for p in paths if p not in known]
             if unknown:
                 raise InvalidInputError(f"{self.source}: {unknown[0]!r} is not a path of this gallery")
@@ -82,12 +92,16 @@ class Gallery:
         return [read_image_file(self.file(p), color=color) for p in paths]
 
 
-def read_gallery(source: str | os.PathLike, labelled: bool = True) -> Gallery:
+def read_gallery(source: str | os.PathLike, labelled: bool = True, strict: bool = True) -> Gallery:
     """Index a gallery (no pixel is decoded here).
 
     Args:
         source: a folder, a ``.zip``, or a ``.txt``/``.lst`` list of image paths.
         labelled: take labels from folder names; ``False`` gives every image label ``""``.
+        strict: raise at the first file that cannot be listed (a dangling link, an unsafe zip
+            member, an image at the wrong folder depth, a bad list line). With ``False`` such
+            files go into ``Gallery.rejects`` with their reason instead, and the layout is the one
+            most images follow. OS litter and hidden files are skipped silently either way.
 
     Returns:
         A :class:`Gallery`, folder and zip rows sorted by path, list rows in list order.
@@ -101,29 +115,58 @@ def read_gallery(source: str | os.PathLike, labelled: bool = True) -> Gallery:
     if not source.exists():
         raise MissingDataError(f"{source}: no such file or folder")
     if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
-        return _read_list(source, labelled)
-    archive = ImageArchive(source)  # ValueError unless a folder or a zip
-    names = [n for n in archive.names() if not _hidden(n)]
+        return _read_list(source, labelled, strict)
+    archive = ImageArchive(source)  # InvalidInputError unless a folder or a readable zip
+    listing = archive.scan()
+    if strict and listing.rejects:
+        path, reason = listing.rejects[0]
+        raise InvalidInputError(f"{source}/{path}: {reason}")
+    rejects = list(listing.rejects)
+    names = list(listing.names)
+    if labelled and names and not strict:
+        names, misplaced = _keep_main_layout(names, strip_top=archive.is_zip)
+        rejects += misplaced
     if not names:
-        raise InvalidInputError(f"no images found in {source}")
+        raise InvalidInputError(f"no images found in {source}" + (f" ({len(rejects)} files rejected, e.g. "
+                                                                  f"{rejects[0][0]}: {rejects[0][1]})" if rejects else ""))
     if labelled:
         rows = _labels_from_layout(source, names, strip_top=archive.is_zip)
     else:
         rows = [(n, "", "") for n in names]
-    return Gallery(_table(rows), source, archive)
+    return Gallery(_table(rows), source, archive, rejects)
 
 
-def _hidden(name: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
+def _strip(parts: list[tuple[str, ...]], strip_top: bool) -> int:
+    tops = {p[0] for p in parts}
+    return 1 if strip_top and len(tops) == 1 and all(len(p) >= 3 for p in parts) else 0
+
+
+def _keep_main_layout(names: list[str], strip_top: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """Images that follow the layout most images follow (<class>/<image> or <group>/<class>/<image>),
+    and ``(path, reason)`` for the others."""
+    parts = [PurePosixPath(n).parts for n in names]
+    skip = _strip(parts, strip_top)
+    depths = [len(p) - skip for p in parts]
+    counts = {d: depths.count(d) for d in (2, 3)}
+    main = max((2, 3), key=lambda d: (counts[d], -d))
+    if counts[main] == 0:
+        return names, []  # nothing usable; the strict check below names the problem
+    expected = "<class>/<image>" if main == 2 else "<group>/<class>/<image>"
+    keep, rejects = [], []
+    for name, depth in zip(names, depths):
+        if depth == main:
+            keep.append(name)
+        else:
+            where = "not inside a class folder" if depth == 1 else f"{depth} folder levels deep"
+            rejects.append((name, f"wrong folder depth: {where}; this gallery is {expected}"))
+    return keep, rejects
 
 
 def _labels_from_layout(source: Path, names: list[str], strip_top: bool) -> list[tuple[str, str, str]]:
     """(path, label, group) per image, from a consistent 2- or 3-level layout."""
     parts = [PurePosixPath(n).parts for n in names]
-    skip = 0
     tops = {p[0] for p in parts}
-    if strip_top and len(tops) == 1 and all(len(p) >= 3 for p in parts):
-        skip = 1  # a zip of one top folder: read from inside it
+    skip = _strip(parts, strip_top)  # a zip of one top folder: read from inside it
     depths = {}
     for name, p in zip(names, parts):
         depths.setdefault(len(p) - skip, name)
@@ -159,26 +202,32 @@ def _resolve(base: Path, written: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _read_list(source: Path, labelled: bool) -> Gallery:
+def _read_list(source: Path, labelled: bool, strict: bool = True) -> Gallery:
     base = source.parent
     try:
         text = source.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidInputError(f"{source}: cannot read list file ({error})") from error
-    rows, seen = [], {}
+    rows, seen, rejects = [], {}, []
     for number, line in enumerate(text.splitlines(), start=1):
         written = line.strip()
         if not written or written.startswith("#"):
             continue
         where = f"{source}, line {number}"
+        problem = None
         if not is_image_name(written):
-            raise InvalidInputError(f"{where}: {written!r} is not an image file name")
-        if written in seen:
-            raise InvalidInputError(f"{where}: {written!r} already listed on line {seen[written]}")
+            problem = f"{written!r} is not an image file name"
+        elif written in seen:
+            problem = f"{written!r} already listed on line {seen[written]}"
+        elif not _resolve(base, written).is_file():
+            problem = f"{written!r} not found (looked for {_resolve(base, written)})"
+        if problem:
+            if strict:
+                raise InvalidInputError(f"{where}: {problem}")
+            rejects.append((written, f"line {number}: {problem}"))
+            continue
         seen[written] = number
         path = _resolve(base, written)
-        if not path.is_file():
-            raise InvalidInputError(f"{where}: {written!r} not found (looked for {path})")
         label = group = ""
         if labelled:
             label = path.parent.name
@@ -192,7 +241,7 @@ def _read_list(source: Path, labelled: bool) -> Gallery:
         rows.append((written, label, group))
     if not rows:
         raise InvalidInputError(f"no images found in {source}")
-    return Gallery(_table(rows), source, None)
+    return Gallery(_table(rows), source, None, rejects)
 
 
 def _table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:

@@ -116,7 +116,7 @@ def _is_omniglot_root(folder: Path) -> bool:
 
 
 def open_source(source: str | os.PathLike | ImageSource, labelled: bool = True,
-                split: str | None = None) -> ImageSource:
+                split: str | None = None, strict: bool = True) -> ImageSource:
     """Open any image source the product reads.
 
     Args:
@@ -127,6 +127,9 @@ def open_source(source: str | os.PathLike | ImageSource, labelled: bool = True,
         labelled: for galleries, take labels from folder names (``False``: any depth, no labels).
         split: which split of an Omniglot folder (``background`` by default, ``evaluation``,
             ``small1``, ``small2``) or of an MNIST folder (``train`` by default, or ``test``).
+        strict: for galleries, raise at the first file that cannot be listed; with ``False`` such
+            files are left out and named in the source's ``rejects`` (see
+            :func:`~oneshot.data.folders.read_gallery`). Other sources have no listing rejects.
     Raises:
         MissingDataError: when ``source`` does not exist.
         InvalidInputError: when it is none of the above.
@@ -146,7 +149,7 @@ def open_source(source: str | os.PathLike | ImageSource, labelled: bool = True,
             return OmniglotSplit(path, split or "background")
     if split is not None:
         raise InvalidInputError(f"{path}: split {split!r} applies to Omniglot and MNIST folders only")
-    return read_gallery(path, labelled=labelled)
+    return read_gallery(path, labelled=labelled, strict=strict)
 
 
 def describe_source(source: ImageSource) -> str:
@@ -156,6 +159,11 @@ def describe_source(source: ImageSource) -> str:
         if value is not None:
             return str(value)
     return type(source).__name__
+
+
+def listing_rejects(source: ImageSource) -> list[tuple[str, str]]:
+    """``(path, reason)`` for files a source left out while listing (``[]`` for most sources)."""
+    return list(getattr(source, "rejects", None) or [])
 
 
 def read_all(source: ImageSource) -> list[np.ndarray]:

@@ -93,9 +93,16 @@ def read_model_config(path: str | os.PathLike) -> dict:
         raise CorruptFileError(f"{path}: not a safetensors model file ({error})") from error
     if "oneshot" not in metadata:
         raise CorruptFileError(f"{path}: safetensors file without a oneshot config")
-    config = json.loads(metadata["oneshot"])
+    try:
+        config = json.loads(metadata["oneshot"])
+    except json.JSONDecodeError as error:
+        raise CorruptFileError(f"{path}: the oneshot config in its header is not JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise CorruptFileError(f"{path}: the oneshot config in its header is not a JSON object")
     if config.get("format") != FORMAT or config.get("format_version", 0) > FORMAT_VERSION:
         raise CorruptFileError(f"{path}: unsupported model format {config.get('format')!r} v{config.get('format_version')}")
+    if not isinstance(config.get("model"), dict) or "fingerprint" not in config:
+        raise CorruptFileError(f"{path}: the oneshot config in its header is incomplete")
     return config
 
 
@@ -108,9 +115,15 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     if path.is_dir():
         path = path / "model.safetensors"
     config = read_model_config(path)
-    model = Embedder.from_config(config["model"])
-    with safe_open(str(path), framework="pt") as handle:
-        state = {k: handle.get_tensor(k) for k in handle.keys()}
+    try:
+        model = Embedder.from_config(config["model"])
+    except (InvalidInputError, TypeError, KeyError, ValueError) as error:
+        raise CorruptFileError(f"{path}: the stored model config cannot build a model ({error})") from error
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            state = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as error:  # safetensors' own error types for truncated or inconsistent data
+        raise CorruptFileError(f"{path}: damaged weights ({error})") from error
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -37,7 +37,7 @@ from oneshot.embedder.losses import (
 from oneshot.embedder.model import Embedder
 from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.samplers import EpisodeSampler, PairSampler, PKSampler
-from oneshot.errors import InvalidInputError
+from oneshot.errors import CorruptFileError, InvalidInputError
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax")
@@ -186,6 +186,31 @@ def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
     plt.close(fig)
 
 
+CHECKPOINT_KEYS = ("config", "model", "loss", "optimizer", "scheduler", "state")
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """Read a training checkpoint without running any code from it.
+
+    ``torch.load(weights_only=True)`` only rebuilds tensors and plain containers: a crafted pickle
+    (one that would call a function while loading) is refused, as is any file that is not one of
+    our checkpoints.
+
+    Raises:
+        CorruptFileError: naming the file, when it is truncated, not a checkpoint, or unsafe.
+    """
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # UnpicklingError, RuntimeError (zip), EOFError, ...: all mean "not ours"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CorruptFileError(f"{path}: not a oneshot training checkpoint, or an unsafe or damaged one "
+                               f"({first}); use --no-resume or another --out") from error
+    if not isinstance(saved, dict) or any(key not in saved for key in CHECKPOINT_KEYS):
+        raise CorruptFileError(f"{path}: not a oneshot training checkpoint (expected keys {list(CHECKPOINT_KEYS)}); "
+                               "use --no-resume or another --out")
+    return saved
+
+
 def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Embedder], float] | None,
           out_dir: str | os.PathLike,
           resume: bool = True, device: str | None = None, show_progress: bool | None = None,
@@ -218,13 +243,16 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     checkpoint_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.safetensors"
     state = {"step": 0, "history": [], "best_accuracy": -1.0, "best_step": -1, "seconds": 0.0, "stale": 0}
     if resume and checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        saved = load_checkpoint(checkpoint_path, device)
         if saved["config"] != config.to_dict():
             raise InvalidInputError(f"{checkpoint_path}: made with a different training config; use another --out or --no-resume")
-        model.load_state_dict(saved["model"])
-        loss_fn.load_state_dict(saved["loss"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        try:
+            model.load_state_dict(saved["model"])
+            loss_fn.load_state_dict(saved["loss"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            raise CorruptFileError(f"{checkpoint_path}: does not fit this model ({error}); use --no-resume") from error
         state = saved["state"]
         log.info("resumed from %s at step %d", checkpoint_path, state["step"])
     with atomic_path(out_dir / "config.json") as tmp:

@@ -73,11 +73,11 @@ def read_index_files(path: str | os.PathLike) -> IndexFiles:
     try:
         arrow = pq.read_table(sidecar)
         meta = json.loads((arrow.schema.metadata or {})[METADATA_KEY])
-    except (pa.ArrowException, OSError, KeyError, json.JSONDecodeError) as exc:
+    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as exc:
         raise CorruptFileError(f"{sidecar}: not an index metadata file ({exc})") from exc
     try:
         index = faiss.read_index(str(path))
-    except RuntimeError as exc:
+    except (RuntimeError, MemoryError) as exc:  # MemoryError: a damaged header asking for a huge vector
         raise CorruptFileError(f"{path}: not a readable FAISS index ({exc})") from exc
     if not isinstance(index, faiss.IndexIDMap2):
         raise CorruptFileError(f"{path}: expected an IndexIDMap2, got {type(index).__name__}")

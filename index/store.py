@@ -191,7 +191,7 @@ def read_store_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise MissingDataError(f"{path}: embedding store not found")
     try:
         schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: undecodable names
         raise CorruptFileError(f"{path}: not a readable Parquet file ({exc})") from exc
     return _metadata_from_schema(path, schema)
 
@@ -202,18 +202,20 @@ def _metadata_from_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
         raise CorruptFileError(f"{path}: no {METADATA_KEY.decode()!r} metadata; not an embedding store")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for damaged bytes
         raise CorruptFileError(f"{path}: {METADATA_KEY.decode()!r} metadata is not JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise CorruptFileError(f"{path}: {METADATA_KEY.decode()!r} metadata is not a JSON object")
     return meta
 
 
-def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
+def read_embeddings(path: str | os.PathLike, allow_nonfinite: bool = False) -> EmbeddingSet:
     """Read a store written by :func:`write_embeddings`.
 
     Args:
         path: the ``.parquet`` file.
+        allow_nonfinite: return rows with NaN or infinite values instead of raising (for callers
+            that leave such rows out themselves, like ``index build``).
 
     Returns:
         :class:`EmbeddingSet` with float32 C-contiguous (N, D) embeddings.
@@ -226,7 +228,7 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     meta = read_store_metadata(path)
     try:
         arrow = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: undecodable names
         raise CorruptFileError(f"{path}: not a readable Parquet file ({exc})") from exc
     missing = [c for c in (*REQUIRED_COLUMNS, EMBEDDING_COLUMN) if c not in arrow.column_names]
     if missing:
@@ -251,10 +253,13 @@ def read_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         embeddings = np.ascontiguousarray(flat, dtype=np.float32).reshape(arrow.num_rows, dimension)
     else:
         embeddings = np.zeros((0, dimension), dtype=np.float32)
-    table = arrow.drop_columns([EMBEDDING_COLUMN]).to_pandas()
+    try:
+        table = arrow.drop_columns([EMBEDDING_COLUMN]).to_pandas()
+    except (pa.ArrowException, ValueError, TypeError, KeyError) as exc:  # e.g. damaged pandas metadata
+        raise CorruptFileError(f"{path}: damaged table metadata ({exc})") from exc
     if not pd.api.types.is_integer_dtype(table["id"].dtype) or table["id"].duplicated().any():
         raise CorruptFileError(f"{path}: 'id' must be unique integers")
     table["id"] = table["id"].astype(np.int64)
-    if not np.isfinite(embeddings).all():
+    if not allow_nonfinite and not np.isfinite(embeddings).all():
         raise CorruptFileError(f"{path}: embeddings contain NaN or infinite values")
     return EmbeddingSet(table=table, embeddings=embeddings, metadata=meta)

@@ -34,10 +34,10 @@ def _friendly(command):
         except click.ClickException:
             raise
         except OneshotError as error:
-            raise click.ClickException(str(error)) from error
+            raise click.ClickException(_printable(str(error))) from error
         except Exception as error:
             if isinstance(error, OSError) and error.filename is not None:
-                raise click.ClickException(f"{error.filename}: {error.strerror or error}") from error
+                raise click.ClickException(_printable(f"{error.filename}: {error.strerror or error}")) from error
             import traceback
 
             traceback.print_exc()
@@ -45,6 +45,34 @@ def _friendly(command):
             sys.exit(3)
 
     return wrapper
+
+
+def _printable(message: str) -> str:
+    """A message with file names that are not valid UTF-8 escaped (``\\xNN``), so it can always be printed."""
+    from oneshot.data.archive import escape_name
+
+    return escape_name(message)
+
+
+def _reject_options(command):
+    """``--on-error`` and ``--max-rejects``, shared by every bulk command (issue 8)."""
+    command = click.option("--max-rejects", default=None, metavar="N|P%",
+                           help="Exit 1 (after writing the output) when more files than this are rejected: "
+                                "a count (10) or a share (1%).")(command)
+    return click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+                        help="skip: leave bad files out and list them (path, reason) in a CSV beside the output "
+                             "(<out>.rejects.csv; OUT/rejects.csv for train); fail: stop at the first one, "
+                             "writing nothing.")(command)
+
+
+def _rejects(on_error: str, max_rejects: str | None):
+    from oneshot.errors import InvalidInputError
+    from oneshot.pipelines.rejects import RejectPolicy, Rejects
+
+    try:
+        return Rejects(RejectPolicy.parse(on_error, max_rejects))
+    except InvalidInputError as error:
+        raise click.UsageError(str(error)) from error
 
 
 def _version() -> str:
@@ -108,9 +136,10 @@ def demo(out, data, seed, steps, episodes):
 @click.option("--lr", type=float, default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
+@_reject_options
 @_friendly
 def train_command(data, split, synthetic, val_alphabets, out, config_file, objective, mining, backbone, size,
-                  dim, steps, lr, seed, resume):
+                  dim, steps, lr, seed, resume, on_error, max_rejects):
     """Train an embedder on background alphabets; keeps the best model by validation accuracy.
 
     \b
@@ -127,9 +156,12 @@ def train_command(data, split, synthetic, val_alphabets, out, config_file, objec
     if size is not None:
         options["recipe"] = {**options.get("recipe", {}), "size": size}
     command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    rejects = _rejects(on_error, max_rejects)
     result = train_from_cli(out, options, data=data, split=split, synthetic=synthetic,
                             val_alphabets=val_alphabets.split(",") if val_alphabets else None,
-                            resume=resume, command=command)
+                            resume=resume, command=command, rejects=rejects)
+    click.echo(rejects.summary(rejects.kept, "read"), err=True)
+    rejects.check(rejects.kept + len(rejects))
     way = result.model.info.get("train_config", {}).get("val_way", 20)
     click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}; "
                f"{result.seconds:.0f} s; model: {result.model_path}")
@@ -153,8 +185,9 @@ def _read_config(path: str) -> dict:
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--unlabelled", is_flag=True, help="Any folder depth; every label empty.")
 @click.option("--tta", is_flag=True, help="Average embeddings over shifted views.")
+@_reject_options
 @_friendly
-def embed(source, out, model, batch_size, unlabelled, tta):
+def embed(source, out, model, batch_size, unlabelled, tta, on_error, max_rejects):
     """Encode every image of SOURCE (folder, zip or list file) into a Parquet store.
 
     \b
@@ -164,8 +197,11 @@ def embed(source, out, model, batch_size, unlabelled, tta):
     """
     from oneshot.pipelines.jobs import embed_gallery
 
-    stored = embed_gallery(source, out, model, batch_size, labelled=not unlabelled, tta=tta)
+    rejects = _rejects(on_error, max_rejects)
+    stored = embed_gallery(source, out, model, batch_size, labelled=not unlabelled, tta=tta, rejects=rejects)
     click.echo(f"wrote {len(stored)} embeddings (D={stored.dimension}) to {out}")
+    click.echo(rejects.summary(len(stored)))
+    rejects.check(len(stored) + len(rejects))
 
 
 @main.group("index")
@@ -179,8 +215,9 @@ def index_group():
 @click.option("--pca-dim", type=click.IntRange(min=1), default=None, help="Reduce to this many dimensions.")
 @click.option("--pca-variance", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Or keep this share of variance, e.g. 0.95.")
+@_reject_options
 @_friendly
-def index_build(store, out, pca_dim, pca_variance):
+def index_build(store, out, pca_dim, pca_variance, on_error, max_rejects):
     """Build a flat FAISS index (PCA inside it, if asked) from a Parquet store.
 
     \b
@@ -191,8 +228,11 @@ def index_build(store, out, pca_dim, pca_variance):
         raise click.UsageError("give --pca-dim or --pca-variance, not both")
     from oneshot.pipelines.jobs import build_index
 
-    index = build_index(store, out, pca_dim, pca_variance)
+    rejects = _rejects(on_error, max_rejects)
+    index = build_index(store, out, pca_dim, pca_variance, rejects=rejects)
     click.echo(f"indexed {len(index)} vectors (D={index.dimension}, metric {index.metric.name}) in {out}")
+    click.echo(rejects.summary(len(index), "indexed"))
+    rejects.check(len(index) + len(rejects))
 
 
 @main.command("identify")
@@ -202,8 +242,9 @@ def index_build(store, out, pca_dim, pca_variance):
 @click.option("--threshold", type=float, default=None, help="Below this similarity the answer is 'unknown'.")
 @click.option("-k", "--k", type=click.IntRange(min=1), default=1, show_default=True, help="Neighbours that vote.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write JSON lines here instead of stdout.")
+@_reject_options
 @_friendly
-def identify_command(queries, index_path, model, threshold, k, out):
+def identify_command(queries, index_path, model, threshold, k, out, on_error, max_rejects):
     """Name each image in QUERIES after its nearest gallery class, or 'unknown'.
 
     \b
@@ -214,19 +255,26 @@ def identify_command(queries, index_path, model, threshold, k, out):
 
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-    result = identify_images(queries, index_path, model, threshold, k)
+    rejects = _rejects(on_error, max_rejects)
+    result = identify_images(queries, index_path, model, threshold, k, rejects=rejects)
     text = result.to_json(orient="records", lines=True)
     if out:
         from oneshot.atomic import atomic_path
+        from oneshot.pipelines.rejects import rejects_path
 
+        rejects.write(rejects_path(out))
         with atomic_path(out) as tmp:
             Path(tmp).write_text(text)
         click.echo(f"wrote {len(result)} answers to {out}")
     else:
         click.echo(text.rstrip("\n"))
+        for path, reason in rejects.items:
+            click.echo(f"rejected {path}: {reason}", err=True)
+    click.echo(rejects.summary(len(result), "identified"), err=True)
     if "true_label" in result:
         accuracy = (result["label"] == result["true_label"]).mean()
         click.echo(f"accuracy against folder labels: {accuracy:.4f}", err=True)
+    rejects.check(len(result) + len(rejects))
 
 
 @main.command("verify")

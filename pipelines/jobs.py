@@ -7,22 +7,25 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from oneshot.data.archive import read_image_file
-from oneshot.data.source import ImageSource, describe_source, open_source
+from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode, progress_bar
 from oneshot.embedder.model import Embedder
 from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.metric import get_metric
 from oneshot.index.store import EmbeddingSet, read_embeddings, write_embeddings
-from oneshot.index.vector_index import VectorIndex
+from oneshot.index.vector_index import VectorIndex, sidecar_path
 from oneshot.pipelines.evaluate import clustering, evaluate
 from oneshot.pipelines.identify import identify
+from oneshot.pipelines.locks import exclusive_lock
+from oneshot.pipelines.rejects import Rejects, finite_rows, read_batch, rejects_path
 
 log = logging.getLogger(__name__)
 
@@ -46,34 +49,112 @@ def encode_gallery(model: Embedder, gallery: ImageSource, batch_size: int = 256,
     return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
 
 
+# --- bad input (issue 8): encode what can be read, name the rest ------------------------------------
+def encode_source(model: Embedder, source: ImageSource, rejects: Rejects, batch_size: int = 256,
+                  show_progress: bool | None = None, tta: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
+    """Encode every readable image of a source; unreadable ones go to ``rejects``.
+
+    Returns:
+        (the source's table without the rejected rows, float32 (N, D) in that table's order).
+    Raises:
+        ImageReadError: at the first bad file when ``rejects`` is in ``fail`` mode.
+    """
+    rejects.extend(listing_rejects(source))
+    paths = list(source.table["path"])
+    kept_paths, chunks = [], []
+    with progress_bar(show_progress, len(paths), "encode") as bar:
+        for start in range(0, len(paths), batch_size):
+            batch = paths[start : start + batch_size]
+            images, good = read_batch(source, batch, rejects)
+            if images:
+                vectors = encode(model, images, batch_size=batch_size, show_progress=False, tta=tta)
+                ok = finite_rows(vectors, good, rejects)
+                chunks.append(vectors[ok])
+                kept_paths += [p for p, keep in zip(good, ok) if keep]
+            bar.update(len(batch))
+    table = source.table.set_index("path", drop=False).loc[kept_paths].reset_index(drop=True)
+    if not chunks:
+        return table, np.zeros((0, model.dim), dtype=np.float32)
+    return table, np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+
 def embed_gallery(source: str | os.PathLike | ImageSource, out: str | os.PathLike,
                   model: Embedder | str | os.PathLike | None = None, batch_size: int = 256,
-                  labelled: bool = True, show_progress: bool | None = None, tta: bool = False) -> EmbeddingSet:
+                  labelled: bool = True, show_progress: bool | None = None, tta: bool = False,
+                  rejects: Rejects | None = None) -> EmbeddingSet:
     """Encode every image of a source into a Parquet embedding store.
+
+    Files that cannot be read are left out and listed in ``<out>.rejects.csv`` (path, reason);
+    with a ``fail`` policy the first one stops the job and nothing is written. A lock refuses a
+    second process writing the same ``out``.
 
     Args:
         source: a folder, zip, list file, MNIST IDX file or Omniglot folder (see
             :func:`oneshot.data.source.open_source`), or an opened image source.
         out: the ``.parquet`` file to write (atomically).
         model: a model, a model file, or ``None`` for the shipped default.
+        rejects: the collector and its policy (default: skip every bad file, no limit); read
+            ``rejects.items`` and ``rejects.summary()`` afterwards.
+    Raises:
+        InvalidInputError: when no image at all could be encoded.
     """
+    rejects = rejects if rejects is not None else Rejects()
     model = _model(model)
-    gallery = open_source(source, labelled=labelled)
-    embeddings = encode_gallery(model, gallery, batch_size, show_progress, tta)
-    metadata = {"metric": model.metric, "model_fingerprint": getattr(model, "fingerprint", None),
-                "source": describe_source(gallery), "recipe": model.recipe.to_dict(), "tta": tta}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_embeddings(out, gallery.table, embeddings, metadata)
+    with exclusive_lock(out):
+        gallery = open_source(source, labelled=labelled, strict=rejects.policy.fail)
+        table, embeddings = encode_source(model, gallery, rejects, batch_size, show_progress, tta)
+        if not len(table):
+            raise InvalidInputError(f"{describe_source(gallery)}: no image could be read ({len(rejects)} rejected, "
+                                    f"e.g. {rejects.items[0][0] if rejects.items else '-'}); nothing written")
+        metadata = {"metric": model.metric, "model_fingerprint": getattr(model, "fingerprint", None),
+                    "source": describe_source(gallery), "recipe": model.recipe.to_dict(), "tta": tta,
+                    "rejected": len(rejects)}
+        rejects.write(rejects_path(out))
+        write_embeddings(out, table, embeddings, metadata)
     return read_embeddings(out)
 
 
 def build_index(store: str | os.PathLike, out: str | os.PathLike, pca_dim: int | None = None,
-                pca_variance: float | None = None, seed: int = 0) -> VectorIndex:
-    """Build a FAISS index from a Parquet store and save it (index file plus metadata sidecar)."""
-    index = VectorIndex.from_store(store, pca_dim=pca_dim, pca_variance=pca_variance, seed=seed)
+                pca_variance: float | None = None, seed: int = 0, rejects: Rejects | None = None) -> VectorIndex:
+    """Build a FAISS index from a Parquet store and save it (index file plus metadata sidecar).
+
+    Rows whose vector has NaN or infinite values are left out and listed in
+    ``<out>.rejects.csv`` (with a ``fail`` policy the first one stops the job before anything is
+    written). A store that cannot be read at all is an error naming it. A lock refuses a second
+    process writing the same ``out``.
+    """
+    rejects = rejects if rejects is not None else Rejects()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    index.save(out)
+    with exclusive_lock(out):
+        stored = read_embeddings(store, allow_nonfinite=True)
+        ok = finite_rows(stored.embeddings, list(stored.table["path"]), rejects)
+        if not ok.any():
+            raise InvalidInputError(f"{store}: no row has a finite vector; nothing to index")
+        meta = {"model_fingerprint": stored.metadata.get("model_fingerprint"), "source": str(store)}
+        index = VectorIndex.build(np.ascontiguousarray(stored.embeddings[ok]),
+                                  stored.table[ok].reset_index(drop=True), stored.metadata["metric"],
+                                  pca_dim=pca_dim, pca_variance=pca_variance, metadata=meta, seed=seed)
+        rejects.write(rejects_path(out))
+        _save_index_pair(index, Path(out))
     return index
+
+
+def _save_index_pair(index: VectorIndex, out: Path) -> None:
+    """Save both files of an index under temporary names, then rename them back to back.
+
+    A kill between the two renames (microseconds) leaves a pair that ``VectorIndex.load`` refuses
+    as disagreeing; a kill anywhere else leaves the old pair or the new one. Temporaries left by a
+    kill are removed by the next writer (see :func:`oneshot.pipelines.locks.remove_stale_temporaries`).
+    """
+    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        index.save(staging)
+        os.replace(staging, out)
+        os.replace(sidecar_path(staging), sidecar_path(out))
+    finally:
+        for leftover in (staging, sidecar_path(staging)):
+            leftover.unlink(missing_ok=True)
 
 
 def load_index(path: str | os.PathLike) -> VectorIndex:
@@ -83,8 +164,11 @@ def load_index(path: str | os.PathLike) -> VectorIndex:
 
 def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.PathLike,
                     model: Embedder | str | os.PathLike | None = None, threshold: float | None = None,
-                    k: int = 1, batch_size: int = 256) -> pd.DataFrame:
+                    k: int = 1, batch_size: int = 256, rejects: Rejects | None = None) -> pd.DataFrame:
     """Identify query images (a folder, zip or list; labels not needed) against an index.
+
+    Query files that cannot be read get no row; they are recorded in ``rejects`` (default: skip
+    them), which the caller may write beside its output. With a ``fail`` policy the first stops the job.
 
     Returns:
         One row per query: ``path``, ``label`` (``"unknown"`` when the best score is below
@@ -100,15 +184,22 @@ def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.Pa
     if expected and actual and expected != actual:
         raise ModelMismatchError(f"the index was built with model {expected} but the queries use model {actual}; "
                                  "pass the same --model used for `oneshot embed`")
+    rejects = rejects if rejects is not None else Rejects()
+    strict = rejects.policy.fail
     try:
-        gallery = open_source(queries)
+        gallery = open_source(queries, strict=True)
     except InvalidInputError:
-        gallery = open_source(queries, labelled=False)
-    embeddings = encode_gallery(model, gallery, batch_size)
+        try:
+            gallery = open_source(queries, strict=strict)
+        except InvalidInputError:
+            gallery = open_source(queries, labelled=False, strict=strict)
+    table, embeddings = encode_source(model, gallery, rejects, batch_size)
+    if not len(table):
+        raise InvalidInputError(f"{queries}: no query image could be read ({len(rejects)} rejected)")
     result = identify(index, embeddings, threshold, k=k)
-    result.insert(0, "path", gallery.table["path"].to_numpy())
-    if (gallery.table["label"] != "").all():
-        result["true_label"] = gallery.table["label"].to_numpy()
+    result.insert(0, "path", table["path"].to_numpy())
+    if (table["label"] != "").all():
+        result["true_label"] = table["label"].to_numpy()
     return result
 
 

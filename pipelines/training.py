@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pandas as pd
 
@@ -17,6 +18,8 @@ from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.train import TrainConfig, TrainResult, train
 from oneshot.errors import InvalidInputError
 from oneshot.pipelines.evaluate import lake_run_errors
+from oneshot.pipelines.locks import exclusive_lock
+from oneshot.pipelines.rejects import Rejects, read_source
 from oneshot.pipelines.validation import OneShotValidation
 
 #: Background alphabets held out for validation (never trained on), per Omniglot split.
@@ -50,8 +53,8 @@ def training_sets(table: pd.DataFrame, read, recipe: Recipe, validation: tuple[s
 
 
 def training_source(data: str | os.PathLike | ImageSource | None = None, split: str | None = None,
-                    synthetic: bool = False, seed: int = 0,
-                    val_groups: list[str] | None = None) -> tuple[ImageSource, tuple[str, ...], str]:
+                    synthetic: bool = False, seed: int = 0, val_groups: list[str] | None = None,
+                    strict: bool = True) -> tuple[ImageSource, tuple[str, ...], str]:
     """Where training images come from and which groups validation holds out.
 
     Args:
@@ -66,7 +69,7 @@ def training_source(data: str | os.PathLike | ImageSource | None = None, split: 
     if synthetic:
         source, held_out = synthetic_background(seed)
         return source, tuple(val_groups or held_out), "synthetic"
-    source = open_source(data if data is not None else omniglot_root(), split=split)
+    source = open_source(data if data is not None else omniglot_root(), split=split, strict=strict)
     if isinstance(source, OmniglotSplit):
         name = split or "background"
         default = VALIDATION_ALPHABETS.get(name, ())
@@ -79,15 +82,28 @@ def training_source(data: str | os.PathLike | ImageSource | None = None, split: 
 
 def train_from_cli(out: str | os.PathLike, options: dict, data: str | None = None, split: str | None = None,
                    synthetic: bool = False, val_alphabets: list[str] | None = None, resume: bool = True,
-                   command: str | None = None, show_progress: bool | None = None) -> TrainResult:
-    """Train on any image source (``data`` or ``$OMNIGLOT_DIR``) or, with ``synthetic``, the synthetic alphabets."""
+                   command: str | None = None, show_progress: bool | None = None,
+                   rejects: Rejects | None = None) -> TrainResult:
+    """Train on any image source (``data`` or ``$OMNIGLOT_DIR``) or, with ``synthetic``, the synthetic alphabets.
+
+    The data scan reads every image once: files that cannot be read are left out and listed in
+    ``out/rejects.csv`` under ``rejects``' policy (default: skip them; ``fail`` stops at the first).
+    """
     config = TrainConfig.from_dict(options)
     recipe = Recipe.from_dict(config.recipe)
-    source, validation, described = training_source(data, split, synthetic, config.seed, val_alphabets)
-    train_set, val_set = training_sets(source.table, source.read, recipe, validation, config.rotations)
-    info = {"command": command, "data": described, "validation_alphabets": list(validation)}
-    validate = OneShotValidation.from_config(val_set, config)
-    return train(config, train_set, validate, out, resume=resume, show_progress=show_progress, info=info)
+    rejects = rejects if rejects is not None else Rejects()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out):
+        source, validation, described = training_source(data, split, synthetic, config.seed, val_alphabets,
+                                                        strict=rejects.policy.fail)
+        table, images = read_source(source, rejects)
+        rejects.write(Path(out) / "rejects.csv")
+        train_set, val_set = training_sets(table, lambda paths: [images[p] for p in paths], recipe, validation,
+                                           config.rotations)
+        del images
+        info = {"command": command, "data": described, "validation_alphabets": list(validation)}
+        validate = OneShotValidation.from_config(val_set, config)
+        return train(config, train_set, validate, out, resume=resume, show_progress=show_progress, info=info)
 
 
 def lake_errors(data: str | os.PathLike | None = None, model=None, tta: bool = False) -> pd.DataFrame:

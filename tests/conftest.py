@@ -11,14 +11,21 @@ import pytest
 def omniglot_dir() -> Path:
     """The Omniglot folder named by ``$OMNIGLOT_DIR`` (relative paths from the working directory).
 
-    Skips the test when the variable is unset or the folder is missing.
+    Skips the test (with the reason) only when the variable is unset. When it is set but names no
+    folder, or a folder without the Omniglot zips or split folders, the test FAILS: a CI job that
+    sets a wrong path must not go green without the real-data tests.
     """
     value = os.environ.get("OMNIGLOT_DIR")
     if not value:
         pytest.skip("OMNIGLOT_DIR is not set; these tests need the real Omniglot zips")
     path = Path(value).expanduser().resolve()
     if not path.is_dir():
-        pytest.skip(f"OMNIGLOT_DIR={value!r} is not a folder; these tests need the real Omniglot zips")
+        pytest.fail(f"OMNIGLOT_DIR={value!r} is set but is not a folder; fix it or unset it to skip "
+                    "the real-data tests", pytrace=False)
+    expected = ("images_background", "images_evaluation")
+    if not any((path / name).exists() or (path / f"{name}.zip").exists() for name in expected):
+        pytest.fail(f"OMNIGLOT_DIR={value!r} is set but holds neither {expected[0]}(.zip) nor "
+                    f"{expected[1]}(.zip); fix it or unset it to skip the real-data tests", pytrace=False)
     return path
 
 

@@ -272,10 +272,11 @@ def test_corrupt_image_names_the_file_and_leaves_nothing(tmp_path, synthetic_gal
     bad.write_bytes(b"this is not a png\x00\x01\x02")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    message = fails(run("embed", gallery, "--out", out_dir / "g.parquet", "--model", tiny_model_path), 1)
+    message = fails(run("embed", gallery, "--out", out_dir / "g.parquet", "--model", tiny_model_path,
+                        "--on-error", "fail"), 1)
     assert "broken.png" in message and "synth_a02/char03" in message
     assert len(message.strip().splitlines()) == 1
-    assert list(out_dir.iterdir()) == []  # no store and no temporary file
+    assert list(out_dir.iterdir()) == []  # no store, no temporary file, no lock left
 
 
 def test_non_model_file_as_model_names_it(tmp_path, synthetic_gallery):
