@@ -374,6 +374,31 @@ def assign_command(images, clusters_path, model, cluster_radius, groups, out):
         click.echo(text.rstrip("\n"))
 
 
+@main.command("report")
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True)
+@click.option("--model", type=click.Path(exists=True), default=None,
+              help="The model file (its history.csv and carried thresholds).")
+@click.option("--history", type=click.Path(exists=True, dir_okay=False), default=None, help="A training history.csv.")
+@click.option("--source", type=click.Path(exists=True), default=None,
+              help="Where the images are (default: the store's source), for thumbnails.")
+@click.option("--group", default=None, help="The group shown in the map and the cluster thumbnails (default: the first).")
+@click.option("--episodes", type=click.IntRange(min=1), default=300, show_default=True, help="Episodes per accuracy point.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly
+def report_command(store, out, model, history, source, group, episodes, seed):
+    """One self-contained HTML report of STORE (figures embedded, readable offline).
+
+    \b
+    Example:
+      oneshot report runs/eval.parquet --out runs/report.html
+    """
+    from oneshot.pipelines.report import write_report
+
+    path = write_report(store, out, history=history, model=model, source=source, group=group, episodes=episodes, seed=seed)
+    click.echo(f"wrote {path}")
+
+
 @main.command("lake")
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="all_runs.zip, its folder, or the Omniglot folder (default: $OMNIGLOT_DIR).")
