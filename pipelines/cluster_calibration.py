@@ -10,7 +10,7 @@ Two values, both distances in the model's metric (cosine: 1 - similarity):
 
 A run takes them, first found first: values given by the caller; the model's file
 (``info["thresholds"]`` of the model passed, or of the shipped model when the store was made
-with it); the defaults below, calibrated for the shipped model.
+with it; :func:`model_thresholds`); the defaults below, calibrated for the shipped model.
 """
 from __future__ import annotations
 
@@ -89,10 +89,17 @@ def calibrate_cluster_threshold(embeddings: np.ndarray, table: pd.DataFrame, met
             "new_class_flagged": float(np.concatenate(flagged).mean()) if flagged else None}
 
 
-def model_thresholds(info: dict | None) -> dict:
-    """The clustering thresholds a model's ``info`` carries (``info["thresholds"]``), possibly empty."""
-    thresholds = (info or {}).get("thresholds") or {}
-    return {key: float(thresholds[key]) for key in THRESHOLD_KEYS if thresholds.get(key) is not None}
+def model_thresholds(config: dict | None) -> dict:
+    """The clustering thresholds a model file's config carries, possibly none.
+
+    Read from ``config["info"]["thresholds"]`` (where training facts live), else ``config["thresholds"]``.
+    """
+    config = config or {}
+    for thresholds in ((config.get("info") or {}).get("thresholds"), config.get("thresholds")):
+        found = {key: float(thresholds[key]) for key in THRESHOLD_KEYS if (thresholds or {}).get(key) is not None}
+        if found:
+            return found
+    return {}
 
 
 def resolve_thresholds(store_metadata: dict | None = None, model: str | os.PathLike | None = None,
@@ -116,12 +123,12 @@ def resolve_thresholds(store_metadata: dict | None = None, model: str | os.PathL
         config = read_model_config(model if not os.path.isdir(model) else os.path.join(model, "model.safetensors"))
         if fingerprint and config.get("fingerprint") != fingerprint:
             logger.warning("the store was made with model %s but --model is %s", fingerprint, config.get("fingerprint"))
-        carried, carried_from = model_thresholds(config.get("info")), f"model file {model}"
+        carried, carried_from = model_thresholds(config), f"carried by the model file {model}"
     elif fingerprint:
         config = read_model_config(DEFAULT_MODEL)
         if config.get("fingerprint") == fingerprint:
-            carried, carried_from = model_thresholds(config.get("info")), f"shipped model {DEFAULT_MODEL.name}"
-    values, sources = {}, []
+            carried, carried_from = model_thresholds(config), f"carried by the shipped model {DEFAULT_MODEL.name}"
+    values, sources = {}, {}
     for key in THRESHOLD_KEYS:
         if key in given:
             values[key], source = given[key], "given"
@@ -133,5 +140,5 @@ def resolve_thresholds(store_metadata: dict | None = None, model: str | os.PathL
                 logger.warning("%s: the default was calibrated for model %s, this store comes from model %s; "
                                "calibrate with pipelines.cluster_calibration.calibrate_cluster_threshold",
                                key, DEFAULT_FINGERPRINT, fingerprint)
-        sources.append(f"{key}={values[key]:.4f} ({source})")
-    return values, "; ".join(sources)
+        sources.setdefault(source, []).append(f"{key}={values[key]:.4f}")
+    return values, "; ".join(f"{', '.join(keys)} ({source})" for source, keys in sources.items())

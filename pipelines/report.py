@@ -282,7 +282,7 @@ def neighbour_thumbnails(table: pd.DataFrame, neighbours: np.ndarray, images_for
     for q in chosen:
         near = [int(j) for j in neighbours[q] if j >= 0]
         paths.extend([table["path"].iloc[q]] + [table["path"].iloc[j] for j in near])
-        titles.append(short_label(labels[q]))
+        titles.append(str(labels[q])[-28:])
         frames.append(["black"] + ["tab:green" if labels[j] == labels[q] else "tab:red" for j in near])
     images = images_for(paths)
     start = 0
