@@ -306,7 +306,7 @@ def cluster_vectors(x: np.ndarray, n_clusters: int | str, metric: Metric | str, 
         k = int(min(n_clusters, n))
     else:
         raise InvalidInputError(f"n_clusters must be a positive int or 'auto', got {n_clusters!r}")
-    if k == 1 or graph is None and method == "spectral":
+    if k == 1 or (graph is None and method == "spectral"):
         labels = np.zeros(n, dtype=np.int64)
     elif method == "spectral":
         labels = spectral_labels(graph, k, seed)

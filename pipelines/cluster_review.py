@@ -37,7 +37,7 @@ def open_store_source(source: str | os.PathLike | ImageSource) -> ImageSource:
         raise MissingDataError(f"{source}: the store's image source is not there any more; pass --source")
     try:
         return open_source(source)
-    except Exception:  # not a labelled layout: any depth, no labels
+    except InvalidInputError:  # not a labelled layout: any depth, no labels
         return open_source(source, labelled=False)
 
 

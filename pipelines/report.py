@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from oneshot.atomic import atomic_path
-from oneshot.errors import InvalidInputError
+from oneshot.errors import InvalidInputError, OneshotError
 from oneshot.index.metric import Metric, get_metric
 from oneshot.index.store import EmbeddingSet, read_embeddings
 from oneshot.pipelines.cluster import Clustering, cluster_groups, is_labelled
@@ -356,13 +356,13 @@ def build_report(store: str | os.PathLike | EmbeddingSet, history: str | os.Path
         history = candidate if candidate.is_file() else None
     if history is not None and not isinstance(history, pd.DataFrame):
         history = pd.read_csv(history)
+    missing_images = ""
     try:
         reader = open_store_source(source or stored.metadata.get("source"))
         images_for = lambda paths: reader.read(list(paths))  # noqa: E731
-    except Exception as error:  # thumbnails are optional: say why they are missing
+    except OneshotError as error:  # thumbnails are optional: say why they are missing
         logger.warning("no thumbnails: %s", error)
-        reader, images_for = None, None
-        missing_images = str(error)
+        images_for, missing_images = None, str(error)
     group = group if group is not None else str(table["group"].iloc[0])
     if group not in set(table["group"].astype(str)):
         raise InvalidInputError(f"group {group!r} is not in the store")
