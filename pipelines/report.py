@@ -184,6 +184,7 @@ def embedding_map(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric, m
                   seed: int = 0) -> tuple[str, str]:
     """A 2-D t-SNE map of one group's embeddings (its first ``max_classes`` classes), coloured by class."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     plt = _pyplot()
     group = table["group"].iloc[0]
@@ -193,8 +194,10 @@ def embedding_map(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric, m
     x = metric.prepare(embeddings[keep])
     if x.shape[0] > 5:
         perplexity = float(min(30.0, (x.shape[0] - 1) / 3.0))
-        points = TSNE(2, perplexity=perplexity, metric="cosine" if metric.normalizes else "euclidean", init="pca",
-                      random_state=seed).fit_transform(x)
+        # One OpenMP thread: t-SNE's gradient loop slows ten-fold on a busy, shared machine otherwise.
+        with threadpool_limits(1):
+            points = TSNE(2, perplexity=perplexity, metric="cosine" if metric.normalizes else "euclidean",
+                          init="pca", random_state=seed).fit_transform(x)
     else:
         points = np.zeros((x.shape[0], 2))
     fig, ax = plt.subplots(figsize=(6.5, 5))
