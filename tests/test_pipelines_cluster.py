@@ -175,3 +175,14 @@ def test_bad_inputs():
         cluster_vectors(x, "many", "l2", 1.0)
     with pytest.raises(ValueError, match="non-empty"):
         summarize_clusters(pd.DataFrame())
+
+
+def test_sparse_eigen_solver_agrees_with_the_dense_one(monkeypatch):
+    import oneshot.pipelines.cluster as cluster
+
+    x, _ = sphere_blobs(6, seed=7, sizes=[12] * 6)
+    graph = neighbour_graph(x, "cosine", 5)
+    dense = cluster.laplacian_spectrum(graph, 10)
+    monkeypatch.setattr(cluster, "DENSE_EIGEN_LIMIT", 10)  # large groups take the ARPACK path
+    np.testing.assert_allclose(cluster.laplacian_spectrum(graph, 10), dense, atol=1e-6)
+    assert estimate_n_clusters(graph) == 6
