@@ -250,7 +250,7 @@ def confusion_table(table: pd.DataFrame, neighbours: np.ndarray, top: int = 15) 
     return pairs.value_counts().rename("times").reset_index().head(top)
 
 
-def cluster_thumbnails(clustering: Clustering, images_for, group: str, max_clusters: int = 24,
+def cluster_thumbnails(clustering: Clustering, images_for, group: str, max_clusters: int = 60,
                        per_cluster: int = 12) -> str:
     """Thumbnails of one group's clusters, one row each (outliers framed red)."""
     a = clustering.assignments
@@ -409,8 +409,11 @@ def build_report(store: str | os.PathLike | EmbeddingSet, history: str | os.Path
     parts.append(f'<p class="note">Spectral clustering of each group on its own, number of clusters estimated '
                  f"(eigengap); thresholds: {html.escape(threshold_source)}.</p>")
     if images_for is not None:
-        parts.append(f'<p>Clusters of group <b>{html.escape(group or "(none)")}</b>, one row each, drawings closest '
-                     "to the centre first (the 24 largest clusters, 12 drawings each); red frame: outlier.</p>")
+        n_clusters = int(clustering.assignments.loc[clustering.assignments["group"] == group, "cluster"].nunique())
+        shown = f"all {n_clusters} clusters" if n_clusters <= 60 else f"the 60 largest of {n_clusters} clusters"
+        parts.append(f'<p>Clusters of group <b>{html.escape(group or "(none)")}</b> ({shown}), one row each, up to '
+                     "12 drawings closest to the centre first; red frame: outlier. Other groups: "
+                     "<code>oneshot report STORE --group NAME</code>.</p>")
         parts.append(_img(cluster_thumbnails(clustering, images_for, group), "cluster thumbnails"))
     else:
         parts.append(f'<p class="note">No thumbnails: {html.escape(missing_images)}</p>')
