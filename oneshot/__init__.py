@@ -11,7 +11,9 @@ The public API in one place::
     answers = oneshot.identify_images("queries/", index)
     oneshot.verify_images("a.png", "b.png")
     oneshot.evaluate_store("gallery.parquet")
-    oneshot.cluster_store("gallery.parquet")
+    clusters = oneshot.cluster_store("new.parquet", "auto", out="clusters.parquet", export="review/")
+    oneshot.assign_images("more/", "clusters.parquet")       # new drawings -> existing clusters, or new
+    oneshot.write_report("gallery.parquet", "report.html")
 
 Subpackages, bottom layer first: ``oneshot.data`` (image sources), ``oneshot.embedder`` (models,
 training, encoding) and ``oneshot.index`` (stores, vector search) side by side, then
@@ -49,6 +51,8 @@ _API = {
     "verify_images": "oneshot.pipelines.jobs",
     "evaluate_store": "oneshot.pipelines.jobs",
     "cluster_store": "oneshot.pipelines.jobs",
+    "assign_images": "oneshot.pipelines.jobs",
+    "write_report": "oneshot.pipelines.report",
     "evaluate": "oneshot.pipelines.evaluate",
     "OneshotError": "oneshot.errors",
     "InvalidInputError": "oneshot.errors",

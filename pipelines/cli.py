@@ -317,24 +317,134 @@ def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups):
     click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed, groups=list(groups)), indent=2))
 
 
+class ClusterCount(click.ParamType):
+    """``auto``, ``truth`` or a positive int."""
+
+    name = "auto|truth|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value in ("auto", "truth"):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"expected auto, truth or a positive number, got {value!r}", param, ctx)
+        if number < 1:
+            self.fail(f"expected a positive number of clusters, got {number}", param, ctx)
+        return number
+
+
 @main.command("cluster")
 @click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.option("--clusters", type=ClusterCount(), default="auto", show_default=True,
+              help="auto: estimate per group; truth: each group's number of labels; N: this many per group.")
+@click.option("--method", type=click.Choice(["spectral", "kmeans"]), default="spectral", show_default=True)
+@click.option("--group", "groups", multiple=True, help="Only this group (alphabet); repeatable.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Parquet: id, path, label, group, cluster, distance, outlier (+ embeddings, for `oneshot assign`).")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
+              help="Write each cluster as a folder of its images here, to check and rename.")
+@click.option("--model", type=click.Path(exists=True), default=None,
+              help="Read the clustering thresholds this model carries (default: the shipped model's, if it made the store).")
+@click.option("--cluster-distance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Override the calibrated same-character distance.")
+@click.option("--cluster-radius", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Override the calibrated outlier radius.")
 @click.option("--pca-variance", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--group", "groups", multiple=True, help="Only this group (alphabet); repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @_friendly
-def cluster_command(store, pca_variance, seed, groups):
-    """KMeans per group (alphabet) with k = its number of classes; prints ARI and NMI.
+def cluster_command(store, clusters, method, groups, out, export_dir, model, cluster_distance, cluster_radius,
+                    pca_variance, seed, as_json):
+    """Cluster each group (alphabet) of STORE on its own; with labels, score it.
+
+    Works on unlabelled stores (`oneshot embed --unlabelled`). Scores, when every row has a label:
+    one-to-one (Hungarian) accuracy, ARI, NMI, estimated vs true number of clusters.
 
     \b
-    Example:
-      oneshot cluster runs/eval.parquet --pca-variance 0.99
+    Examples:
+      oneshot cluster runs/new_alphabet.parquet --out runs/clusters.parquet --export runs/clusters/
+      oneshot cluster runs/eval.parquet --clusters truth --group "Old_Church_Slavonic_(Cyrillic)"
     """
     from oneshot.pipelines.jobs import cluster_store
 
-    summary, per_group = cluster_store(store, pca_variance, seed, list(groups))
-    click.echo(per_group.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    click.echo(f"mean ARI {summary['ari']:.3f}, mean NMI {summary['nmi']:.3f} over {summary['n_groups']} groups")
+    result = cluster_store(store, clusters, list(groups), method, pca_variance, seed, model, cluster_distance,
+                           cluster_radius, out, export_dir)
+    click.echo(f"thresholds: {result.settings['threshold_source']}", err=True)
+    if as_json:
+        click.echo(json.dumps({"summary": result.summary, "settings": result.settings,
+                               "per_group": result.per_group.to_dict(orient="records")}, indent=2))
+    else:
+        click.echo(result.per_group.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        s = result.summary
+        line = f"{s['n_clusters']} clusters of {s['n_images']} images in {s['n_groups']} groups"
+        if "accuracy" in s:
+            line += (f"; mean accuracy {s['accuracy']:.3f}, ARI {s['ari']:.3f}, NMI {s['nmi']:.3f}, "
+                     f"{s['n_clusters']} clusters for {s['n_classes']} classes (mean relative error "
+                     f"{s['k_relative_error']:.3f})")
+        click.echo(line)
+    if out:
+        click.echo(f"wrote {out}", err=True)
+    if export_dir:
+        click.echo(f"exported the clusters to {export_dir}", err=True)
+
+
+@main.command("assign")
+@click.argument("images", type=click.Path(exists=True))
+@click.option("--clusters", "clusters_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The Parquet file of `oneshot cluster --out`.")
+@click.option("--model", type=click.Path(exists=True), default=None, help="The model that made the store (default: shipped).")
+@click.option("--cluster-radius", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Farther than this from every centre is 'new' (default: the clustering's).")
+@click.option("--group", "groups", multiple=True, help="Only the clusters of this group; repeatable.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write JSON lines here instead of stdout.")
+@_friendly
+def assign_command(images, clusters_path, model, cluster_radius, groups, out):
+    """Assign new drawings to existing clusters (nearest centre), or flag them new, without re-clustering.
+
+    \b
+    Example:
+      oneshot assign more_drawings/ --clusters runs/clusters.parquet
+    """
+    from oneshot.pipelines.jobs import assign_images
+
+    answers, source = assign_images(images, clusters_path, model, cluster_radius, list(groups))
+    click.echo(f"threshold: {source}", err=True)
+    text = answers.to_json(orient="records", lines=True)
+    if out:
+        from oneshot.atomic import atomic_path
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(text)
+        click.echo(f"wrote {len(answers)} answers to {out} ({int(answers['new'].sum())} new)")
+    else:
+        click.echo(text.rstrip("\n"))
+
+
+@main.command("report")
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True)
+@click.option("--model", type=click.Path(exists=True), default=None,
+              help="The model file (its history.csv and carried thresholds).")
+@click.option("--history", type=click.Path(exists=True, dir_okay=False), default=None, help="A training history.csv.")
+@click.option("--source", type=click.Path(exists=True), default=None,
+              help="Where the images are (default: the store's source), for thumbnails.")
+@click.option("--group", default=None, help="The group shown in the map and the cluster thumbnails (default: the first).")
+@click.option("--episodes", type=click.IntRange(min=1), default=300, show_default=True, help="Episodes per accuracy point.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly
+def report_command(store, out, model, history, source, group, episodes, seed):
+    """One self-contained HTML report of STORE (figures embedded, readable offline).
+
+    \b
+    Example:
+      oneshot report runs/eval.parquet --out runs/report.html
+    """
+    from oneshot.pipelines.report import write_report
+
+    path = write_report(store, out, history=history, model=model, source=source, group=group, episodes=episodes, seed=seed)
+    click.echo(f"wrote {path}")
 
 
 @main.command("lake")

@@ -22,6 +22,7 @@ from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.train import TrainConfig, train
 from oneshot.pipelines.evaluate import evaluate
 from oneshot.pipelines.jobs import build_index, embed_gallery
+from oneshot.pipelines.report import write_report
 from oneshot.pipelines.training import training_sets, training_source
 from oneshot.pipelines.validation import OneShotValidation
 
@@ -90,6 +91,13 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
     pixels = raw_pixel_vectors(gallery.read(list(gallery.table["path"])), recipe)
     scores["raw pixels"] = demo_scores(pixels, gallery.table, "cosine", episodes, seed)
     timings["pipelines"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    history = Path(result.model_path).parent / "history.csv"
+    write_report(out / "gallery.parquet", out / "report.html", history=history if history.is_file() else None,
+                 model=result.model_path, episodes=min(episodes, 300), seed=seed,
+                 title="oneshot demo: alphabets the model never saw")
+    timings["report"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
 
     summary = {
@@ -102,7 +110,7 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
         "scores": scores,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "files": {"model": str(result.model_path), "store": str(out / "gallery.parquet"),
-                  "index": str(out / "gallery.faiss")},
+                  "index": str(out / "gallery.faiss"), "report": str(out / "report.html")},
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")

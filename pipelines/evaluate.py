@@ -1,4 +1,4 @@
-"""Evaluate stored embeddings: N-way k-shot episodes, KNN identification, 1:1 verification, KMeans
+"""Evaluate stored embeddings: N-way k-shot episodes, KNN identification, 1:1 verification, clustering
 per group, and Lake's official runs. All from vectors: no network forward per (query, gallery) pair.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from oneshot.errors import InvalidInputError
 from oneshot.index.metric import Metric, get_metric
 from oneshot.index.search import Searcher
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.cluster import cluster_groups, summarize_clusters
+from oneshot.pipelines.cluster import cluster_groups
 from oneshot.pipelines.episodes import sample_episodes
 from oneshot.pipelines.knn import knn_accuracy, split_gallery_queries
 from oneshot.pipelines.oneshot import evaluate_episodes, evaluate_runs
@@ -74,11 +74,17 @@ def pair_verification(embeddings: np.ndarray, table: pd.DataFrame, metric: Metri
 
 
 def clustering(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,
-               pca_variance: float | None = None, seed: int = 0) -> tuple[dict, pd.DataFrame]:
-    """KMeans per group with k = its number of classes: (mean ARI/NMI summary, per-group table)."""
-    per_group = cluster_groups(embeddings, table["label"].to_numpy(dtype=object),
-                               table["group"].to_numpy(dtype=object), metric, pca_variance, seed)
-    return summarize_clusters(per_group), per_group
+               pca_variance: float | None = None, seed: int = 0, clusters: int | str = "truth",
+               method: str = "spectral") -> tuple[dict, pd.DataFrame]:
+    """Cluster each group on its own (default: as many clusters as it has classes) and score it.
+
+    Returns:
+        (group means of accuracy (one-to-one Hungarian), ARI, NMI and the relative error of the
+        number of clusters, with totals; the per-group table). See
+        :func:`oneshot.pipelines.cluster.cluster_groups`.
+    """
+    result = cluster_groups(embeddings, table, metric, clusters, method=method, pca_variance=pca_variance, seed=seed)
+    return result.summary, result.per_group
 
 
 TASKS = ("oneshot", "knn", "verification", "clustering")
@@ -93,7 +99,7 @@ def evaluate(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,
     Args:
         embeddings: (N, D) float32, one row per ``table`` row (``label`` and ``group`` columns).
         tasks: any of ``"oneshot"`` (N-way k-shot episodes), ``"knn"`` (index part of each class,
-            classify the rest), ``"verification"`` (1:1 pairs) and ``"clustering"`` (KMeans per group).
+            classify the rest), ``"verification"`` (1:1 pairs) and ``"clustering"`` (spectral clustering per group, k = its classes).
         within_group: draw episodes inside one group when the rows have groups.
     Returns:
         ``{task: result dict}`` for the asked tasks; clustering also holds a ``per_group`` list.

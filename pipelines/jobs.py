@@ -1,7 +1,8 @@
 """High-level jobs behind the CLI, importable as a Python API.
 
 ``embed_gallery`` (images -> Parquet), ``build_index`` (Parquet -> FAISS index), ``identify_images``
-(query images -> nearest labels or "unknown"), ``verify_images`` (1:1), ``evaluate_store`` and ``cluster_store``.
+(query images -> nearest labels or "unknown"), ``verify_images`` (1:1), ``evaluate_store``, ``cluster_store``
+(cluster, score, export) and ``assign_images`` (new drawings -> existing clusters).
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.metric import get_metric
 from oneshot.index.store import EmbeddingSet, read_embeddings, write_embeddings
 from oneshot.index.vector_index import VectorIndex, sidecar_path
-from oneshot.pipelines.evaluate import clustering, evaluate
+from oneshot.pipelines.cluster import Clustering, cluster_groups
+from oneshot.pipelines.cluster_calibration import resolve_thresholds
+from oneshot.pipelines.cluster_review import assign_new, cluster_centres, export_clusters
+from oneshot.pipelines.evaluate import evaluate
 from oneshot.pipelines.identify import identify
 from oneshot.pipelines.locks import exclusive_lock
 from oneshot.pipelines.rejects import Rejects, finite_rows, read_batch, rejects_path
@@ -235,8 +239,82 @@ def evaluate_store(store: str | os.PathLike | EmbeddingSet, n_way: int = 20, k_s
                     n_way, k_shot, episodes, within_group, knn_k, gallery_fraction, seed=seed)
 
 
-def cluster_store(store: str | os.PathLike | EmbeddingSet, pca_variance: float | None = None,
-                  seed: int = 0, groups: list[str] | None = None) -> tuple[dict, pd.DataFrame]:
-    """KMeans per group of a Parquet store: (mean ARI/NMI, per-group table)."""
+def cluster_store(store: str | os.PathLike | EmbeddingSet, clusters: int | str = "auto",
+                  groups: list[str] | None = None, method: str = "spectral", pca_variance: float | None = None,
+                  seed: int = 0, model: str | os.PathLike | None = None, cluster_distance: float | None = None,
+                  cluster_radius: float | None = None, out: str | os.PathLike | None = None,
+                  export: str | os.PathLike | None = None,
+                  source: str | os.PathLike | ImageSource | None = None) -> Clustering:
+    """Cluster each group of a Parquet store on its own; score it when every row has a label.
+
+    Args:
+        store: a store from ``oneshot embed`` (labelled or ``--unlabelled``), or a loaded one.
+        clusters: ``"auto"`` (estimated per group), ``"truth"`` (each group's number of labels) or an int.
+        groups: only these groups.
+        model: a model file whose carried thresholds to use (default: the shipped model's when the
+            store was made with it, else the documented defaults).
+        cluster_distance, cluster_radius: override the thresholds.
+        out: write the assignments, with the embeddings, to this Parquet file (a store that
+            :func:`assign_images` reads).
+        export: write each cluster as a folder of its images here (see
+            :func:`oneshot.pipelines.cluster_review.export_clusters`).
+        source: where the images are for ``export`` (default: the store's ``source``).
+
+    Returns:
+        A :class:`Clustering`; ``settings["threshold_source"]`` says where the thresholds came from.
+    """
     stored = load_store(store, groups)
-    return clustering(stored.embeddings, stored.table, stored.metadata["metric"], pca_variance, seed)
+    thresholds, threshold_source = resolve_thresholds(
+        stored.metadata, model, {"cluster_distance": cluster_distance, "cluster_radius": cluster_radius})
+    result = cluster_groups(stored.embeddings, stored.table, stored.metadata["metric"], clusters,
+                            thresholds["cluster_distance"], thresholds["cluster_radius"], method=method,
+                            pca_variance=pca_variance, seed=seed)
+    result.settings["threshold_source"] = threshold_source
+    if out is not None:
+        metadata = {k: v for k, v in stored.metadata.items() if k not in ("count", "dimension", "normalized")}
+        metadata.update({"clustering": result.settings, "clustered_store": str(store) if not isinstance(store, EmbeddingSet) else None})
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_embeddings(out, result.assignments, stored.embeddings, metadata)
+    if export is not None:
+        export_clusters(result.assignments, source or stored.metadata.get("source"), export)
+    return result
+
+
+def assign_images(images: str | os.PathLike, clusters: str | os.PathLike | EmbeddingSet,
+                  model: Embedder | str | os.PathLike | None = None, cluster_radius: float | None = None,
+                  groups: list[str] | None = None, batch_size: int = 256) -> tuple[pd.DataFrame, str]:
+    """Assign new drawings to the clusters of a ``cluster --out`` file, or flag them new.
+
+    Args:
+        images: a folder, zip or list of images (labels not needed).
+        clusters: the Parquet file written by :func:`cluster_store` with ``out``.
+        model: the model that made the clustered store (default: shipped); fingerprints are compared.
+        cluster_radius: farther than this from every centre is new (default: the clustering's).
+        groups: only the clusters of these groups.
+
+    Returns:
+        (one row per image: ``path``, ``cluster``, ``group``, ``distance``, ``new``; where the radius came from).
+    """
+    stored = clusters if isinstance(clusters, EmbeddingSet) else read_embeddings(clusters)
+    if "cluster" not in stored.table.columns:
+        raise InvalidInputError(f"{clusters}: not a clustering (no 'cluster' column); write one with `oneshot cluster --out`")
+    model = _model(model)
+    expected, actual = stored.metadata.get("model_fingerprint"), getattr(model, "fingerprint", None)
+    if expected and actual and expected != actual:
+        raise ModelMismatchError(f"the clusters were made with model {expected} but the images use model {actual}; "
+                                 "pass the same --model used for `oneshot embed`")
+    if cluster_radius is None:
+        cluster_radius = float(stored.metadata.get("clustering", {}).get("cluster_radius"))
+        source = f"cluster_radius={cluster_radius:.4f} (from the clustering file: " \
+                 f"{stored.metadata.get('clustering', {}).get('threshold_source', 'unknown')})"
+    else:
+        source = f"cluster_radius={cluster_radius:.4f} (given)"
+    centre_table, centres = cluster_centres(stored.table, stored.embeddings, stored.metadata["metric"])
+    try:
+        gallery = open_source(images)
+    except InvalidInputError:
+        gallery = open_source(images, labelled=False)
+    embeddings = encode_gallery(model, gallery, batch_size)
+    answers = assign_new(embeddings, centre_table, centres, stored.metadata["metric"], cluster_radius, groups)
+    answers.insert(0, "path", gallery.table["path"].to_numpy())
+    return answers, source

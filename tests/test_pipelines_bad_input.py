@@ -19,11 +19,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from oneshot.errors import ImageReadError, InvalidInputError
 from oneshot.index.store import read_embeddings
 from oneshot.pipelines.cli import main
 from oneshot.pipelines.jobs import embed_gallery
 from oneshot.pipelines.rejects import RejectPolicy, Rejects, TooManyRejectsError, parse_max_rejects, read_batch
-from oneshot.errors import ImageReadError, InvalidInputError
 
 
 def run(*args):

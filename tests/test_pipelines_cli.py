@@ -69,7 +69,7 @@ def other_model_path(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command", [["demo"], ["train"], ["embed"], ["index", "build"], ["identify"], ["eval"],
-                                     ["cluster"], ["lake"], ["verify"]])
+                                     ["cluster"], ["assign"], ["report"], ["lake"], ["verify"]])
 def test_help_shows_an_example(command):
     result = ok(run(*command, "--help"))
     assert "Example" in result.output
@@ -249,12 +249,42 @@ def test_group_option_and_unknown_group(built):
     assert "nope" in fails(run("eval", built[0], "--way", 5, "--group", "nope"), 1)
 
 
-def test_cluster_prints_ari_and_nmi(built):
-    result = ok(run("cluster", built[0]))
+def test_cluster_prints_scores_and_where_the_thresholds_came_from(built):
+    result = ok(run("cluster", built[0], "--clusters", "truth"))
     assert "synth_a01" in result.output and "synth_a02" in result.output
-    found = re.search(r"mean ARI (-?\d\.\d+), mean NMI (\d\.\d+) over 2 groups", result.output)
+    found = re.search(r"mean accuracy (\d\.\d+), ARI (-?\d\.\d+), NMI (\d\.\d+), 10 clusters for 10 classes",
+                      result.output)
     assert found, result.output
-    assert -1.0 <= float(found.group(1)) <= 1.0 and 0.0 <= float(found.group(2)) <= 1.0
+    assert 0.0 <= float(found.group(1)) <= 1.0 and -1.0 <= float(found.group(2)) <= 1.0
+    # The tiny model is not the shipped one: the default thresholds are used, and said so.
+    assert "thresholds: cluster_distance=" in result.stderr and "built-in default" in result.stderr
+
+
+def test_cluster_out_export_and_assign(built, tmp_path, synthetic_gallery, tiny_model_path):
+    out, export = tmp_path / "clusters.parquet", tmp_path / "review"
+    ok(run("cluster", built[0], "--clusters", "5", "--out", out, "--export", export, "--cluster-distance", "0.01",
+           "--cluster-radius", "0.5"))
+    import pandas as pd
+
+    table = pd.read_parquet(out)
+    assert {"id", "path", "group", "cluster", "distance", "outlier"} <= set(table.columns) and len(table) == 60
+    assert table.groupby("group")["cluster"].nunique().tolist() == [5, 5]
+    # One folder per cluster under its group, every image exported once.
+    folders = sorted(p for p in export.glob("*/cluster_*") if p.is_dir())
+    assert len(folders) == 10 and len(list(export.rglob("*.png"))) == 60
+    answers = ok(run("assign", synthetic_gallery / "synth_a01", "--clusters", out, "--model", tiny_model_path))
+    lines = [json.loads(line) for line in answers.stdout.strip().splitlines()]
+    assert len(lines) == 30 and all(line["group"] in ("synth_a01", "synth_a02") for line in lines)
+    assert "cluster_radius=0.5000" in answers.stderr
+    assert fails(run("cluster", built[0], "--clusters", "0"), 2)
+    assert "truth needs labels" not in fails(run("cluster", built[0], "--clusters", "many"), 2)
+
+
+def test_report_writes_one_html_file(built, tmp_path):
+    out = tmp_path / "report.html"
+    ok(run("report", built[0], "--out", out, "--episodes", 20))
+    text = out.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "data:image/png;base64," in text
 
 
 # ---------------------------------------------------------------- errors

@@ -36,7 +36,10 @@ def test_run_demo_synthetic(tmp_path):
     assert store.metadata["model_fingerprint"] == model.fingerprint
     assert (tmp_path / "gallery.faiss.meta.parquet").is_file()
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
-    assert set(summary["seconds"]) == {"data", "train", "embed_and_index", "pipelines", "total"}
+    assert set(summary["seconds"]) == {"data", "train", "embed_and_index", "pipelines", "report", "total"}
+    report = Path(files["report"])
+    assert report == tmp_path / "report.html" and "<h2>Training curves</h2>" in report.read_text()
+    assert "No training history" not in report.read_text()  # the demo's history.csv is drawn
     print(f"run_demo(steps=3, episodes=50) seconds: {summary['seconds']}")
 
 

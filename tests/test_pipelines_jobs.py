@@ -133,8 +133,8 @@ def test_evaluate_store_any_group_and_object(store_and_index):
 
 
 def test_group_option_restricts_the_store(store_and_index):
-    summary, per_group = cluster_store(store_and_index[0], groups=["synth_a02"])
-    assert per_group["group"].tolist() == ["synth_a02"] and summary["n_images"] == 30
+    result = cluster_store(store_and_index[0], groups=["synth_a02"])
+    assert result.per_group["group"].tolist() == ["synth_a02"] and result.summary["n_images"] == 30
     report = evaluate_store(store_and_index[0], n_way=5, episodes=20, groups=["synth_a02"])
     assert report["knn"]["gallery"] + report["knn"]["queries"] == 30
     with pytest.raises(ValueError, match="groups not in the store: \\['nope'\\]"):
@@ -142,9 +142,35 @@ def test_group_option_restricts_the_store(store_and_index):
 
 
 def test_cluster_store_one_row_per_group(store_and_index):
-    summary, per_group = cluster_store(store_and_index[0])
+    result = cluster_store(store_and_index[0], clusters="truth")
+    summary, per_group = result.summary, result.per_group
     assert len(per_group) == summary["n_groups"] == 2
     assert sorted(per_group["group"]) == ["synth_a01", "synth_a02"]
     assert per_group["n_classes"].tolist() == [5, 5] and per_group["n_images"].tolist() == [30, 30]
+    assert per_group["n_clusters"].tolist() == [5, 5]
     assert summary["ari"] == pytest.approx(per_group["ari"].mean())
-    assert 0.0 <= summary["nmi"] <= 1.0
+    assert 0.0 <= summary["nmi"] <= 1.0 and 0.0 <= summary["accuracy"] <= 1.0
+    assert "built-in default" in result.settings["threshold_source"]
+
+
+def test_cluster_store_unlabelled_writes_a_clustering_that_assign_reads(tmp_path, synthetic_gallery, model):
+    from oneshot.pipelines.jobs import assign_images
+
+    store = embed_gallery(synthetic_gallery, tmp_path / "unlabelled.parquet", model, labelled=False)
+    assert (store.table["label"] == "").all()
+    result = cluster_store(store, "auto", out=tmp_path / "clusters.parquet", cluster_radius=0.3)
+    assert "accuracy" not in result.summary and result.summary["n_clusters"] >= 1
+    with pytest.raises(ValueError, match="truth needs labels"):
+        cluster_store(store, "truth")
+    clusters = read_embeddings(tmp_path / "clusters.parquet")
+    assert clusters.metadata["clustering"]["cluster_radius"] == 0.3
+    np.testing.assert_array_equal(clusters.embeddings, store.embeddings)
+    answers, source = assign_images(synthetic_gallery, tmp_path / "clusters.parquet", model)
+    assert len(answers) == 60 and "cluster_radius=0.3000" in source
+    # A stored drawing lands in its own cluster unless it sits nearer another centre.
+    own = dict(zip(result.assignments["path"], result.assignments["cluster"]))
+    agree = np.mean([own[p] == c for p, c in zip(answers["path"], answers["cluster"])])
+    assert agree > 0.8
+    assert (answers["new"] == (answers["distance"] > 0.3)).all()
+
+
