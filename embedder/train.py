@@ -75,13 +75,14 @@ class TrainConfig:
     patience: int = 0
     checkpoint_every: int = 250
     seed: int = 0
+    max_seconds: float = 0.0
 
     def __post_init__(self):
         for name in _INTEGER_OPTIONS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidInputError(f"training option {name} must be an integer, got {value!r}")
-        for name in ("lr", "weight_decay"):
+        for name in ("lr", "weight_decay", "max_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInputError(f"training option {name} must be a non-negative number, got {value!r}")
@@ -179,7 +180,7 @@ def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
     val = history.dropna(subset=["val_accuracy"])
     ax_acc.plot(val["step"], val["val_accuracy"], marker="o")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="validation 20-way one-shot")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="validation one-shot")
     fig.tight_layout()
     with atomic_path(out_dir / "curves.png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -189,7 +190,7 @@ def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
 def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Embedder], float] | None,
           out_dir: str | os.PathLike,
           resume: bool = True, device: str | None = None, show_progress: bool | None = None,
-          info: dict | None = None) -> TrainResult:
+          info: dict | None = None, init: Embedder | None = None) -> TrainResult:
     """Train an embedder; returns the best model (by validation score, else the last).
 
     The loop knows nothing of how validation is done: ``validate(model) -> float`` (higher is
@@ -201,12 +202,19 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     Args:
         resume: continue from ``out_dir/checkpoint.pt`` when it exists (same config required).
         info: extra facts stored in the model file (e.g. the command line).
+        init: a model whose weights start the run (fine-tuning; see :mod:`oneshot.embedder.init`).
+    The run stops at ``config.steps`` or, with ``config.max_seconds``, once that much time passed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device else default_device()
     torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
+    model = build_model(config)
+    if init is not None:
+        from oneshot.embedder.init import initialise_from
+
+        initialise_from(model, init)
+    model = model.to(device)
     labels, groups = train_set.virtual_labels()
     loss_fn = build_loss(config, model, int(labels.max()) + 1).to(device)
     sampler = build_sampler(config, labels, groups)
@@ -259,7 +267,10 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         state["step"] = step = step + 1
         state["seconds"] = time.perf_counter() - started
         bar.update(1)
-        last = step == config.steps
+        last = step == config.steps or bool(config.max_seconds and state["seconds"] >= config.max_seconds)
+        if last and step < config.steps:
+            log.info("time limit: stopping at step %d after %.0f s", step, state["seconds"])
+            state["stopped"] = True
         if step % config.val_every == 0 or last:
             accuracy = _validate(validate, model)
             state["history"].append({"step": step, "loss": float(np.mean(running)), "val_accuracy": accuracy,

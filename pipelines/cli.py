@@ -95,7 +95,20 @@ def demo(out, data, seed, steps, episodes):
 @click.option("--split", default=None, type=click.Choice(["background", "small1", "small2", "train"]),
               help="Omniglot training split (default background) or MNIST 'train'.")
 @click.option("--synthetic", is_flag=True, help="Train on the built-in synthetic alphabets.")
-@click.option("--val-alphabets", default=None, help="Comma-separated alphabets held out for validation.")
+@click.option("--val-groups", "--val-alphabets", "val_groups", default=None,
+              help="Comma-separated groups (alphabets) held out for validation.")
+@click.option("--val-classes", default=None,
+              help="Comma-separated classes held out for validation, or a number of classes drawn with the seed.")
+@click.option("--val-split", type=click.Choice(["classes", "images"]), default="classes", show_default=True,
+              help="Hold out whole classes/groups (one-shot on new classes) or images of every class (closed set).")
+@click.option("--recipe", type=click.Choice(["handwriting", "photo", "photo-colour"]), default=None,
+              help="Preprocessing; default: inferred from the images' pixels and printed.")
+@click.option("--augment", type=click.Choice(["handwriting", "photo", "none"]), default=None,
+              help="Augmentation preset; default: the recipe's.")
+@click.option("--rotations/--no-rotations", default=None, help="90-degree rotations as new classes (handwriting only; off by default).")
+@click.option("--init", default=None, help="Start from 'default' (the shipped model) or a model file (fine-tuning).")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this much training time (galleries default to 8).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (model, checkpoint, curves).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON file of training options (see embedder.train.TrainConfig).")
@@ -109,12 +122,15 @@ def demo(out, data, seed, steps, episodes):
 @click.option("--seed", type=int, default=None)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
 @_friendly
-def train_command(data, split, synthetic, val_alphabets, out, config_file, objective, mining, backbone, size,
-                  dim, steps, lr, seed, resume):
-    """Train an embedder on background alphabets; keeps the best model by validation accuracy.
+def train_command(data, split, synthetic, val_groups, val_classes, val_split, recipe, augment, rotations, init,
+                  max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, resume):
+    """Train an embedder on any gallery; keeps the best model by validation accuracy and stores its
+    verification and "unknown" thresholds, calibrated on the validation split.
 
     \b
     Examples:
+      oneshot train --data my_gallery/ --out runs/mine
+      oneshot train --data ../shared/data/mnist --val-split images --out runs/mnist
       oneshot train --data ../shared/data/omniglot --out runs/train
       oneshot train --synthetic --steps 300 --out runs/synth
       oneshot train --data ../shared/data/omniglot --objective triplet --mining semihard --out runs/triplet
@@ -123,16 +139,23 @@ def train_command(data, split, synthetic, val_alphabets, out, config_file, objec
 
     options = _read_config(config_file) if config_file else {}
     overrides = dict(objective=objective, mining=mining, backbone=backbone, dim=dim, steps=steps, lr=lr, seed=seed)
+    overrides.update(rotations=rotations, max_seconds=None if max_minutes is None else 60.0 * max_minutes)
     options.update({k: v for k, v in overrides.items() if v is not None})
     if size is not None:
         options["recipe"] = {**options.get("recipe", {}), "size": size}
     command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = train_from_cli(out, options, data=data, split=split, synthetic=synthetic,
-                            val_alphabets=val_alphabets.split(",") if val_alphabets else None,
-                            resume=resume, command=command)
+                            val_alphabets=val_groups.split(",") if val_groups else None,
+                            val_classes=val_classes.split(",") if val_classes else None, val_split=val_split,
+                            recipe=recipe, augment=augment, init=init, from_config_file=bool(config_file),
+                            resume=resume, command=command, on_recipe=click.echo)
     way = result.model.info.get("train_config", {}).get("val_way", 20)
     click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}; "
                f"{result.seconds:.0f} s; model: {result.model_path}")
+    for kind, found in result.model.info.get("thresholds", {}).items():
+        value = found.get("value")
+        click.echo(f"{kind} threshold " + (f"{value:.4f}" if value is not None else f"none ({found.get('not_calibrated')})")
+                   + f", calibrated on {found.get('calibrated_on')}")
 
 
 def _read_config(path: str) -> dict:
