@@ -222,7 +222,8 @@ def index_build(store, out, pca_dim, pca_variance):
 @click.argument("queries", type=click.Path(exists=True))
 @click.option("--index", "index_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--model", type=click.Path(exists=True), default=None, help="The model that built the index (default: shipped).")
-@click.option("--threshold", type=float, default=None, help="Below this similarity the answer is 'unknown'.")
+@click.option("--threshold", default="model", show_default=True,
+              help="Below this similarity the answer is 'unknown'; 'model': the model's calibrated threshold; 'none'.")
 @click.option("-k", "--k", type=click.IntRange(min=1), default=1, show_default=True, help="Neighbours that vote.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write JSON lines here instead of stdout.")
 @_friendly
@@ -238,6 +239,8 @@ def identify_command(queries, index_path, model, threshold, k, out):
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     result = identify_images(queries, index_path, model, threshold, k)
+    used = result.attrs.get("threshold")
+    click.echo(f"threshold: {'none' if used is None else f'{used:.4f}'} ({result.attrs.get('threshold_source')})", err=True)
     text = result.to_json(orient="records", lines=True)
     if out:
         from oneshot.atomic import atomic_path
@@ -256,13 +259,16 @@ def identify_command(queries, index_path, model, threshold, k, out):
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", type=click.Path(exists=True), default=None, help="Model file (default: shipped).")
-@click.option("--threshold", type=float, default=None, help="Answer same/different at this similarity.")
+@click.option("--threshold", default="model", show_default=True,
+              help="Answer same/different at this similarity; 'model': the model's calibrated threshold; 'none'.")
 @_friendly
 def verify_command(image_a, image_b, model, threshold):
-    """1:1 verification: similarity of two images (and same/different with --threshold), as JSON.
+    """1:1 verification: similarity of two images and same/different, as JSON (with the threshold
+    used and where it came from).
 
     \b
     Example:
+      oneshot verify a.png b.png
       oneshot verify a.png b.png --threshold 0.6
     """
     from oneshot.pipelines.jobs import verify_images
@@ -279,9 +285,15 @@ def verify_command(image_a, image_b, model, threshold):
 @click.option("--knn-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--group", "groups", multiple=True, help="Only this group (alphabet); repeatable.")
+@click.option("--threshold", default="auto", show_default=True,
+              help="Verification threshold; 'auto' calibrates it on half the classes and reports on the other half.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also score the store's images as raw pixels on the same episodes and pairs.")
 @_friendly
-def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups):
-    """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store, as JSON.
+def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups, threshold, baseline):
+    """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store, beside raw pixels, as JSON.
+
+    Forgery stores (writer/genuine|forged layout) also get genuine-vs-forgery verification.
 
     \b
     Example:
@@ -289,7 +301,12 @@ def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups):
     """
     from oneshot.pipelines.jobs import evaluate_store
 
-    click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed, groups=list(groups)), indent=2))
+    try:
+        given = None if threshold == "auto" else float(threshold)
+    except ValueError:
+        raise click.UsageError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
+    click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed, groups=list(groups),
+                                         threshold=given, baseline=baseline), indent=2))
 
 
 @main.command("cluster")
