@@ -329,6 +329,31 @@ def cluster_command(store, pca_variance, seed, groups):
     click.echo(f"mean ARI {summary['ari']:.3f}, mean NMI {summary['nmi']:.3f} over {summary['n_groups']} groups")
 
 
+@main.command("calibrate")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--data", type=click.Path(exists=True), required=True,
+              help="Labelled images the model never trained on and you will not report on.")
+@click.option("--split", default=None, help="Omniglot or MNIST split of --data.")
+@click.option("--val-groups", "--group", "groups", default=None, help="Comma-separated groups of --data to use.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Model file to write (default: in place).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly
+def calibrate_command(model, data, split, groups, out, seed):
+    """Calibrate a model's verification and "unknown" thresholds on held-out labelled data and store
+    them in the model file (weights and fingerprint unchanged).
+
+    \b
+    Example:
+      oneshot calibrate runs/mine/model.safetensors --data held_out_gallery/
+    """
+    from oneshot.pipelines.calibrate import calibrate_model_file
+
+    command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    thresholds = calibrate_model_file(model, data, out, groups.split(",") if groups else None, split, seed, command)
+    for kind, found in thresholds.items():
+        click.echo(f"{kind} threshold {found.get('value')} ({found.get('rule', found.get('not_calibrated'))})")
+
+
 @main.command("lake")
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="all_runs.zip, its folder, or the Omniglot folder (default: $OMNIGLOT_DIR).")
