@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
                                f"{int(calibration_unknown.sum() // 20)} unknown characters",
               "reported_on": f"known characters' drawers {middle + 1}-{drawer.max()} and the other "
                              f"{len(unknown_characters) - int(calibration_unknown.sum() // 20)} unknown characters",
-              **report, "at_model_threshold": at_stored}
+              **report}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
