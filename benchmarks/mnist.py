@@ -6,6 +6,7 @@
    zero-shot on the same pairs (each at a threshold calibrated on training-split pairs).
 2. ``transfer``: train on digits 0-4 of the training split only, then 5-way one-shot on digits
    5-9 of the test split, beside the shipped model zero-shot and raw pixels on the same episodes.
+   ``transfer_init`` does the same starting from the shipped model (``--init default``).
 
 Run from the repository root (under ``nice``; the machine may be shared)::
 
@@ -78,19 +79,21 @@ def pairs_protocol(data: str, out: Path, options: dict, n_pairs: int, seed: int)
             "test_pairs": n_pairs, **rows}
 
 
-def transfer_protocol(data: str, out: Path, options: dict, episodes: int, seed: int) -> dict:
+def transfer_protocol(data: str, out: Path, options: dict, episodes: int, seed: int, init: str | None = None) -> dict:
     train = open_source(data, split="train")
     seen = train.table["label"].isin(list("01234")).to_numpy()
     started = time.perf_counter()
-    result = train_from_cli(out / "mnist_transfer", options, data=Subset(train, seen), val_split="images",
-                            command="python -m benchmarks.mnist (transfer)")
+    name = "mnist_transfer" + ("_init" if init else "")
+    result = train_from_cli(out / name, options, data=Subset(train, seen), val_split="images", init=init,
+                            command=f"python -m benchmarks.mnist ({name})")
     train_seconds = time.perf_counter() - started
     test = open_source(data, split="test")
     new = test.table["label"].isin(list("56789")).to_numpy()
     table = test.table[new].reset_index(drop=True)
     images = test.read(list(table["path"]))
     rows = {}
-    for name, model in (("trained_on_0_4", result.model), ("shipped_zero_shot", load_model()), ("raw_pixels", None)):
+    trained = "fine_tuned_from_shipped_on_0_4" if init else "trained_on_0_4"
+    for name, model in ((trained, result.model), ("shipped_zero_shot", load_model()), ("raw_pixels", None)):
         vectors, metric = _vectors(model, images)
         rows[name] = oneshot_accuracy(vectors, table, metric, n_way=5, k_shot=1, n_episodes=episodes,
                                       within_group=False, seed=seed)
@@ -121,8 +124,16 @@ def main(argv=None) -> dict:
     if "transfer" in protocols:
         result["transfer"] = transfer_protocol(args.data, runs, options, args.episodes, args.seed)
         print(json.dumps(result["transfer"], indent=2), flush=True)
+    if "transfer_init" in protocols:
+        result["transfer_init"] = transfer_protocol(args.data, runs, options, args.episodes, args.seed, init="default")
+        print(json.dumps(result["transfer_init"], indent=2), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        if Path(args.out).exists():  # keep the other protocols' figures (each records its command)
+            previous = json.loads(Path(args.out).read_text())
+            for key in ("pairs", "transfer", "transfer_init"):
+                if key in previous and key not in result:
+                    result[key] = {**previous[key], "command": previous.get("command")}
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
