@@ -178,10 +178,11 @@ def _read_config(path: str) -> dict:
 @click.option("--tta", is_flag=True, help="Average embeddings over shifted views.")
 @_friendly
 def embed(source, out, model, batch_size, unlabelled, tta):
-    """Encode every image of SOURCE (folder, zip or list file) into a Parquet store.
+    """Encode every image of SOURCE (folder, zip, list file, MNIST IDX file or Omniglot folder) into a Parquet store.
 
     \b
-    SOURCE layouts: root/<class>/<image> or root/<group>/<class>/<image>; a .txt lists one image per line.
+    SOURCE layouts: root/<class>/<image> or root/<group>/<class>/<image>; a .txt lists one image per line;
+    root/<writer>/genuine|forged/<image> is read as signatures with skilled forgeries.
     Example:
       oneshot embed ../shared/data/omniglot/images_evaluation.zip --out runs/eval.parquet
     """
