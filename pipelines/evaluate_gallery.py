@@ -16,19 +16,18 @@ TASKS = ("oneshot", "knn", "verification")
 
 
 def feasible_way(table, n_way: int, within_group: bool) -> tuple[int, bool]:
-    """The N-way the store allows: N, or fewer when it has fewer classes (per group) with 2 images."""
+    """The N-way the store allows: N, or fewer when it has fewer classes (in its largest group, for
+    within-group episodes) with 2 images each."""
     counts = table.groupby("label").size()
     usable = table[table["label"].isin(counts[counts >= 2].index)]
     total = usable["label"].nunique()
     if total < 2:
         raise InvalidInputError("the store needs 2 classes with 2 images each to be evaluated")
-    within = bool(within_group and has_groups(table))
-    if within:
+    if within_group and has_groups(table):
         per_group = int(usable.groupby("group")["label"].nunique().max())
-        if per_group >= min(n_way, total):
+        if per_group >= 2:
             return min(n_way, per_group), True
-        within = False
-    return min(n_way, total), within
+    return min(n_way, total), False
 
 
 def evaluate_gallery_store(stored: EmbeddingSet, n_way: int = 20, k_shot: int = 1, episodes: int = 1000,
@@ -51,6 +50,8 @@ def evaluate_gallery_store(stored: EmbeddingSet, n_way: int = 20, k_shot: int = 
         return out
 
     results = run(embeddings, metric, threshold)
+    if way < n_way:
+        results["oneshot"]["note"] = f"{n_way}-way asked; the store allows {way}-way"
     if baseline:
         pixels, where = raw_pixel_vectors(table, stored.metadata)
         if pixels is None:
