@@ -1,4 +1,4 @@
-"""Batched, seeded image augmentation in torch for (B, 1, S, S) ink-on-black images.
+"""Batched, seeded image augmentation in torch for (B, C, S, S) images (ink on black, or photos).
 
 The reference notebook's set, each part switchable: flips, small rotation, translation, moving the
 ink to a random place on the canvas, resizing the ink, aspect change, plus shear (affine
@@ -6,6 +6,10 @@ distortion). Every image draws its own parameters; with ``pair_ids`` the flip an
 (with a little noise) are shared by the two images of a pair, as in the notebook.
 Rotation by 90 degrees as new classes lives in the training set (``embedder.train``), since it
 changes labels.
+
+Presets (``PRESETS``, ``oneshot train --augment``): ``handwriting`` (the defaults below),
+``photo`` (horizontal flips, small crops and shifts, brightness and contrast; no shear, no
+vertical flips) and ``none``.
 """
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ class AugmentConfig:
         shear: maximum shear, in radians.
         move_ink: shift the ink's bounding box to a random place that keeps it on the canvas.
         pair_noise: with ``pair_ids``, degrees of noise added to the shared rotation.
+        vertical_flip: whether ``flip`` also flips upside down (off for photos).
+        brightness: maximum shift of the values (uniform in +-brightness, in the images' units).
+        contrast: maximum relative change of contrast (uniform in 1 +- contrast).
     """
 
     probability: float = 1.0
@@ -43,6 +50,9 @@ class AugmentConfig:
     shear: float = 0.15
     move_ink: bool = False
     pair_noise: float = 2.0
+    vertical_flip: bool = True
+    brightness: float = 0.0
+    contrast: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +67,21 @@ class AugmentConfig:
     @classmethod
     def off(cls) -> "AugmentConfig":
         return cls(probability=0.0)
+
+    @classmethod
+    def preset(cls, name: str) -> "AugmentConfig":
+        """``"handwriting"``, ``"photo"`` or ``"none"``."""
+        if name not in PRESETS:
+            raise InvalidInputError(f"unknown augmentation preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls(**PRESETS[name])
+
+
+PRESETS = {
+    "handwriting": {},
+    "photo": dict(flip=0.5, vertical_flip=False, rotation=5.0, translate=0.06, scale=0.1, aspect=0.05,
+                  shear=0.0, brightness=0.2, contrast=0.2),
+    "none": dict(probability=0.0),
+}
 
 
 def _uniform(n: int, bound: float, generator: torch.Generator) -> torch.Tensor:
@@ -86,7 +111,7 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     """Distort a batch.
 
     Args:
-        images: float32 (B, 1, S, S), ink bright on black, on the CPU.
+        images: float32 (B, C, S, S) (ink bright on black, or normalised photos), on the CPU.
         config: the distortion ranges.
         generator: a seeded ``torch.Generator`` (CPU).
         pair_ids: optional int64 (B,); images with the same id share flip and rotation.
@@ -95,8 +120,8 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     """
     if config.probability <= 0:
         return images
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise InvalidInputError(f"expected images (B, 1, S, S), got {tuple(images.shape)}")
+    if images.ndim != 4:
+        raise InvalidInputError(f"expected images (B, C, S, S), got {tuple(images.shape)}")
     n = images.shape[0]
     share = (lambda v: v[pair_ids]) if pair_ids is not None else (lambda v: v[: n])
     draws = n if pair_ids is None else int(pair_ids.max()) + 1
@@ -106,6 +131,8 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
         angle = angle + _uniform(n, math.radians(config.pair_noise), generator)
     flip_x = share(torch.rand(draws, generator=generator) < config.flip).float() * -2 + 1
     flip_y = share(torch.rand(draws, generator=generator) < config.flip).float() * -2 + 1
+    if not config.vertical_flip:
+        flip_y = torch.ones_like(flip_y)
     scale = 1 + _uniform(n, config.scale, generator)
     stretch = 1 + _uniform(n, config.aspect, generator)
     along_x = torch.rand(n, generator=generator) < 0.5
@@ -131,4 +158,12 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     keep = torch.rand(n, generator=generator) >= config.probability
     theta[keep] = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if config.brightness or config.contrast:
+        # drawn after the geometry so handwriting runs keep their random stream unchanged
+        gain = 1 + _uniform(n, config.contrast, generator)
+        shift = _uniform(n, config.brightness, generator)
+        gain[keep], shift[keep] = 1.0, 0.0
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = (out - mean) * gain.view(n, 1, 1, 1) + mean + shift.view(n, 1, 1, 1)
+    return out

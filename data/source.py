@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from oneshot.data.folders import read_gallery
+from oneshot.data.forgeries import recognise_forgeries
 from oneshot.data.mnist import read_mnist
 from oneshot.data.omniglot import OmniglotSplit, split_location
 from oneshot.errors import InvalidInputError, MissingDataError
@@ -123,7 +124,8 @@ def open_source(source: str | os.PathLike | ImageSource, labelled: bool = True,
         source: an :class:`ImageSource` (returned as is); an MNIST IDX images file (labels found
             beside it) or a folder of IDX files; an Omniglot folder (its zips or extracted splits);
             a gallery folder (``class/image`` or ``group/class/image``), a zip of one, or a
-            ``.txt``/``.lst`` list of image files.
+            ``.txt``/``.lst`` list of image files; ``writer/genuine|forged/image`` galleries are
+            read as forgeries (see :mod:`oneshot.data.forgeries`).
         labelled: for galleries, take labels from folder names (``False``: any depth, no labels).
         split: which split of an Omniglot folder (``background`` by default, ``evaluation``,
             ``small1``, ``small2``) or of an MNIST folder (``train`` by default, or ``test``).
@@ -149,7 +151,8 @@ def open_source(source: str | os.PathLike | ImageSource, labelled: bool = True,
             return OmniglotSplit(path, split or "background")
     if split is not None:
         raise InvalidInputError(f"{path}: split {split!r} applies to Omniglot and MNIST folders only")
-    return read_gallery(path, labelled=labelled, strict=strict)
+    gallery = read_gallery(path, labelled=labelled, strict=strict)
+    return recognise_forgeries(gallery) if labelled else gallery
 
 
 def describe_source(source: ImageSource) -> str:
@@ -169,3 +172,16 @@ def listing_rejects(source: ImageSource) -> list[tuple[str, str]]:
 def read_all(source: ImageSource) -> list[np.ndarray]:
     """Every image of a source, in table order."""
     return source.read(list(source.table["path"]))
+
+
+def read_images(source: ImageSource, paths: Sequence[str], color: bool = False) -> list[np.ndarray]:
+    """``source.read(paths)``, in colour ((H, W, 3) BGR) when ``color`` and the source stores colour.
+
+    Sources that only hold grey images (MNIST, Omniglot, the synthetic sets) ignore ``color``.
+    """
+    if color:
+        import inspect
+
+        if "color" in inspect.signature(source.read).parameters:
+            return source.read(paths, color=True)
+    return source.read(paths)

@@ -17,7 +17,7 @@ class LabelledImages:
     """Preprocessed images with integer class and group codes.
 
     Attributes:
-        images: float32 (N, 1, S, S) in [0, 1].
+        images: float32 (N, C, S, S), as the recipe makes them.
         labels: int64 (N,) class codes.
         groups: int64 (N,) group (alphabet) codes.
         rotations: with True, each class rotated by 90, 180 and 270 degrees is a new class (in a
@@ -31,8 +31,8 @@ class LabelledImages:
 
     def __post_init__(self):
         n = len(self.images)
-        if self.images.ndim != 4 or self.images.shape[1] != 1:
-            raise InvalidInputError(f"expected images (N, 1, S, S), got {self.images.shape}")
+        if self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
+            raise InvalidInputError(f"expected images (N, 1 or 3, S, S), got {self.images.shape}")
         if self.labels.shape != (n,) or self.groups.shape != (n,):
             raise InvalidInputError(f"labels {self.labels.shape} and groups {self.groups.shape} must be ({n},)")
 

@@ -1,4 +1,4 @@
-"""The embedding network: image batch (N, 1, S, S) -> search vectors (N, D).
+"""The embedding network: image batch (N, C, S, S) -> search vectors (N, D) (C from the recipe).
 
 An :class:`Embedder` is a backbone plus a head. Its output is the vector the index stores:
 - ``NormalizedHead``: linear projection then L2 normalisation; searched by cosine (inner product).
@@ -82,7 +82,10 @@ class Embedder(nn.Module):
         self.backbone_name = backbone
         self.backbone_options = dict(backbone_options or {})
         self.head_name = head
-        self.backbone = create_backbone(backbone, **self.backbone_options)
+        options = dict(self.backbone_options)
+        if self.recipe.channels != 1:  # colour photos: the first conv takes the recipe's channels
+            options.setdefault("in_channels", self.recipe.channels)
+        self.backbone = create_backbone(backbone, **options)
         self.head = HEADS[head](self.backbone.feature_dim, dim)
 
     @property
@@ -114,8 +117,8 @@ class Embedder(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images float32 (N, 1, S, S) in [0, 1] -> vectors (N, D)."""
-        size = self.recipe.size
-        if images.ndim != 4 or images.shape[1] != 1 or images.shape[2:] != (size, size):
-            raise InvalidInputError(f"expected images (N, 1, {size}, {size}), got {tuple(images.shape)}")
+        """images float32 (N, C, S, S) (C = the recipe's channels) -> vectors (N, D)."""
+        size, channels = self.recipe.size, self.recipe.channels
+        if images.ndim != 4 or images.shape[1] != channels or images.shape[2:] != (size, size):
+            raise InvalidInputError(f"expected images (N, {channels}, {size}, {size}), got {tuple(images.shape)}")
         return self.head(self.backbone(images))

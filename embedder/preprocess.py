@@ -1,8 +1,17 @@
 """The preprocessing recipe, saved with every model so a model file alone encodes correctly.
 
-It follows the reference notebook's ``init_image``: grayscale, optional binary threshold, invert so
-ink is bright on black, optional crop to the ink's bounding box, aspect-preserving resize into the
-input size (INTER_AREA), centre on a zero canvas, scale to [0, 1].
+Two kinds of image:
+
+* ``kind="handwriting"`` follows the reference notebook's ``init_image``: grayscale, optional
+  binary threshold, invert so ink is bright on black, optional crop to the ink's bounding box,
+  aspect-preserving resize into the input size (INTER_AREA), centre on a zero canvas, scale to
+  [0, 1]. One channel.
+* ``kind="photo"`` (faces, scans, objects): no binarisation or inversion; resize the shorter side
+  to the input size and centre-crop; ``channels=3`` keeps colour (RGB), ``1`` converts to grey;
+  then per-channel normalisation ``(x - mean) / std`` (statistics measured on the training images).
+
+Fields added for photos are left out of ``to_dict`` while at their defaults, so handwriting
+models (and their fingerprints) read exactly as before.
 """
 from __future__ import annotations
 
@@ -33,8 +42,25 @@ class Recipe:
     invert: bool | str = "auto"
     crop_to_ink: bool = False
     margin: float = 0.1
+    kind: str = "handwriting"
+    channels: int = 1
+    mean: tuple | None = None
+    std: tuple | None = None
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise InvalidInputError(f"recipe kind must be one of {KINDS}, got {self.kind!r}")
+        if self.channels not in (1, 3) or (self.kind == "handwriting" and self.channels != 1):
+            raise InvalidInputError(f"channels must be 1, or 3 for photos; got {self.channels!r} for {self.kind}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(v) for v in value)
+                if len(value) != self.channels:
+                    raise InvalidInputError(f"recipe {name} needs {self.channels} values, got {value}")
+                object.__setattr__(self, name, value)
+        if self.std is not None and min(self.std) <= 0:
+            raise InvalidInputError(f"recipe std must be positive, got {self.std}")
         if not isinstance(self.size, int) or self.size < 8:
             raise InvalidInputError(f"size must be an int >= 8, got {self.size!r}")
         if self.threshold is not None and not 0 < int(self.threshold) < 256:
@@ -45,7 +71,15 @@ class Recipe:
             raise InvalidInputError(f"margin must be in [0, 0.5), got {self.margin!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, without the photo-only ones that are at their defaults (stable fingerprints)."""
+        out = asdict(self)
+        for name, default in _NEW_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        for name in ("mean", "std"):
+            if out.get(name) is not None:
+                out[name] = list(out[name])
+        return out
 
     @classmethod
     def from_dict(cls, config: dict) -> "Recipe":
@@ -73,8 +107,35 @@ class Recipe:
             gray = 1.0 - gray
         return gray
 
+    def photo(self, image: np.ndarray) -> np.ndarray:
+        """A photo: uint8 (H, W) or (H, W, 3) BGR -> float32 (channels, size, size), normalised."""
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim not in (2, 3) or image.size == 0 or (image.ndim == 3 and image.shape[2] != 3):
+            raise InvalidInputError(f"expected an image (H, W) or (H, W, 3), got shape {image.shape}")
+        if self.channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        elif image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        height, width = image.shape[:2]
+        scale = self.size / min(height, width)
+        new_h, new_w = max(self.size, int(round(height * scale))), max(self.size, int(round(width * scale)))
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
+        crop = resized[top : top + self.size, left : left + self.size].astype(np.float32) / 255.0
+        planes = crop[None] if crop.ndim == 2 else np.transpose(crop, (2, 0, 1))
+        if self.mean is not None:
+            planes = planes - np.asarray(self.mean, np.float32)[:, None, None]
+        if self.std is not None:
+            planes = planes / np.asarray(self.std, np.float32)[:, None, None]
+        return np.ascontiguousarray(planes, dtype=np.float32)
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Preprocess one image: uint8 (H, W) or (H, W, 3) -> float32 (size, size) in [0, 1]."""
+        """Preprocess one image: uint8 (H, W) or (H, W, 3) -> float32 (size, size) in [0, 1]
+        (handwriting), or (channels, size, size) normalised (photo)."""
+        if self.kind == "photo":
+            return self.photo(image)
         ink = self.ink(image)
         if self.crop_to_ink:
             rows = np.flatnonzero(ink.max(axis=1) > 0.2)
@@ -94,8 +155,12 @@ class Recipe:
         return np.clip(canvas, 0.0, 1.0)
 
     def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Preprocess many images: -> float32 (N, 1, size, size), C-contiguous."""
-        out = np.empty((len(images), 1, self.size, self.size), dtype=np.float32)
+        """Preprocess many images: -> float32 (N, channels, size, size), C-contiguous."""
+        out = np.empty((len(images), self.channels, self.size, self.size), dtype=np.float32)
         for i, image in enumerate(images):
-            out[i, 0] = self(image)
+            out[i] = self(image)
         return out
+
+
+KINDS = ("handwriting", "photo")
+_NEW_DEFAULTS = {"kind": "handwriting", "channels": 1, "mean": None, "std": None}

@@ -75,13 +75,14 @@ class TrainConfig:
     patience: int = 0
     checkpoint_every: int = 250
     seed: int = 0
+    max_seconds: float = 0.0
 
     def __post_init__(self):
         for name in _INTEGER_OPTIONS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidInputError(f"training option {name} must be an integer, got {value!r}")
-        for name in ("lr", "weight_decay"):
+        for name in ("lr", "weight_decay", "max_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInputError(f"training option {name} must be a non-negative number, got {value!r}")
@@ -130,11 +131,15 @@ def build_sampler(config: TrainConfig, labels: np.ndarray, groups: np.ndarray):
     return PKSampler(labels, config.classes_per_batch, config.items_per_class, config.seed)
 
 
-def _schedule(config: TrainConfig):
+def _schedule(config: TrainConfig, clock: dict | None = None):
+    """Warm-up then cosine decay; with a time limit, progress is the larger of steps and time spent
+    (``clock["fraction"]``), so a run stopped by the clock still ends at a low learning rate."""
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
         progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        if clock is not None:
+            progress = max(progress, clock.get("fraction", 0.0))
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
@@ -179,7 +184,7 @@ def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
     val = history.dropna(subset=["val_accuracy"])
     ax_acc.plot(val["step"], val["val_accuracy"], marker="o")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="validation 20-way one-shot")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="validation one-shot")
     fig.tight_layout()
     with atomic_path(out_dir / "curves.png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
@@ -214,7 +219,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Embedder], float] | None,
           out_dir: str | os.PathLike,
           resume: bool = True, device: str | None = None, show_progress: bool | None = None,
-          info: dict | None = None) -> TrainResult:
+          info: dict | None = None, init: Embedder | None = None) -> TrainResult:
     """Train an embedder; returns the best model (by validation score, else the last).
 
     The loop knows nothing of how validation is done: ``validate(model) -> float`` (higher is
@@ -226,18 +231,26 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     Args:
         resume: continue from ``out_dir/checkpoint.pt`` when it exists (same config required).
         info: extra facts stored in the model file (e.g. the command line).
+        init: a model whose weights start the run (fine-tuning; see :mod:`oneshot.embedder.init`).
+    The run stops at ``config.steps`` or, with ``config.max_seconds``, once that much time passed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device else default_device()
     torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
+    model = build_model(config)
+    if init is not None:
+        from oneshot.embedder.init import initialise_from
+
+        initialise_from(model, init)
+    model = model.to(device)
     labels, groups = train_set.virtual_labels()
     loss_fn = build_loss(config, model, int(labels.max()) + 1).to(device)
     sampler = build_sampler(config, labels, groups)
     params = list(model.parameters()) + [p for p in loss_fn.parameters() if not any(p is q for q in model.parameters())]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    clock = {"fraction": 0.0}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, clock if config.max_seconds else None))
     augment_config = AugmentConfig.from_dict(config.augment)
 
     checkpoint_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.safetensors"
@@ -282,12 +295,17 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if config.max_seconds:
+            clock["fraction"] = (time.perf_counter() - started) / config.max_seconds
         scheduler.step()
         running.append(loss.item())
         state["step"] = step = step + 1
         state["seconds"] = time.perf_counter() - started
         bar.update(1)
-        last = step == config.steps
+        last = step == config.steps or bool(config.max_seconds and state["seconds"] >= config.max_seconds)
+        if last and step < config.steps:
+            log.info("time limit: stopping at step %d after %.0f s", step, state["seconds"])
+            state["stopped"] = True
         if step % config.val_every == 0 or last:
             accuracy = _validate(validate, model)
             state["history"].append({"step": step, "loss": float(np.mean(running)), "val_accuracy": accuracy,

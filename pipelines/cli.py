@@ -123,7 +123,20 @@ def demo(out, data, seed, steps, episodes):
 @click.option("--split", default=None, type=click.Choice(["background", "small1", "small2", "train"]),
               help="Omniglot training split (default background) or MNIST 'train'.")
 @click.option("--synthetic", is_flag=True, help="Train on the built-in synthetic alphabets.")
-@click.option("--val-alphabets", default=None, help="Comma-separated alphabets held out for validation.")
+@click.option("--val-groups", "--val-alphabets", "val_groups", default=None,
+              help="Comma-separated groups (alphabets) held out for validation.")
+@click.option("--val-classes", default=None,
+              help="Comma-separated classes held out for validation, or a number of classes drawn with the seed.")
+@click.option("--val-split", type=click.Choice(["classes", "images"]), default="classes", show_default=True,
+              help="Hold out whole classes/groups (one-shot on new classes) or images of every class (closed set).")
+@click.option("--recipe", type=click.Choice(["handwriting", "photo", "photo-colour"]), default=None,
+              help="Preprocessing; default: inferred from the images' pixels and printed.")
+@click.option("--augment", type=click.Choice(["handwriting", "photo", "none"]), default=None,
+              help="Augmentation preset; default: the recipe's.")
+@click.option("--rotations/--no-rotations", default=None, help="90-degree rotations as new classes (handwriting only; off by default).")
+@click.option("--init", default=None, help="Start from 'default' (the shipped model) or a model file (fine-tuning).")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this much training time (galleries default to 8).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (model, checkpoint, curves).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON file of training options (see embedder.train.TrainConfig).")
@@ -138,12 +151,16 @@ def demo(out, data, seed, steps, episodes):
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
 @_reject_options
 @_friendly
-def train_command(data, split, synthetic, val_alphabets, out, config_file, objective, mining, backbone, size,
-                  dim, steps, lr, seed, resume, on_error, max_rejects):
-    """Train an embedder on background alphabets; keeps the best model by validation accuracy.
+def train_command(data, split, synthetic, val_groups, val_classes, val_split, recipe, augment, rotations, init,
+                  max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, resume,
+                  on_error, max_rejects):
+    """Train an embedder on any gallery; keeps the best model by validation accuracy and stores its
+    verification and "unknown" thresholds, calibrated on the validation split.
 
     \b
     Examples:
+      oneshot train --data my_gallery/ --out runs/mine
+      oneshot train --data ../shared/data/mnist --val-split images --out runs/mnist
       oneshot train --data ../shared/data/omniglot --out runs/train
       oneshot train --synthetic --steps 300 --out runs/synth
       oneshot train --data ../shared/data/omniglot --objective triplet --mining semihard --out runs/triplet
@@ -152,19 +169,26 @@ def train_command(data, split, synthetic, val_alphabets, out, config_file, objec
 
     options = _read_config(config_file) if config_file else {}
     overrides = dict(objective=objective, mining=mining, backbone=backbone, dim=dim, steps=steps, lr=lr, seed=seed)
+    overrides.update(rotations=rotations, max_seconds=None if max_minutes is None else 60.0 * max_minutes)
     options.update({k: v for k, v in overrides.items() if v is not None})
     if size is not None:
         options["recipe"] = {**options.get("recipe", {}), "size": size}
     command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rejects = _rejects(on_error, max_rejects)
     result = train_from_cli(out, options, data=data, split=split, synthetic=synthetic,
-                            val_alphabets=val_alphabets.split(",") if val_alphabets else None,
-                            resume=resume, command=command, rejects=rejects)
+                            val_alphabets=val_groups.split(",") if val_groups else None,
+                            val_classes=val_classes.split(",") if val_classes else None, val_split=val_split,
+                            recipe=recipe, augment=augment, init=init, from_config_file=bool(config_file),
+                            resume=resume, command=command, on_recipe=click.echo, rejects=rejects)
     click.echo(rejects.summary(rejects.kept, "read"), err=True)
     rejects.check(rejects.kept + len(rejects))
     way = result.model.info.get("train_config", {}).get("val_way", 20)
     click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}; "
                f"{result.seconds:.0f} s; model: {result.model_path}")
+    for kind, found in result.model.info.get("thresholds", {}).items():
+        value = found.get("value")
+        click.echo(f"{kind} threshold " + (f"{value:.4f}" if value is not None else f"none ({found.get('not_calibrated')})")
+                   + f", calibrated on {found.get('calibrated_on')}")
 
 
 def _read_config(path: str) -> dict:
@@ -188,10 +212,11 @@ def _read_config(path: str) -> dict:
 @_reject_options
 @_friendly
 def embed(source, out, model, batch_size, unlabelled, tta, on_error, max_rejects):
-    """Encode every image of SOURCE (folder, zip or list file) into a Parquet store.
+    """Encode every image of SOURCE (folder, zip, list file, MNIST IDX file or Omniglot folder) into a Parquet store.
 
     \b
-    SOURCE layouts: root/<class>/<image> or root/<group>/<class>/<image>; a .txt lists one image per line.
+    SOURCE layouts: root/<class>/<image> or root/<group>/<class>/<image>; a .txt lists one image per line;
+    root/<writer>/genuine|forged/<image> is read as signatures with skilled forgeries.
     Example:
       oneshot embed ../shared/data/omniglot/images_evaluation.zip --out runs/eval.parquet
     """
@@ -239,7 +264,8 @@ def index_build(store, out, pca_dim, pca_variance, on_error, max_rejects):
 @click.argument("queries", type=click.Path(exists=True))
 @click.option("--index", "index_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--model", type=click.Path(exists=True), default=None, help="The model that built the index (default: shipped).")
-@click.option("--threshold", type=float, default=None, help="Below this similarity the answer is 'unknown'.")
+@click.option("--threshold", default="model", show_default=True,
+              help="Below this similarity the answer is 'unknown'; 'model': the model's calibrated threshold; 'none'.")
 @click.option("-k", "--k", type=click.IntRange(min=1), default=1, show_default=True, help="Neighbours that vote.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write JSON lines here instead of stdout.")
 @_reject_options
@@ -257,6 +283,8 @@ def identify_command(queries, index_path, model, threshold, k, out, on_error, ma
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     rejects = _rejects(on_error, max_rejects)
     result = identify_images(queries, index_path, model, threshold, k, rejects=rejects)
+    used = result.attrs.get("threshold")
+    click.echo(f"threshold: {'none' if used is None else f'{used:.4f}'} ({result.attrs.get('threshold_source')})", err=True)
     text = result.to_json(orient="records", lines=True)
     if out:
         from oneshot.atomic import atomic_path
@@ -281,13 +309,16 @@ def identify_command(queries, index_path, model, threshold, k, out, on_error, ma
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", type=click.Path(exists=True), default=None, help="Model file (default: shipped).")
-@click.option("--threshold", type=float, default=None, help="Answer same/different at this similarity.")
+@click.option("--threshold", default="model", show_default=True,
+              help="Answer same/different at this similarity; 'model': the model's calibrated threshold; 'none'.")
 @_friendly
 def verify_command(image_a, image_b, model, threshold):
-    """1:1 verification: similarity of two images (and same/different with --threshold), as JSON.
+    """1:1 verification: similarity of two images and same/different, as JSON (with the threshold
+    used and where it came from).
 
     \b
     Example:
+      oneshot verify a.png b.png
       oneshot verify a.png b.png --threshold 0.6
     """
     from oneshot.pipelines.jobs import verify_images
@@ -304,9 +335,15 @@ def verify_command(image_a, image_b, model, threshold):
 @click.option("--knn-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--group", "groups", multiple=True, help="Only this group (alphabet); repeatable.")
+@click.option("--threshold", default="auto", show_default=True,
+              help="Verification threshold; 'auto' calibrates it on half the classes and reports on the other half.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also score the store's images as raw pixels on the same episodes and pairs.")
 @_friendly
-def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups):
-    """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store, as JSON.
+def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups, threshold, baseline):
+    """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store, beside raw pixels, as JSON.
+
+    Forgery stores (writer/genuine|forged layout) also get genuine-vs-forgery verification.
 
     \b
     Example:
@@ -314,7 +351,12 @@ def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups):
     """
     from oneshot.pipelines.jobs import evaluate_store
 
-    click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed, groups=list(groups)), indent=2))
+    try:
+        given = None if threshold == "auto" else float(threshold)
+    except ValueError:
+        raise click.UsageError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
+    click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed, groups=list(groups),
+                                         threshold=given, baseline=baseline), indent=2))
 
 
 class ClusterCount(click.ParamType):
@@ -445,6 +487,35 @@ def report_command(store, out, model, history, source, group, episodes, seed):
 
     path = write_report(store, out, history=history, model=model, source=source, group=group, episodes=episodes, seed=seed)
     click.echo(f"wrote {path}")
+
+
+@main.command("calibrate")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--data", type=click.Path(exists=True), required=True,
+              help="Labelled images the model never trained on and you will not report on.")
+@click.option("--split", default=None, help="Omniglot or MNIST split of --data.")
+@click.option("--val-groups", "--group", "groups", default=None, help="Comma-separated groups of --data to use.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Model file to write (default: in place).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly
+def calibrate_command(model, data, split, groups, out, seed):
+    """Calibrate a model's verification, "unknown" and clustering thresholds on held-out labelled data and store
+    them in the model file (weights and fingerprint unchanged).
+
+    \b
+    Example:
+      oneshot calibrate runs/mine/model.safetensors --data held_out_gallery/
+    """
+    from oneshot.pipelines.calibrate import calibrate_model_file
+
+    command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    thresholds = calibrate_model_file(model, data, out, groups.split(",") if groups else None, split, seed, command)
+    for kind, found in thresholds.items():
+        if kind == "cluster" and "cluster_distance" in found:
+            click.echo(f"cluster_distance {found['cluster_distance']:.4f}, cluster_radius {found['cluster_radius']:.4f} "
+                       f"({found['classes']} classes, {found['images']} images)")
+        else:
+            click.echo(f"{kind} threshold {found.get('value')} ({found.get('rule', found.get('not_calibrated'))})")
 
 
 @main.command("lake")

@@ -92,10 +92,12 @@ def calibrate_cluster_threshold(embeddings: np.ndarray, table: pd.DataFrame, met
 def model_thresholds(config: dict | None) -> dict:
     """The clustering thresholds a model file's config carries, possibly none.
 
-    Read from ``config["info"]["thresholds"]`` (where training facts live), else ``config["thresholds"]``.
+    Read from ``config["info"]["thresholds"]["cluster"]`` (where training and ``oneshot calibrate``
+    store them), else the same keys directly under ``info["thresholds"]`` or ``config["thresholds"]``.
     """
     config = config or {}
-    for thresholds in ((config.get("info") or {}).get("thresholds"), config.get("thresholds")):
+    carried = (config.get("info") or {}).get("thresholds") or {}
+    for thresholds in (carried.get("cluster"), carried, config.get("thresholds")):
         found = {key: float(thresholds[key]) for key in THRESHOLD_KEYS if (thresholds or {}).get(key) is not None}
         if found:
             return found

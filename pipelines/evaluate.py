@@ -59,18 +59,60 @@ def knn_identification(embeddings: np.ndarray, table: pd.DataFrame, metric: Metr
     return {"accuracy": accuracy, "k": k, "gallery": int(len(gallery)), "queries": int(len(queries))}
 
 
+def calibration_split(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Rows on which a threshold is calibrated, disjoint from those it is reported on.
+
+    Half the classes (seeded) when at least four classes have two or more images; else half the
+    images of each class. Returns (bool mask (N,), a description).
+    """
+    labels = np.asarray(labels, dtype=object).astype(str)
+    classes, counts = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(seed)
+    usable = classes[counts >= 2]
+    if len(usable) >= 4:
+        chosen = rng.choice(usable, len(usable) // 2, replace=False)
+        return np.isin(labels, chosen), (f"pairs of {len(chosen)} classes disjoint from the "
+                                         f"{len(classes) - len(chosen)} classes reported on")
+    mask = np.zeros(len(labels), bool)
+    for label in classes:
+        rows = np.flatnonzero(labels == label)
+        mask[rng.choice(rows, len(rows) // 2, replace=False)] = True
+    return mask, "pairs of half the images of each class, disjoint from the images reported on"
+
+
+def _pairs(labels, groups, n_pairs: int, seed: int):
+    try:
+        return sample_pairs(labels, n_pairs, seed, groups, groups is not None)
+    except InvalidInputError:
+        if groups is None:
+            raise
+        return sample_pairs(labels, n_pairs, seed)  # too few classes per group after the split
+
+
 def pair_verification(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, n_pairs: int = 2000,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, threshold: float | None = None) -> dict:
     """1:1 verification on balanced pairs (negatives from the same group when there are groups).
 
-    The threshold is calibrated on ``n_pairs`` other pairs, then accuracy, ROC AUC and EER are
-    reported on ``n_pairs`` fresh ones.
+    With no ``threshold``, it is calibrated on pairs of one part of the rows (half the classes,
+    see :func:`calibration_split`) and accuracy, ROC AUC and EER are reported on ``n_pairs``
+    pairs of the other part: calibration and report never share an image. A given ``threshold``
+    is used on pairs of all rows.
     """
     labels = table["label"].to_numpy(dtype=object)
     groups = table["group"].to_numpy(dtype=object) if has_groups(table) else None
-    sampled = [sample_pairs(labels, n_pairs, seed + i, groups, groups is not None) for i in (0, 1)]
-    (cal_scores, cal_same), (scores, same) = [(pair_scores(embeddings, a, b, metric), s) for a, b, s in sampled]
-    return verification_report(scores, same, calibrate_threshold(cal_scores, cal_same))
+    if threshold is not None:
+        a, b, same = _pairs(labels, groups, n_pairs, seed + 1)
+        return {**verification_report(pair_scores(embeddings, a, b, metric), same, threshold),
+                "threshold_source": "given"}
+    calibrate, described = calibration_split(labels, seed)
+    parts = []
+    for rows in (np.flatnonzero(calibrate), np.flatnonzero(~calibrate)):
+        part_groups = None if groups is None else groups[rows]
+        a, b, same = _pairs(labels[rows], part_groups, n_pairs, seed + len(parts))
+        parts.append((pair_scores(embeddings, rows[a], rows[b], metric), same))
+    (cal_scores, cal_same), (scores, same) = parts
+    return {**verification_report(scores, same, calibrate_threshold(cal_scores, cal_same)),
+            "threshold_calibrated_on": described}
 
 
 def clustering(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,
@@ -93,7 +135,7 @@ TASKS = ("oneshot", "knn", "verification", "clustering")
 def evaluate(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,
              tasks: Sequence[str] = TASKS, n_way: int = 20, k_shot: int = 1, n_episodes: int = 1000,
              within_group: bool = True, knn_k: int = 3, gallery_fraction: float = 0.3,
-             pca_variance: float | None = None, seed: int = 0) -> dict:
+             pca_variance: float | None = None, seed: int = 0, threshold: float | None = None) -> dict:
     """The one evaluation entry point (``oneshot eval``, the demo and the benchmarks use it).
 
     Args:
@@ -101,6 +143,8 @@ def evaluate(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,
         tasks: any of ``"oneshot"`` (N-way k-shot episodes), ``"knn"`` (index part of each class,
             classify the rest), ``"verification"`` (1:1 pairs) and ``"clustering"`` (spectral clustering per group, k = its classes).
         within_group: draw episodes inside one group when the rows have groups.
+        threshold: the verification threshold; ``None`` calibrates it on other classes than
+            those reported on.
     Returns:
         ``{task: result dict}`` for the asked tasks; clustering also holds a ``per_group`` list.
     """
@@ -115,7 +159,7 @@ def evaluate(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,
     if "knn" in tasks:
         results["knn"] = knn_identification(embeddings, table, metric, knn_k, gallery_fraction, seed)
     if "verification" in tasks:
-        results["verification"] = pair_verification(embeddings, table, metric, seed=seed)
+        results["verification"] = pair_verification(embeddings, table, metric, seed=seed, threshold=threshold)
     if "clustering" in tasks:
         summary, per_group = clustering(embeddings, table, metric, pca_variance, seed)
         results["clustering"] = {**summary, "per_group": per_group.to_dict(orient="records")}

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from oneshot.data.archive import read_image_file
-from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source
+from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source, read_images
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode, progress_bar
 from oneshot.embedder.model import Embedder
@@ -26,10 +26,10 @@ from oneshot.index.vector_index import VectorIndex, sidecar_path
 from oneshot.pipelines.cluster import Clustering, cluster_groups
 from oneshot.pipelines.cluster_calibration import resolve_thresholds
 from oneshot.pipelines.cluster_review import assign_new, cluster_centres, export_clusters
-from oneshot.pipelines.evaluate import evaluate
 from oneshot.pipelines.identify import identify
 from oneshot.pipelines.locks import exclusive_lock
 from oneshot.pipelines.rejects import Rejects, finite_rows, read_batch, rejects_path
+from oneshot.pipelines.thresholds import resolve_threshold
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def encode_gallery(model: Embedder, gallery: ImageSource, batch_size: int = 256,
     chunks = []
     with progress_bar(show_progress, len(paths), "encode") as bar:
         for start in range(0, len(paths), batch_size):
-            images = gallery.read(paths[start : start + batch_size])
+            images = read_images(gallery, paths[start : start + batch_size], color=model.recipe.channels == 3)
             chunks.append(encode(model, images, batch_size=batch_size, show_progress=False, tta=tta))
             bar.update(len(images))
     if not chunks:
@@ -69,7 +69,7 @@ def encode_source(model: Embedder, source: ImageSource, rejects: Rejects, batch_
     with progress_bar(show_progress, len(paths), "encode") as bar:
         for start in range(0, len(paths), batch_size):
             batch = paths[start : start + batch_size]
-            images, good = read_batch(source, batch, rejects)
+            images, good = read_batch(source, batch, rejects, color=model.recipe.channels == 3)
             if images:
                 vectors = encode(model, images, batch_size=batch_size, show_progress=False, tta=tta)
                 ok = finite_rows(vectors, good, rejects)
@@ -167,17 +167,20 @@ def load_index(path: str | os.PathLike) -> VectorIndex:
 
 
 def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.PathLike,
-                    model: Embedder | str | os.PathLike | None = None, threshold: float | None = None,
+                    model: Embedder | str | os.PathLike | None = None, threshold: float | str | None = "model",
                     k: int = 1, batch_size: int = 256, rejects: Rejects | None = None) -> pd.DataFrame:
     """Identify query images (a folder, zip or list; labels not needed) against an index.
 
     Query files that cannot be read get no row; they are recorded in ``rejects`` (default: skip
     them), which the caller may write beside its output. With a ``fail`` policy the first stops the job.
 
+    Args:
+        threshold: a number, ``"model"`` (the model's own "unknown" threshold, calibrated on its
+            validation split) or ``None`` (no "unknown" answers).
     Returns:
         One row per query: ``path``, ``label`` (``"unknown"`` when the best score is below
         ``threshold``), ``score``, ``known``, ``candidate``, and ``true_label`` when the queries'
-        layout carries labels.
+        layout carries labels. ``result.attrs`` holds ``threshold`` and ``threshold_source``.
     Raises:
         ValueError: when the index was built with another model than ``model``.
     """
@@ -200,7 +203,11 @@ def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.Pa
     table, embeddings = encode_source(model, gallery, rejects, batch_size)
     if not len(table):
         raise InvalidInputError(f"{queries}: no query image could be read ({len(rejects)} rejected)")
+    threshold, source = resolve_threshold(model, "unknown", threshold)
+    if threshold is not None and index.metadata.get("pca") and source.startswith("the model's"):
+        log.warning("the index reduces vectors with PCA; the model's threshold was calibrated without it")
     result = identify(index, embeddings, threshold, k=k)
+    result.attrs.update(threshold=threshold, threshold_source=source)
     result.insert(0, "path", table["path"].to_numpy())
     if (table["label"] != "").all():
         result["true_label"] = table["label"].to_numpy()
@@ -208,13 +215,18 @@ def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.Pa
 
 
 def verify_images(image_a: str | os.PathLike, image_b: str | os.PathLike,
-                  model: Embedder | str | os.PathLike | None = None, threshold: float | None = None) -> dict:
-    """1:1 verification of two image files: their similarity and, with ``threshold``, "same or not"."""
+                  model: Embedder | str | os.PathLike | None = None, threshold: float | str | None = "model") -> dict:
+    """1:1 verification of two image files: their similarity and "same or not" at ``threshold``
+    (a number, ``"model"``: the model's calibrated verification threshold, or ``None``)."""
     model = _model(model)
-    vectors = encode(model, [read_image_file(image_a), read_image_file(image_b)], show_progress=False)
+    colour = model.recipe.channels == 3
+    vectors = encode(model, [read_image_file(image_a, color=colour), read_image_file(image_b, color=colour)],
+                     show_progress=False)
     score = float(get_metric(model.metric).pairwise(vectors[:1], vectors[1:])[0])
+    threshold, source = resolve_threshold(model, "verification", threshold)
     return {"a": str(image_a), "b": str(image_b), "metric": model.metric, "score": score,
-            "same": None if threshold is None else bool(score >= threshold)}
+            "same": None if threshold is None else bool(score >= threshold), "threshold": threshold,
+            "threshold_source": source}
 
 
 def load_store(store: str | os.PathLike | EmbeddingSet, groups: list[str] | None = None) -> EmbeddingSet:
@@ -232,11 +244,20 @@ def load_store(store: str | os.PathLike | EmbeddingSet, groups: list[str] | None
 
 def evaluate_store(store: str | os.PathLike | EmbeddingSet, n_way: int = 20, k_shot: int = 1,
                    episodes: int = 1000, within_group: bool = True, knn_k: int = 3,
-                   gallery_fraction: float = 0.3, seed: int = 0, groups: list[str] | None = None) -> dict:
-    """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store (of ``groups`` only, if given)."""
-    stored = load_store(store, groups)
-    return evaluate(stored.embeddings, stored.table, stored.metadata["metric"], ("oneshot", "knn", "verification"),
-                    n_way, k_shot, episodes, within_group, knn_k, gallery_fraction, seed=seed)
+                   gallery_fraction: float = 0.3, seed: int = 0, groups: list[str] | None = None,
+                   threshold: float | None = None, baseline: bool = True) -> dict:
+    """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store (of ``groups`` only, if given).
+
+    Beside the model, ``raw_pixels`` scores the store's own images as raw pixels on the same
+    episodes and pairs (``baseline``). Forgery stores (a ``forged`` column) are scored on genuine
+    images for writer identification, plus genuine-vs-forgery verification (``forgery``).
+    ``threshold``: the verification threshold; ``None`` calibrates it on classes disjoint from
+    those reported on.
+    """
+    from oneshot.pipelines.evaluate_gallery import evaluate_gallery_store
+
+    return evaluate_gallery_store(load_store(store, groups), n_way, k_shot, episodes, within_group, knn_k,
+                                  gallery_fraction, seed, threshold, baseline)
 
 
 def cluster_store(store: str | os.PathLike | EmbeddingSet, clusters: int | str = "auto",

@@ -12,6 +12,7 @@ and returns the images that decoded, their paths, and records the ones that did 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ import pandas as pd
 
 from oneshot.atomic import atomic_path
 from oneshot.data.archive import escape_name
+from oneshot.data.source import read_images
 from oneshot.errors import ImageReadError, InvalidInputError, OneshotError
 
 log = logging.getLogger(__name__)
@@ -200,7 +202,7 @@ def read_batch(source, paths: Sequence[str], rejects: Rejects,
     """
     paths = list(paths)
     try:
-        images = list(source.read(paths, **read_options))
+        images = list(read_images(source, paths, **read_options))
         rejects.kept += len(images)
         return images, paths
     except ImageReadError:
@@ -208,7 +210,7 @@ def read_batch(source, paths: Sequence[str], rejects: Rejects,
     images, kept = [], []
     for path in paths:
         try:
-            images.append(source.read([path], **read_options)[0])
+            images.append(read_images(source, [path], **read_options)[0])
             kept.append(path)
         except ImageReadError as error:
             if rejects.policy.fail:  # the source's own message names the whole path
@@ -232,6 +234,26 @@ def read_source(source, rejects: Rejects, batch_size: int = 1024) -> tuple["pd.D
         images.update(zip(good, batch))
     table = source.table[source.table["path"].isin(images.keys())].reset_index(drop=True)
     return table, images
+
+
+def scan_source(source, rejects: Rejects, batch_size: int = 1024):
+    """Decode every image of a source once (training's data scan), keeping none in memory.
+
+    Returns:
+        ``source`` itself when every image is usable, else a shallow copy of it whose ``table``
+        leaves out the rejected rows (same type, same reader), the rejects recorded in ``rejects``.
+    """
+    rejects.extend(getattr(source, "rejects", None) or [])
+    paths = list(source.table["path"])
+    good: set[str] = set()
+    for start in range(0, len(paths), batch_size):
+        _, kept = read_batch(source, paths[start : start + batch_size], rejects)
+        good.update(kept)
+    if len(good) == len(paths):
+        return source
+    subset = copy.copy(source)
+    subset.table = source.table[source.table["path"].isin(good)].reset_index(drop=True)
+    return subset
 
 
 def finite_rows(vectors: np.ndarray, paths: Sequence[str], rejects: Rejects) -> np.ndarray:

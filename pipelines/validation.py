@@ -21,13 +21,15 @@ class OneShotValidation:
         n_way: classes per episode.
         n_episodes: episodes, drawn once so every validation scores the same trials.
         seed: seeds the episodes.
+        within_group: draw each episode's classes from one group (``False`` for any group).
     """
 
-    def __init__(self, images: LabelledImages, n_way: int = 20, n_episodes: int = 400, seed: int = 1):
+    def __init__(self, images: LabelledImages, n_way: int = 20, n_episodes: int = 400, seed: int = 1,
+                 within_group: bool = True):
         self.images = images
         self.n_way = n_way
         self.episodes = sample_episodes(images.labels, images.groups, n_way=n_way, k_shot=1, n_query=1,
-                                        n_episodes=n_episodes, within_group=True, seed=seed)
+                                        n_episodes=n_episodes, within_group=within_group, seed=seed)
 
     @classmethod
     def from_config(cls, images: LabelledImages, config) -> "OneShotValidation":

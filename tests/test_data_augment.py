@@ -77,9 +77,9 @@ def test_output_shape_and_dtype(glyphs):
     out = augment(glyphs, AugmentConfig(), _gen())
     assert out.shape == glyphs.shape and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1 + 1e-6
-    with pytest.raises(ValueError, match=r"\(B, 1, S, S\)"):
-        augment(torch.rand(2, 3, 8, 8), AugmentConfig(), _gen())
-    with pytest.raises(ValueError, match=r"\(B, 1, S, S\)"):
+    colour = augment(torch.rand(2, 3, 8, 8), AugmentConfig.preset("photo"), _gen())
+    assert colour.shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"\(B, C, S, S\)"):
         augment(torch.rand(8, 8), AugmentConfig(), _gen())
 
 

@@ -115,7 +115,7 @@ def test_identify_with_another_model_raises(store_and_index, synthetic_gallery):
 
 def test_evaluate_store_keys(store_and_index):
     report = evaluate_store(store_and_index[0], n_way=5, episodes=40, knn_k=1)
-    assert set(report) == {"oneshot", "knn", "verification"}
+    assert set(report) == {"oneshot", "knn", "verification", "raw_pixels"}
     assert set(report["oneshot"]) == {"accuracy", "ci95", "episodes", "n_way", "k_shot", "within_group"}
     assert set(report["knn"]) == {"accuracy", "k", "gallery", "queries"}
     assert report["oneshot"]["within_group"] is True and report["knn"]["k"] == 1

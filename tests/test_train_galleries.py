@@ -1,0 +1,139 @@
+"""End to end on the user's own galleries: tiny MNIST IDX files, a colour class-per-folder gallery
+and a writer/genuine/forged gallery; train (a few steps), embed, eval, index, identify, cluster."""
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from oneshot.embedder.artifact import load_model
+from oneshot.pipelines.cli import main
+
+FEW_STEPS = ("--steps", "2", "--seed", "0")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(result):
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    return result
+
+
+def _idx(path: Path, array: np.ndarray) -> Path:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory) -> Path:
+    """train/t10k IDX files of 10 synthetic 'digits' x 8 drawings (ink bright on black, 28x28)."""
+    import cv2
+
+    from oneshot.data.synthetic import make_alphabets
+
+    folder = tmp_path_factory.mktemp("mnist")
+    for name, seed in (("train", 0), ("t10k", 1)):
+        drawn = make_alphabets(1, 10, drawers=8, size=28, seed=seed)
+        images = np.stack([255 - cv2.resize(i, (28, 28)) if i[0, 0] > 127 else i for i in drawn.images])
+        labels = np.repeat(np.arange(10), 8)
+        _idx(folder / f"{name}-images-idx3-ubyte.gz", images)
+        _idx(folder / f"{name}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def colour_gallery(tmp_path_factory) -> Path:
+    from oneshot.data.synthetic_photos import make_photo_gallery
+
+    return make_photo_gallery(tmp_path_factory.mktemp("colour") / "gallery", n_classes=10, per_class=6, size=24)
+
+
+@pytest.fixture(scope="module")
+def signature_gallery(tmp_path_factory) -> Path:
+    from oneshot.data.synthetic_signatures import make_signature_gallery
+
+    return make_signature_gallery(tmp_path_factory.mktemp("sig") / "gallery", n_writers=10, genuine=4, forged=2, size=24)
+
+
+def _end_to_end(tmp_path: Path, data: Path, train_args=(), query: Path | None = None) -> dict:
+    run_dir, store, index = tmp_path / "run", tmp_path / "store.parquet", tmp_path / "store.faiss"
+    trained = ok(run("train", "--data", data, "--out", run_dir, *FEW_STEPS, *train_args)).output
+    assert "recipe inferred" in trained or "recipe given" in trained
+    assert "verification threshold" in trained
+    model = run_dir / "model.safetensors"
+    ok(run("embed", query or data, "--out", store, "--model", model))
+    report = json.loads(ok(run("eval", store, "--episodes", "20")).output.split("\nWARNING")[0])
+    ok(run("index", "build", store, "--out", index))
+    answered = ok(run("identify", query or data, "--index", index, "--model", model))
+    assert "threshold:" in answered.stderr and "calibrated on the validation split" in answered.stderr
+    clustered = ok(run("cluster", store)).output
+    assert "ARI" in clustered
+    return {"report": report, "model": load_model(model), "train_output": trained}
+
+
+def test_mnist_idx_files_end_to_end(tmp_path, mnist_dir):
+    found = _end_to_end(tmp_path, mnist_dir, ("--val-split", "images"),
+                        query=mnist_dir / "t10k-images-idx3-ubyte.gz")
+    model, report = found["model"], found["report"]
+    assert model.recipe.kind == "handwriting" and model.recipe.channels == 1
+    assert "of classes also trained on" in model.info["validation"]
+    assert report["oneshot"]["n_way"] == 10  # 10 digits: 20-way asked, N follows the classes
+    assert "accuracy" in report["raw_pixels"]["oneshot"]
+    assert "disjoint" in report["verification"]["threshold_calibrated_on"]
+
+
+def test_colour_gallery_end_to_end(tmp_path, colour_gallery):
+    found = _end_to_end(tmp_path, colour_gallery)
+    model = found["model"]
+    assert model.recipe.kind == "photo" and model.recipe.channels == 3 and len(model.recipe.mean) == 3
+    assert model.backbone.features[0][0].in_channels == 3
+    assert model.info["train_config"]["augment"]["brightness"] > 0  # the photo preset
+    assert model.info["train_config"]["rotations"] is False
+    assert "held-out classes" in model.info["validation"]
+    assert model.info["thresholds"]["unknown"]["value"] is not None
+    report = found["report"]
+    assert report["oneshot"]["n_way"] == 10 and "oneshot" in report["raw_pixels"]
+
+
+def test_forgery_gallery_end_to_end(tmp_path, signature_gallery):
+    found = _end_to_end(tmp_path, signature_gallery)
+    report = found["report"]
+    assert 0.0 <= report["forgery"]["eer"] <= 1.0 and report["forgery"]["n_forgeries"] == 20
+    assert "writers disjoint" in report["forgery"]["threshold_calibrated_on"]
+    assert report["oneshot"]["n_way"] == 10  # writers, never forgeries as classes
+    rule = found["model"].info["thresholds"]["verification"]["rule"]
+    assert "forgery" in rule
+
+
+def test_forgery_layout_is_recognised(signature_gallery):
+    from oneshot.data.source import open_source
+
+    table = open_source(signature_gallery).table
+    assert set(table["label"]) == {f"writer{w:03d}" for w in range(10)}
+    assert int(table["forged"].sum()) == 20 and (table["group"] == "").all()
+
+
+def test_rotations_refused_for_photos(tmp_path, colour_gallery):
+    result = run("train", "--data", colour_gallery, "--out", tmp_path / "r", "--rotations", *FEW_STEPS)
+    assert result.exit_code == 1 and "handwriting only" in result.output
+
+
+def test_init_from_shipped_model_adapts_first_layer_to_colour(tmp_path, colour_gallery):
+    out = tmp_path / "ft"
+    ok(run("train", "--data", colour_gallery, "--out", out, "--init", "default", "--size", "28", *FEW_STEPS))
+    model = load_model(out)
+    assert model.recipe.channels == 3 and model.info["init"] == "default"
+
+
+def test_init_refuses_a_different_architecture(tmp_path, colour_gallery):
+    result = run("train", "--data", colour_gallery, "--out", tmp_path / "bad", "--init", "default", "--dim", "16",
+                 *FEW_STEPS)
+    assert result.exit_code == 1 and "cannot start from" in result.output
