@@ -68,7 +68,7 @@ class ImageArchive:
         """Every file (not only images), as posix paths relative to the archive root."""
         if self.is_zip:
             return [n for n in self._zip().namelist() if not n.endswith("/")]
-        return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
+        return list(_walk_files(str(self.path), ""))
 
     def names(self) -> list[str]:
         """Sorted posix paths of every image file, relative to the archive root."""
@@ -91,6 +91,21 @@ class ImageArchive:
 
     def __repr__(self) -> str:
         return f"ImageArchive({str(self.path)!r})"
+
+
+def _walk_files(folder: str, prefix: str):
+    """Posix paths of the files under ``folder`` (symlinks followed), as plain strings.
+
+    ``os.scandir`` instead of ``Path.rglob``: no Path object per file, so listing a million images
+    costs their names' memory only.
+    """
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = prefix + entry.name
+            if entry.is_dir():
+                yield from _walk_files(entry.path, name + "/")
+            elif entry.is_file():
+                yield name
 
 
 def read_image_file(path: str | os.PathLike, color: bool = False) -> np.ndarray:

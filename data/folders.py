@@ -107,26 +107,29 @@ def read_gallery(source: str | os.PathLike, labelled: bool = True) -> Gallery:
     if not names:
         raise InvalidInputError(f"no images found in {source}")
     if labelled:
-        rows = _labels_from_layout(source, names, strip_top=archive.is_zip)
+        columns = _labels_from_layout(source, names, strip_top=archive.is_zip)
     else:
-        rows = [(n, "", "") for n in names]
-    return Gallery(_table(rows), source, archive)
+        columns = (names, [""] * len(names), [""] * len(names))
+    return Gallery(_table(*columns), source, archive)
 
 
 def _hidden(name: str) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(name).parts)
 
 
-def _labels_from_layout(source: Path, names: list[str], strip_top: bool) -> list[tuple[str, str, str]]:
-    """(path, label, group) per image, from a consistent 2- or 3-level layout."""
-    parts = [PurePosixPath(n).parts for n in names]
+def _labels_from_layout(source: Path, names: list[str], strip_top: bool) -> tuple[list[str], list[str], list[str]]:
+    """(path, label, group) columns from a consistent 2- or 3-level layout.
+
+    Works on the names as strings (no per-file tuple of parts) and shares one label string per
+    class, so a million images cost little more than their names.
+    """
     skip = 0
-    tops = {p[0] for p in parts}
-    if strip_top and len(tops) == 1 and all(len(p) >= 3 for p in parts):
+    tops = {n.split("/", 1)[0] for n in names}
+    if strip_top and len(tops) == 1 and all(n.count("/") >= 2 for n in names):
         skip = 1  # a zip of one top folder: read from inside it
     depths = {}
-    for name, p in zip(names, parts):
-        depths.setdefault(len(p) - skip, name)
+    for name in names:
+        depths.setdefault(name.count("/") + 1 - skip, name)
     if 1 in depths:
         raise InvalidInputError(
             f"{source}: {depths[1]!r} is not inside a class folder; expected <class>/<image> or "
@@ -144,14 +147,16 @@ def _labels_from_layout(source: Path, names: list[str], strip_top: bool) -> list
             f"{source}: mixed layout: {depths[2]!r} is <class>/<image> but {depths[3]!r} is "
             "<group>/<class>/<image>; use one layout throughout"
         )
-    rows = []
-    for name, p in zip(names, parts):
-        inner = p[skip:]
-        if len(inner) == 2:
-            rows.append((name, inner[0], ""))
-        else:
-            rows.append((name, f"{inner[0]}/{inner[1]}", inner[0]))
-    return rows
+    shared: dict[str, str] = {}
+    labels, groups = [], []
+    for name in names:
+        inner = name.split("/", skip)[-1]
+        label = inner.rsplit("/", 1)[0]
+        label = shared.setdefault(label, label)
+        group = label.split("/", 1)[0] if "/" in label else ""
+        labels.append(label)
+        groups.append(shared.setdefault(group, group))
+    return names, labels, groups
 
 
 def _resolve(base: Path, written: str) -> Path:
@@ -192,10 +197,10 @@ def _read_list(source: Path, labelled: bool) -> Gallery:
         rows.append((written, label, group))
     if not rows:
         raise InvalidInputError(f"no images found in {source}")
-    return Gallery(_table(rows), source, None)
+    return Gallery(_table(*map(list, zip(*rows))), source, None)
 
 
-def _table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
-    table = pd.DataFrame(rows, columns=["path", "label", "group"])
+def _table(paths: list[str], labels: list[str], groups: list[str]) -> pd.DataFrame:
+    table = pd.DataFrame({"path": paths, "label": labels, "group": groups})
     table.insert(0, "id", np.arange(len(table), dtype=np.int64))
     return table[COLUMNS]

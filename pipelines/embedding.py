@@ -118,9 +118,9 @@ def prepare_batch(source: ImageSource, rows: pd.DataFrame, recipe: Recipe,
     return PreparedBatch(out, recipe.batch(images), batch.rejected, len(rows))
 
 
-def stream_batches(source: ImageSource, plan: list[pd.DataFrame], recipe: Recipe, workers: int,
-                   known: pd.Series | None = None) -> Iterator[PreparedBatch]:
-    """Prepare the batches of ``plan`` in ``workers`` threads, yielding them in order.
+def stream_batches(source: ImageSource, table: pd.DataFrame, plan: list[tuple[int, int]], recipe: Recipe,
+                   workers: int, known: pd.Series | None = None) -> Iterator[PreparedBatch]:
+    """Prepare the row ranges of ``plan`` (slices of ``table``) in ``workers`` threads, in order.
 
     At most ``2 * workers`` batches are in flight, so memory stays bounded.
     """
@@ -128,26 +128,28 @@ def stream_batches(source: ImageSource, plan: list[pd.DataFrame], recipe: Recipe
         raise InvalidInputError(f"workers must be >= 1, got {workers}")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="oneshot-read") as pool:
         pending: deque = deque()
-        batches = iter(plan)
-        for rows in batches:
-            pending.append(pool.submit(prepare_batch, source, rows, recipe, known))
-            if len(pending) >= 2 * workers:
-                break
+        ranges = iter(plan)
+
+        def submit() -> None:
+            for start, stop in ranges:
+                pending.append(pool.submit(prepare_batch, source, table.iloc[start:stop], recipe, known))
+                return
+
+        for _ in range(2 * workers):
+            submit()
         while pending:
             result = pending.popleft().result()
-            for rows in batches:
-                pending.append(pool.submit(prepare_batch, source, rows, recipe, known))
-                break
+            submit()
             yield result
 
 
-def encode_stream(engine: InferenceModel, source: ImageSource, plan: list[pd.DataFrame], workers: int,
-                  tta: bool = False, known: pd.Series | None = None,
+def encode_stream(engine: InferenceModel, source: ImageSource, table: pd.DataFrame, plan: list[tuple[int, int]],
+                  workers: int, tta: bool = False, known: pd.Series | None = None,
                   show_progress: bool | None = None, desc: str = "embed") -> Iterator[tuple[PreparedBatch, np.ndarray]]:
-    """(batch, float32 (n, D) vectors) per planned batch, with a progress bar (img/s, time left)."""
-    total = int(sum(len(rows) for rows in plan))
+    """(batch, float32 (n, D) vectors) per planned row range, with a progress bar (img/s, time left)."""
+    total = int(sum(stop - start for start, stop in plan))
     with progress_bar(show_progress, total, desc) as bar:
-        for batch in stream_batches(source, plan, engine.recipe, workers, known):
+        for batch in stream_batches(source, table, plan, engine.recipe, workers, known):
             if len(batch.rows):
                 vectors = engine(batch.pixels, tta=tta)
             else:
@@ -156,13 +158,12 @@ def encode_stream(engine: InferenceModel, source: ImageSource, plan: list[pd.Dat
             yield batch, vectors
 
 
-def batch_plan(table: pd.DataFrame, batch_size: int, shard_rows: int, first_shard: int = 0) -> list[pd.DataFrame]:
-    """Slices of ``table`` in batches that never cross a shard boundary (so a resumed run batches alike)."""
+def batch_plan(rows: int, batch_size: int, shard_rows: int, first_shard: int = 0) -> list[tuple[int, int]]:
+    """Row ranges in batches that never cross a shard boundary (so a resumed run batches alike)."""
     plan = []
-    for shard_start in range(first_shard * shard_rows, len(table), shard_rows):
-        shard_stop = min(shard_start + shard_rows, len(table))
-        for start in range(shard_start, shard_stop, batch_size):
-            plan.append(table.iloc[start : min(start + batch_size, shard_stop)])
+    for shard_start in range(first_shard * shard_rows, rows, shard_rows):
+        shard_stop = min(shard_start + shard_rows, rows)
+        plan.extend((start, min(start + batch_size, shard_stop)) for start in range(shard_start, shard_stop, batch_size))
     return plan
 
 
@@ -333,7 +334,7 @@ def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine:
     """Stream the planned batches and commit a shard every ``shard_rows`` source rows (or encoded rows,
     when appending). Returns the rows encoded."""
     appending = known is not None
-    plan = batch_plan(table, batch_size, max(1, len(table)) if appending else shard_rows, first_shard)
+    plan = batch_plan(len(table), batch_size, max(1, len(table)) if appending else shard_rows, first_shard)
     tables, chunks, buffered, read_in_shard, encoded = [], [], 0, 0, 0
     shard_number = first_shard
 
@@ -346,7 +347,7 @@ def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine:
         tables, chunks, buffered, read_in_shard = [], [], 0, 0
         shard_number += 1
 
-    for batch, vectors in encode_stream(engine, gallery, plan, workers, tta, known, show_progress):
+    for batch, vectors in encode_stream(engine, gallery, table, plan, workers, tta, known, show_progress):
         if len(batch.rows):
             tables.append(batch.rows)
             chunks.append(vectors)

@@ -343,10 +343,10 @@ def _query_batches(path: Path, from_store: bool, model, batch_size, workers, dev
     table = source.table.copy()
     table["id"] = path_ids(table["path"])  # the same stable ids a store of these images would have
     engine = InferenceModel(model.to(device or default_device()))
-    plan = batch_plan(table, batch_size or engine.batch_size, shard_rows, first_shard=skip // shard_rows)
+    plan = batch_plan(len(table), batch_size or engine.batch_size, shard_rows, first_shard=skip // shard_rows)
 
     def generate():
-        for batch, vectors in encode_stream(engine, source, plan, workers or default_workers(),
+        for batch, vectors in encode_stream(engine, source, table, plan, workers or default_workers(),
                                             show_progress=show_progress, desc="identify"):
             yield QueryBatch(batch.rows, vectors)
 

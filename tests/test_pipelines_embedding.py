@@ -55,10 +55,10 @@ def test_same_image_under_two_paths_shares_its_content_hash(tmp_path, gallery, t
 
 def test_stream_prepares_batches_in_order_with_any_worker_count(gallery, tiny_model_path):
     source, recipe = open_source(gallery), load_model(tiny_model_path).recipe
-    plan = batch_plan(source.table, 8, 20)
-    assert [len(rows) for rows in plan] == [8, 8, 4, 8, 8, 4, 8, 8, 4]  # never across a shard
+    plan = batch_plan(len(source.table), 8, 20)
+    assert [stop - start for start, stop in plan] == [8, 8, 4, 8, 8, 4, 8, 8, 4]  # never across a shard
     for workers in (1, 3):
-        batches = list(stream_batches(source, plan, recipe, workers))
+        batches = list(stream_batches(source, source.table, plan, recipe, workers))
         assert pd.concat([b.rows for b in batches])["path"].tolist() == source.table["path"].tolist()
 
 
