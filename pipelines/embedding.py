@@ -183,6 +183,12 @@ def _source_table(gallery: ImageSource, ids: str) -> pd.DataFrame:
     if table["id"].duplicated().any():
         dup = table.loc[table["id"].duplicated(), "path"].head(3).tolist()
         raise InvalidInputError(f"{describe_source(gallery)}: duplicate ids for paths {dup}")
+    for column in table.columns:  # Arrow strings: a million paths cost their bytes, not a str object each
+        if table[column].dtype == object:
+            try:
+                table[column] = table[column].astype("string[pyarrow]")
+            except (TypeError, ValueError):  # not all strings: leave the column as it is
+                pass
     return table
 
 
@@ -249,6 +255,8 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     model = _model(model)
     gallery = open_source(source, labelled=labelled)
     table = _source_table(gallery, ids)
+    if isinstance(gallery, Gallery) and not isinstance(source, Gallery):
+        gallery.table = table  # our own source object: keep one compact copy of a large table
     job = _job(gallery, model, labelled, tta, ids, shard_rows, len(table))
     known, created_folder = None, False
     if out.is_file():
