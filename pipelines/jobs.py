@@ -1,6 +1,8 @@
 """High-level jobs behind the CLI, importable as a Python API.
 
-``embed_gallery`` (images -> Parquet), ``build_index`` (Parquet -> FAISS index), ``identify_images``
+``embed_to_store`` (images -> a store folder of Parquet shards, streaming, resumable, appendable),
+``identify_job`` (streamed queries -> answer shards), ``remove_from_store``,
+``embed_gallery`` (images -> one Parquet file, in memory; small galleries), ``build_index`` (Parquet -> FAISS index), ``identify_images``
 (query images -> nearest labels or "unknown"), ``verify_images`` (1:1), ``evaluate_store`` and ``cluster_store``.
 """
 from __future__ import annotations
@@ -21,8 +23,11 @@ from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.metric import get_metric
 from oneshot.index.store import EmbeddingSet, read_embeddings, write_embeddings
 from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.embedding import EmbedResult, embed_to_store  # noqa: F401  (streaming, sharded)
 from oneshot.pipelines.evaluate import clustering, evaluate
 from oneshot.pipelines.identify import identify
+from oneshot.pipelines.identify_job import IdentifySummary, identify_job  # noqa: F401  (streaming)
+from oneshot.pipelines.store_jobs import remove_from_store  # noqa: F401
 
 log = logging.getLogger(__name__)
 

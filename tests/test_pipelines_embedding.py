@@ -163,3 +163,21 @@ def test_killed_embed_resumes_to_the_same_store(tmp_path, tiny_model_path):
     np.testing.assert_allclose(got.embeddings, want.embeddings, atol=1e-6)
     assert [s["rows"] for s in DatasetStore.open(out).manifest["shards"]] == [10] * 30
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+
+
+def test_device_choice_is_neutral(monkeypatch, tmp_path, gallery, tiny_model_path):
+    """CUDA is chosen when present (batch size for it too) and CPU runs explicitly, with one code path."""
+    import torch
+
+    from oneshot.embedder import encode as encode_module
+    from oneshot.embedder.inference import InferenceModel, choose_batch_size
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert encode_module.default_device().type == "cuda"
+    model = load_model(tiny_model_path)
+    assert choose_batch_size(model, torch.device("cuda")) == 2048
+    monkeypatch.undo()
+    engine = InferenceModel(model, device="cpu")
+    assert engine.device.type == "cpu" and engine(np.zeros((3, 1, 16, 16), np.float32)).shape == (3, 8)
+    result = embed_to_store(gallery, tmp_path / "cpu.parquet", tiny_model_path, device="cpu")
+    assert len(result.store) == 60
