@@ -192,6 +192,17 @@ def _source_table(gallery: ImageSource, ids: str) -> pd.DataFrame:
     return table
 
 
+def _images_of_store(store: Path, labelled: bool) -> tuple[str, bool]:
+    """Where a store's images live, to re-embed them (e.g. with another model, into a new store)."""
+    job = DatasetStore.open(store).manifest.get("job", {})
+    location = job.get("source")
+    if not location or not Path(location).exists():
+        raise InvalidInputError(f"{store}: its source images ({location or 'not recorded'}) are not available; "
+                                "embed the images themselves")
+    log.info("re-embedding the images of %s from %s", store, location)
+    return location, job.get("labelled", labelled)
+
+
 def _job(gallery: ImageSource, model: Embedder, labelled: bool, tta: bool, ids: str, shard_rows: int,
          rows: int) -> dict[str, Any]:
     location = getattr(gallery, "location", None) or getattr(gallery, "source", None)
@@ -233,7 +244,8 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     """Encode a source into a store folder, streaming; resume or append when ``out`` exists.
 
     Args:
-        source: anything :func:`oneshot.data.source.open_source` opens, or an opened source.
+        source: anything :func:`oneshot.data.source.open_source` opens, an opened source, or a store
+            folder made by this job (its source images are re-embedded, e.g. with another model).
         out: the store folder (a name ending in ``.parquet`` is fine).
         model: a model, a model file, or ``None`` for the shipped one.
         batch_size: images per forward pass (default: chosen for the machine).
@@ -253,6 +265,8 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     if shard_rows < 1:
         raise InvalidInputError(f"shard_rows must be >= 1, got {shard_rows}")
     model = _model(model)
+    if not isinstance(source, ImageSource) and is_dataset_store(source):
+        source, labelled = _images_of_store(Path(source), labelled)
     gallery = open_source(source, labelled=labelled)
     table = _source_table(gallery, ids)
     if isinstance(gallery, Gallery) and not isinstance(source, Gallery):
@@ -265,6 +279,9 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     if is_dataset_store(out):
         store = DatasetStore.open(out)
         store.remove_strays()
+        if "job" not in store.manifest:
+            raise InvalidInputError(f"{out}: was not made by `oneshot embed` (migrated from a single file?); it cannot "
+                                    "be resumed or appended to: embed its images into a new store")
         if append:
             stored = store.manifest.get("job", {})
             if stored.get("model_fingerprint") != job["model_fingerprint"]:

@@ -181,3 +181,28 @@ def test_device_choice_is_neutral(monkeypatch, tmp_path, gallery, tiny_model_pat
     assert engine.device.type == "cpu" and engine(np.zeros((3, 1, 16, 16), np.float32)).shape == (3, 8)
     result = embed_to_store(gallery, tmp_path / "cpu.parquet", tiny_model_path, device="cpu")
     assert len(result.store) == 60
+
+
+def test_reembedding_a_store_with_another_model_reads_its_source_images(tmp_path, gallery, tiny_model_path):
+    import torch
+
+    from oneshot.embedder.artifact import save_model
+    from oneshot.embedder.model import Embedder
+    from oneshot.embedder.preprocess import Recipe
+
+    first = embed_to_store(gallery, tmp_path / "a.parquet", tiny_model_path).store
+    torch.manual_seed(6)
+    other = save_model(Embedder("conv", dim=8, recipe=Recipe(size=16), backbone_options={"channels": 4, "blocks": 2}),
+                       tmp_path / "other.safetensors")
+    second = embed_to_store(first.folder, tmp_path / "b.parquet", other).store
+    a, b = read_embeddings(first.folder), read_embeddings(second.folder)
+    assert a.table["id"].tolist() == b.table["id"].tolist()
+    assert a.metadata["model_fingerprint"] != b.metadata["model_fingerprint"]
+    migrated = tmp_path / "legacy"
+    from oneshot.index.dataset_store import migrate_store
+    from oneshot.index.store import write_embeddings
+
+    migrate_store(write_embeddings(tmp_path / "old.parquet", a.table.drop(columns="content_hash"), a.embeddings),
+                  migrated)
+    with pytest.raises(InvalidInputError, match="not made by `oneshot embed`"):
+        embed_to_store(gallery, migrated, tiny_model_path, append=True)
