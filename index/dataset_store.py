@@ -402,7 +402,7 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "rows": int(len(keys)),
             "labels": int(keys["label"].nunique()),
             "shards": len(store.manifest["shards"]),
-            "shard_rows": [s["rows"] for s in store.manifest["shards"]],
+            "rows_per_shard": [s["rows"] for s in store.manifest["shards"]],
             "bytes": int(sum(p.stat().st_size for p in store.shard_paths)),
             "duplicate_content": int(keys[HASH_COLUMN].dropna().duplicated().sum()),
             "superseded_rows": int(keys["id"].duplicated().sum()),
