@@ -174,7 +174,7 @@ def embed(source, out, model, batch_size, workers, append, ids, shard_rows, devi
       oneshot embed ../shared/data/omniglot/images_evaluation.zip --out runs/eval.parquet
       oneshot embed new_people/ --out runs/eval.parquet --append
     """
-    from oneshot.pipelines.jobs import embed_to_store
+    from oneshot.pipelines.embedding import embed_to_store  # not via jobs: keeps sklearn out of start-up
 
     result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta, append=append,
                             shard_rows=shard_rows, ids=ids, device=device)
@@ -229,7 +229,7 @@ def store_remove_command(store, ids, labels, paths_file):
     Example:
       oneshot store remove runs/gallery.parquet --label "Greek/character07"
     """
-    from oneshot.pipelines.jobs import remove_from_store
+    from oneshot.pipelines.store_jobs import remove_from_store
 
     paths = None
     if paths_file:
@@ -301,7 +301,7 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
     Example:
       oneshot identify new_images/ --index runs/eval.faiss --threshold 0.6 --top 5 --out runs/answers
     """
-    from oneshot.pipelines.jobs import identify_job
+    from oneshot.pipelines.identify_job import identify_job  # not via jobs: lighter start-up
 
     def echo(answers):
         text = answers.to_json(orient="records", lines=True)
