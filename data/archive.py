@@ -222,7 +222,7 @@ class ImageArchive:
         """Every file (not only images), as posix paths relative to the archive root."""
         if self.is_zip:
             return [n for n in self._zip().namelist() if not n.endswith("/")]
-        return [escape_name(p.relative_to(self.path).as_posix()) for p in self.path.rglob("*") if p.is_file()]
+        return [escape_name(name) for name in _walk_files(str(self.path), "")]
 
     def names(self) -> list[str]:
         """Sorted posix paths (escaped, see :func:`escape_name`) of every image file that can be read."""
@@ -275,6 +275,21 @@ class ImageArchive:
 
     def __repr__(self) -> str:
         return f"ImageArchive({str(self.path)!r})"
+
+
+def _walk_files(folder: str, prefix: str):
+    """Posix paths of the files under ``folder`` (links to folders not followed, so no loops), as plain strings.
+
+    ``os.scandir`` instead of ``Path.rglob``: no Path object per file, so listing a million images
+    costs their names' memory only.
+    """
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk_files(entry.path, name + "/")
+            elif entry.is_file():
+                yield name
 
 
 def read_image_file(path: str | os.PathLike, color: bool = False, max_pixels: int | None = None,

@@ -130,10 +130,10 @@ def read_gallery(source: str | os.PathLike, labelled: bool = True, strict: bool 
         raise InvalidInputError(f"no images found in {source}" + (f" ({len(rejects)} files rejected, e.g. "
                                                                   f"{rejects[0][0]}: {rejects[0][1]})" if rejects else ""))
     if labelled:
-        rows = _labels_from_layout(source, names, strip_top=archive.is_zip)
+        columns = _labels_from_layout(source, names, strip_top=archive.is_zip)
     else:
-        rows = [(n, "", "") for n in names]
-    return Gallery(_table(rows), source, archive, rejects)
+        columns = (names, [""] * len(names), [""] * len(names))
+    return Gallery(_table(*columns), source, archive, rejects)
 
 
 def _strip(parts: list[tuple[str, ...]], strip_top: bool) -> int:
@@ -162,14 +162,19 @@ def _keep_main_layout(names: list[str], strip_top: bool) -> tuple[list[str], lis
     return keep, rejects
 
 
-def _labels_from_layout(source: Path, names: list[str], strip_top: bool) -> list[tuple[str, str, str]]:
-    """(path, label, group) per image, from a consistent 2- or 3-level layout."""
-    parts = [PurePosixPath(n).parts for n in names]
-    tops = {p[0] for p in parts}
-    skip = _strip(parts, strip_top)  # a zip of one top folder: read from inside it
+def _labels_from_layout(source: Path, names: list[str], strip_top: bool) -> tuple[list[str], list[str], list[str]]:
+    """(path, label, group) columns from a consistent 2- or 3-level layout.
+
+    Works on the names as strings (no per-file tuple of parts) and shares one label string per
+    class, so a million images cost little more than their names.
+    """
+    skip = 0
+    tops = {n.split("/", 1)[0] for n in names}
+    if strip_top and len(tops) == 1 and all(n.count("/") >= 2 for n in names):
+        skip = 1  # a zip of one top folder: read from inside it
     depths = {}
-    for name, p in zip(names, parts):
-        depths.setdefault(len(p) - skip, name)
+    for name in names:
+        depths.setdefault(name.count("/") + 1 - skip, name)
     if 1 in depths:
         raise InvalidInputError(
             f"{source}: {depths[1]!r} is not inside a class folder; expected <class>/<image> or "
@@ -187,14 +192,16 @@ def _labels_from_layout(source: Path, names: list[str], strip_top: bool) -> list
             f"{source}: mixed layout: {depths[2]!r} is <class>/<image> but {depths[3]!r} is "
             "<group>/<class>/<image>; use one layout throughout"
         )
-    rows = []
-    for name, p in zip(names, parts):
-        inner = p[skip:]
-        if len(inner) == 2:
-            rows.append((name, inner[0], ""))
-        else:
-            rows.append((name, f"{inner[0]}/{inner[1]}", inner[0]))
-    return rows
+    shared: dict[str, str] = {}
+    labels, groups = [], []
+    for name in names:
+        inner = name.split("/", skip)[-1]
+        label = inner.rsplit("/", 1)[0]
+        label = shared.setdefault(label, label)
+        group = label.split("/", 1)[0] if "/" in label else ""
+        labels.append(label)
+        groups.append(shared.setdefault(group, group))
+    return names, labels, groups
 
 
 def _resolve(base: Path, written: str) -> Path:
@@ -241,10 +248,10 @@ def _read_list(source: Path, labelled: bool, strict: bool = True) -> Gallery:
         rows.append((written, label, group))
     if not rows:
         raise InvalidInputError(f"no images found in {source}")
-    return Gallery(_table(rows), source, None, rejects)
+    return Gallery(_table(*map(list, zip(*rows))), source, None, rejects)
 
 
-def _table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
-    table = pd.DataFrame(rows, columns=["path", "label", "group"])
+def _table(paths: list[str], labels: list[str], groups: list[str]) -> pd.DataFrame:
+    table = pd.DataFrame({"path": paths, "label": labels, "group": groups})
     table.insert(0, "id", np.arange(len(table), dtype=np.int64))
     return table[COLUMNS]

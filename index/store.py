@@ -187,6 +187,10 @@ def read_store_metadata(path: str | os.PathLike) -> dict[str, Any]:
         ValueError: missing file, not Parquet, or no ``oneshot`` metadata; names the file.
     """
     path = Path(path)
+    if path.is_dir():
+        from oneshot.index.dataset_store import DatasetStore
+
+        return DatasetStore.open(path).metadata()
     if not path.is_file():
         raise MissingDataError(f"{path}: embedding store not found")
     try:
@@ -210,10 +214,11 @@ def _metadata_from_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
 
 
 def read_embeddings(path: str | os.PathLike, allow_nonfinite: bool = False) -> EmbeddingSet:
-    """Read a store written by :func:`write_embeddings`.
+    """Read a store: a single file written by :func:`write_embeddings`, or a store folder of
+    shards (:mod:`oneshot.index.dataset_store`).
 
     Args:
-        path: the ``.parquet`` file.
+        path: the ``.parquet`` file or the store folder.
         allow_nonfinite: return rows with NaN or infinite values instead of raising (for callers
             that leave such rows out themselves, like ``index build``).
 
@@ -225,6 +230,10 @@ def read_embeddings(path: str | os.PathLike, allow_nonfinite: bool = False) -> E
             metadata; the message names the file.
     """
     path = Path(path)
+    if path.is_dir():
+        from oneshot.index.dataset_store import read_dataset
+
+        return read_dataset(path)
     meta = read_store_metadata(path)
     try:
         arrow = pq.read_table(path)

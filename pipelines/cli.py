@@ -204,29 +204,115 @@ def _read_config(path: str) -> dict:
 
 @main.command()
 @click.argument("source", type=click.Path(exists=True))
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
+@click.option("--out", type=click.Path(), required=True,
+              help="Store folder of Parquet shards to write (a name ending in .parquet is fine).")
 @click.option("--model", type=click.Path(exists=True), default=None, help="Model file (default: the shipped model).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass (default: chosen for the machine).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and preprocessing images (default: cores, at most 4).")
+@click.option("--append", is_flag=True, help="Add only new or changed images (by path and content hash) to an existing store.")
+@click.option("--ids", type=click.Choice(["path", "source"]), default="path", show_default=True,
+              help="Row ids: a 63-bit hash of the image path (stable), or the source's own id column.")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=65536, show_default=True, help="Rows per shard (the unit of resumption).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: CUDA when present.")
 @click.option("--unlabelled", is_flag=True, help="Any folder depth; every label empty.")
 @click.option("--tta", is_flag=True, help="Average embeddings over shifted views.")
 @_reject_options
 @_friendly
-def embed(source, out, model, batch_size, unlabelled, tta, on_error, max_rejects):
-    """Encode every image of SOURCE (folder, zip, list file, MNIST IDX file or Omniglot folder) into a Parquet store.
+def embed(source, out, model, batch_size, workers, append, ids, shard_rows, device, unlabelled, tta, on_error,
+          max_rejects):
+    """Encode every image of SOURCE (folder, zip, list file, MNIST IDX file or Omniglot folder) into a store folder.
+
+    Streams: images are read in worker threads while the model encodes, and a Parquet shard is
+    committed every --shard-rows images. Run the same command again after an interruption to
+    continue it; use --append to add new or changed images to a finished store. Files that cannot
+    be read are left out and listed in OUT.rejects.csv (--on-error fail stops at the first).
 
     \b
     SOURCE layouts: root/<class>/<image> or root/<group>/<class>/<image>; a .txt lists one image per line;
     root/<writer>/genuine|forged/<image> is read as signatures with skilled forgeries.
     Example:
       oneshot embed ../shared/data/omniglot/images_evaluation.zip --out runs/eval.parquet
+      oneshot embed new_people/ --out runs/eval.parquet --append
     """
-    from oneshot.pipelines.jobs import embed_gallery
+    from oneshot.pipelines.embedding import embed_to_store  # not via jobs: keeps sklearn out of start-up
 
     rejects = _rejects(on_error, max_rejects)
-    stored = embed_gallery(source, out, model, batch_size, labelled=not unlabelled, tta=tta, rejects=rejects)
-    click.echo(f"wrote {len(stored)} embeddings (D={stored.dimension}) to {out}")
-    click.echo(rejects.summary(len(stored)))
-    rejects.check(len(stored) + len(rejects))
+    result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta, append=append,
+                            shard_rows=shard_rows, ids=ids, device=device, rejects=rejects)
+    click.echo(f"wrote {len(result.store)} embeddings (D={result.store.dimension}) to {out} "
+               f"({result.action}; {result.encoded} images encoded now)")
+    click.echo(rejects.summary(result.encoded))
+    rejects.check(result.encoded + len(rejects))
+
+
+@main.group("store")
+def store_group():
+    """Inspect and maintain embedding stores (folders of Parquet shards)."""
+
+
+@store_group.command("info")
+@click.argument("store", type=click.Path(exists=True))
+@_friendly
+def store_info_command(store):
+    """Describe a store as JSON: rows, labels, shards, model, source, history."""
+    from oneshot.index.dataset_store import store_info
+
+    click.echo(json.dumps(store_info(store), indent=2, default=str))
+
+
+@store_group.command("migrate")
+@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(), required=True, help="Store folder to write.")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=65536, show_default=True)
+@_friendly
+def store_migrate_command(store, out, shard_rows):
+    """Rewrite a single-file store (older oneshot) as a store folder; ids and vectors are kept.
+
+    \b
+    Example:
+      oneshot store migrate runs/old.parquet --out runs/gallery.parquet.d
+    """
+    from oneshot.index.dataset_store import migrate_store
+
+    migrated = migrate_store(store, out, shard_rows)
+    click.echo(f"migrated {len(migrated)} rows into {len(migrated.manifest['shards'])} shards in {out}")
+
+
+@store_group.command("remove")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--id", "ids", type=int, multiple=True, help="Row id to delete; repeatable.")
+@click.option("--label", "labels", multiple=True, help="Delete every row of this label (a person leaves); repeatable.")
+@click.option("--paths", "paths_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Text file of image paths (as in the store's path column), one per line.")
+@_friendly
+def store_remove_command(store, ids, labels, paths_file):
+    """Delete rows by id, label or path; the shards holding them are rewritten at once.
+
+    \b
+    Example:
+      oneshot store remove runs/gallery.parquet --label "Greek/character07"
+    """
+    from oneshot.pipelines.store_jobs import remove_from_store
+
+    paths = None
+    if paths_file:
+        paths = [line.strip() for line in Path(paths_file).read_text().splitlines() if line.strip()]
+    if not (ids or labels or paths):
+        raise click.UsageError("give --id, --label or --paths")
+    removed = remove_from_store(store, ids=list(ids), labels=list(labels), paths=paths)
+    click.echo(f"removed {removed} rows from {store}")
+
+
+@store_group.command("compact")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--shard-rows", type=click.IntRange(min=1), default=None, help="Rows per shard (default: the store's).")
+@_friendly
+def store_compact_command(store, shard_rows):
+    """Rewrite a store's shards full (after removals and appends), dropping superseded rows."""
+    from oneshot.index.dataset_store import DatasetStore
+
+    result = DatasetStore.open(store).compact(shard_rows)
+    click.echo(f"compacted {result['rows']} rows: {result['shards_before']} shards -> {result['shards_after']}")
 
 
 @main.group("index")
@@ -235,7 +321,7 @@ def index_group():
 
 
 @index_group.command("build")
-@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.argument("store", type=click.Path(exists=True))
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Index file (a .meta.parquet sidecar is written beside it).")
 @click.option("--pca-dim", type=click.IntRange(min=1), default=None, help="Reduce to this many dimensions.")
 @click.option("--pca-variance", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
@@ -267,42 +353,46 @@ def index_build(store, out, pca_dim, pca_variance, on_error, max_rejects):
 @click.option("--threshold", default="model", show_default=True,
               help="Below this similarity the answer is 'unknown'; 'model': the model's calibrated threshold; 'none'.")
 @click.option("-k", "--k", type=click.IntRange(min=1), default=1, show_default=True, help="Neighbours that vote.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write JSON lines here instead of stdout.")
+@click.option("--top", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Distinct identities listed per query, each with its best gallery ids and scores.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Queries per batch (default: chosen for the machine).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading query images.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Folder of Parquet shards (resumable), or a .jsonl file; default: JSON lines on stdout.")
 @_reject_options
 @_friendly
-def identify_command(queries, index_path, model, threshold, k, out, on_error, max_rejects):
-    """Name each image in QUERIES after its nearest gallery class, or 'unknown'.
+def identify_command(queries, index_path, model, threshold, k, top, batch_size, workers, out, on_error, max_rejects):
+    """Name each query after its nearest gallery identity, or 'unknown'.
+
+    QUERIES: images (folder, zip, list, IDX file) or an embedding store (its vectors are used).
+    Query files that cannot be read get no answer and are listed in OUT.rejects.csv (on stderr
+    without --out).
 
     \b
     Example:
-      oneshot identify new_images/ --index runs/eval.faiss --threshold 0.6
+      oneshot identify new_images/ --index runs/eval.faiss --threshold 0.6 --top 5 --out runs/answers
     """
-    from oneshot.pipelines.jobs import identify_images
+    from oneshot.pipelines.identify_job import identify_job  # not via jobs: lighter start-up
 
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    def echo(answers):
+        text = answers.to_json(orient="records", lines=True)
+        if text:
+            click.echo(text.rstrip("\n"))
+
     rejects = _rejects(on_error, max_rejects)
-    result = identify_images(queries, index_path, model, threshold, k, rejects=rejects)
-    used = result.attrs.get("threshold")
-    click.echo(f"threshold: {'none' if used is None else f'{used:.4f}'} ({result.attrs.get('threshold_source')})", err=True)
-    text = result.to_json(orient="records", lines=True)
+    summary = identify_job(queries, index_path, out, model, threshold, k, top, batch_size=batch_size,
+                           workers=workers, emit=None if out else echo, rejects=rejects)
+    click.echo(f"threshold: {summary.threshold_text}", err=True)
     if out:
-        from oneshot.atomic import atomic_path
-        from oneshot.pipelines.rejects import rejects_path
-
-        rejects.write(rejects_path(out))
-        with atomic_path(out) as tmp:
-            Path(tmp).write_text(text)
-        click.echo(f"wrote {len(result)} answers to {out}")
+        click.echo(f"wrote {summary.queries} answers to {out}"
+                   + (f" (continued after {summary.resumed_from})" if summary.resumed_from else ""))
     else:
-        click.echo(text.rstrip("\n"))
         for path, reason in rejects.items:
             click.echo(f"rejected {path}: {reason}", err=True)
-    click.echo(rejects.summary(len(result), "identified"), err=True)
-    if "true_label" in result:
-        accuracy = (result["label"] == result["true_label"]).mean()
-        click.echo(f"accuracy against folder labels: {accuracy:.4f}", err=True)
-    rejects.check(len(result) + len(rejects))
+    click.echo(rejects.summary(summary.queries, "identified"), err=True)
+    if summary.accuracy is not None:
+        click.echo(f"accuracy against folder labels: {summary.accuracy:.4f}", err=True)
+    rejects.check(summary.queries + len(rejects))
 
 
 @main.command("verify")
@@ -327,7 +417,7 @@ def verify_command(image_a, image_b, model, threshold):
 
 
 @main.command("eval")
-@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.argument("store", type=click.Path(exists=True))
 @click.option("--way", type=click.IntRange(min=2), default=20, show_default=True)
 @click.option("--shot", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--episodes", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -377,7 +467,7 @@ class ClusterCount(click.ParamType):
 
 
 @main.command("cluster")
-@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.argument("store", type=click.Path(exists=True))
 @click.option("--clusters", type=ClusterCount(), default="auto", show_default=True,
               help="auto: estimate per group; truth: each group's number of labels; N: this many per group.")
 @click.option("--method", type=click.Choice(["spectral", "kmeans"]), default="spectral", show_default=True)
@@ -465,7 +555,7 @@ def assign_command(images, clusters_path, model, cluster_radius, groups, out):
 
 
 @main.command("report")
-@click.argument("store", type=click.Path(exists=True, dir_okay=False))
+@click.argument("store", type=click.Path(exists=True))
 @click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True)
 @click.option("--model", type=click.Path(exists=True), default=None,
               help="The model file (its history.csv and carried thresholds).")

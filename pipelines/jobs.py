@@ -1,8 +1,11 @@
 """High-level jobs behind the CLI, importable as a Python API.
 
-``embed_gallery`` (images -> Parquet), ``build_index`` (Parquet -> FAISS index), ``identify_images``
-(query images -> nearest labels or "unknown"), ``verify_images`` (1:1), ``evaluate_store``, ``cluster_store``
-(cluster, score, export) and ``assign_images`` (new drawings -> existing clusters).
+``embed_to_store`` (images -> a store folder of Parquet shards: streaming, resumable, appendable),
+``identify_job`` (streamed queries -> answer shards), ``remove_from_store``, ``embed_gallery``
+(images -> one Parquet file, in memory; small galleries), ``build_index`` (Parquet -> FAISS index),
+``identify_images`` (query images -> nearest labels or "unknown"), ``verify_images`` (1:1),
+``evaluate_store``, ``cluster_store`` (cluster, score, export) and ``assign_images`` (new drawings
+-> existing clusters).
 """
 from __future__ import annotations
 
@@ -26,9 +29,12 @@ from oneshot.index.vector_index import VectorIndex, sidecar_path
 from oneshot.pipelines.cluster import Clustering, cluster_groups
 from oneshot.pipelines.cluster_calibration import resolve_thresholds
 from oneshot.pipelines.cluster_review import assign_new, cluster_centres, export_clusters
+from oneshot.pipelines.embedding import EmbedResult, embed_to_store  # noqa: F401  (streaming, sharded)
 from oneshot.pipelines.identify import identify
+from oneshot.pipelines.identify_job import IdentifySummary, identify_job  # noqa: F401  (streaming)
 from oneshot.pipelines.locks import exclusive_lock
 from oneshot.pipelines.rejects import Rejects, finite_rows, read_batch, rejects_path
+from oneshot.pipelines.store_jobs import remove_from_store  # noqa: F401
 from oneshot.pipelines.thresholds import resolve_threshold
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import faiss
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -66,26 +67,27 @@ def subset(gallery: Path, tmp_path: Path) -> Path:
     return small
 
 
-def test_embed_killed_anywhere_leaves_old_or_new_store(tmp_path, synthetic_gallery, tiny_model_path):
+def test_embed_killed_anywhere_resumes_to_the_same_store(tmp_path, synthetic_gallery, tiny_model_path):
+    """A store folder commits shard by shard, its manifest last: after a kill at any point the same
+    command continues it to the store an uninterrupted run makes, and leaves no temporary file."""
+    args = ["--model", tiny_model_path, "--shard-rows", 16, "--batch-size", 8]
+    cli("embed", synthetic_gallery, "--out", tmp_path / "ref" / "g.parquet", *args)
+    reference = read_embeddings(tmp_path / "ref" / "g.parquet")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     store = out_dir / "g.parquet"
-    cli("embed", subset(synthetic_gallery, tmp_path), "--out", store, "--model", tiny_model_path)
-    old = store.read_bytes()
-    points = ["encode:2:before", "write_table:1:after", "replace:1:before", "replace:1:after"]
-    snapshots = drive(out_dir, tmp_path / "snaps", points, "embed", synthetic_gallery, "--out", store,
-                      "--model", tiny_model_path, "--batch-size", 16)
+    # 60 images in shards of 16: each shard is written under a temporary name and renamed, then the
+    # manifest is replaced; kill inside a shard write, before a rename and after a commit.
+    points = ["write_table:2:after", "replace:3:before", "replace:6:after"]
+    snapshots = drive(out_dir, tmp_path / "snaps", points, "embed", synthetic_gallery, "--out", store, *args)
     for snapshot, point in zip(snapshots, points):
-        assert visible(snapshot) == ["g.parquet"], point
-        found = (snapshot / "g.parquet").read_bytes()
-        if point == "replace:1:after":
-            assert len(read_embeddings(snapshot / "g.parquet")) == 60  # the new one
-        else:
-            assert found == old, point  # the old one, untouched
-    cli("embed", synthetic_gallery, "--out", store, "--model", tiny_model_path, "--batch-size", 16)
-    assert len(read_embeddings(store)) == 60
-    assert visible(out_dir) == ["g.parquet"]
-    no_leftovers(out_dir)
+        cli("embed", synthetic_gallery, "--out", snapshot / "g.parquet", *args)  # the same command again
+        resumed = read_embeddings(snapshot / "g.parquet")
+        order_a, order_b = np.argsort(reference.table["id"].to_numpy()), np.argsort(resumed.table["id"].to_numpy())
+        assert np.array_equal(reference.table["id"].to_numpy()[order_a], resumed.table["id"].to_numpy()[order_b]), point
+        np.testing.assert_allclose(reference.embeddings[order_a], resumed.embeddings[order_b], atol=1e-6)
+        no_leftovers(snapshot)
+        assert not [p for p in (snapshot / "g.parquet").iterdir() if p.name.startswith(".")], point
 
 
 def test_index_build_killed_anywhere_leaves_good_files(tmp_path, synthetic_gallery, tiny_model_path):

@@ -89,7 +89,7 @@ def test_embed_folder_writes_a_readable_store(built, synthetic_gallery):
     store, _ = built
     images = sorted(p.relative_to(synthetic_gallery).as_posix() for p in synthetic_gallery.rglob("*.png"))
     frame = pd.read_parquet(store)
-    assert list(frame.columns) == ["id", "path", "label", "group", "embedding"]
+    assert list(frame.columns) == ["id", "path", "label", "group", "content_hash", "embedding"]
     assert len(frame) == len(images) == 60
     assert sorted(frame["path"]) == images
     assert frame["label"].nunique() == 10 and frame["group"].nunique() == 2
@@ -103,7 +103,7 @@ def test_embed_prints_what_it_wrote(tmp_path, synthetic_gallery, tiny_model_path
     out = tmp_path / "nested" / "g.parquet"
     result = ok(run("embed", synthetic_gallery, "--out", out, "--model", tiny_model_path))
     assert "wrote 60 embeddings (D=8)" in result.output
-    assert out.is_file()
+    assert out.is_dir() and (out / "_oneshot.json").is_file()
 
 
 def test_embed_zip_matches_folder(tmp_path, built, synthetic_gallery, tiny_model_path):
@@ -132,7 +132,7 @@ def test_embed_list_file_keeps_list_order(tmp_path, built, synthetic_gallery, ti
     assert stored.table["path"].tolist() == [f"gallery/{p}" for p in chosen]
     assert stored.table["label"].tolist() == [p.rsplit("/", 1)[0] for p in chosen]
     assert stored.table["group"].tolist() == [p.split("/", 1)[0] for p in chosen]
-    rows = folder.table.set_index("path").loc[chosen, "id"].to_numpy()
+    rows = folder.table.reset_index().set_index("path").loc[chosen, "index"].to_numpy()
     np.testing.assert_allclose(stored.embeddings, folder.embeddings[rows], atol=1e-6)
 
 

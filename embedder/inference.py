@@ -1,0 +1,170 @@
+"""Fast inference copies of an embedder: BatchNorm folded into convolutions, channels_last, and a
+frozen TorchScript graph (or ``torch.compile``) where that pays off, with eager fallback.
+
+``InferenceModel(model)`` keeps the original model untouched and encodes preprocessed batches
+(B, 1, S, S) -> (B, D) with the same vectors as the eager model (cosine >= 0.9999; tested).
+The code is device-neutral: it runs on the model's device (CUDA when the caller moved it there).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oneshot.embedder.encode import tta_views
+from oneshot.embedder.model import Embedder
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "eager", "script", "compile")
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution equal to ``bn(conv(x))`` with ``bn`` in eval mode (running statistics).
+
+    Returns:
+        A new ``nn.Conv2d`` with bias, on the same device and dtype as ``conv``.
+    """
+    fused = copy.deepcopy(conv)
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every ``Conv2d`` directly followed by ``BatchNorm2d`` inside ``nn.Sequential``s, in place.
+
+    The folded BatchNorm becomes ``nn.Identity``. Returns ``module``.
+    """
+    for child in module.children():
+        fold_batchnorm(child)
+    if isinstance(module, nn.Sequential):
+        layers = list(module)
+        for i in range(len(layers) - 1):
+            conv, bn = layers[i], layers[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                module[i] = fold_conv_bn(conv, bn)
+                module[i + 1] = nn.Identity()
+    return module
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def choose_batch_size(model: Embedder, device: torch.device) -> int:
+    """A batch size for the machine: large enough to amortise per-call cost, small enough for caches.
+
+    CUDA: 2048 images up to 64x64 input (512 beyond); CPU: 256 per core up to 512 for small
+    inputs (<= 32x32; larger batches only add activation memory, ~200 MB per 1024 28x28 images
+    for conv4), 64 per core up to 256 for larger ones.
+    """
+    size = model.recipe.size
+    if device.type == "cuda":
+        return 2048 if size <= 64 else 512
+    cores = _cpu_count()
+    return min(512, 256 * cores) if size <= 32 else max(32, min(256, 64 * cores))
+
+
+class InferenceModel:
+    """An optimised, read-only copy of an embedder for encoding preprocessed batches.
+
+    Args:
+        model: the trained embedder (not modified).
+        mode: ``"auto"`` (TorchScript frozen graph, else eager), ``"script"``, ``"compile"``
+            (``torch.compile``; falls back to eager when it cannot compile), or ``"eager"`` (only
+            BatchNorm folding and channels_last).
+        device: where to run; default the model's device.
+
+    Attributes:
+        mode: the mode actually in use after fallbacks.
+        batch_size: the batch size chosen for this machine (:func:`choose_batch_size`).
+    """
+
+    def __init__(self, model: Embedder, mode: str = "auto", device: str | torch.device | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.recipe = model.recipe
+        self.metric = model.metric
+        self.dim = model.dim
+        self.fingerprint = getattr(model, "fingerprint", None)
+        self.batch_size = choose_batch_size(model, self.device)
+        net = fold_batchnorm(copy.deepcopy(model).eval()).to(self.device)
+        self._channels_last = self.device.type == "cpu"
+        if self._channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self._eager = net
+        self._net, self.mode = self._optimise(net, mode)
+
+    def _example(self) -> torch.Tensor:
+        size = self.recipe.size
+        return self._layout(torch.rand(8, 1, size, size, device=self.device))
+
+    def _layout(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.contiguous(memory_format=torch.channels_last) if self._channels_last else batch
+
+    def _optimise(self, net: nn.Module, mode: str):
+        started = time.perf_counter()
+        if mode in ("auto", "script"):
+            try:
+                with torch.inference_mode(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the input-shape check
+                    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript still works in 2.13
+                    traced = torch.jit.trace(net, self._example(), check_trace=False)
+                    frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                    frozen(self._example())  # warm the profiling executor
+                logger.info("TorchScript frozen graph in %.2f s", time.perf_counter() - started)
+                return frozen, "script"
+            except Exception as error:  # TorchScript cannot handle every module; eager still works
+                logger.warning("TorchScript freezing failed (%s); using eager inference", error)
+                return net, "eager"
+        if mode == "compile":
+            try:
+                compiled = torch.compile(net, dynamic=True)
+                with torch.inference_mode():
+                    compiled(self._example())
+                logger.info("torch.compile in %.2f s", time.perf_counter() - started)
+                return compiled, "compile"
+            except Exception as error:  # no compiler toolchain, unsupported platform, ...
+                logger.warning("torch.compile failed (%s); using eager inference", error)
+        return net, "eager"
+
+    @torch.inference_mode()
+    def embed_tensor(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """Preprocessed (B, 1, S, S) on any device -> (B, D) float32 on this model's device.
+
+        On CPU, denormal floats are flushed to zero during the call (activations of mostly blank
+        images underflow; denormal arithmetic made the forward pass ~2.5x slower on MNIST).
+        """
+        flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
+        try:
+            batch = self._layout(batch.to(self.device, non_blocking=True))
+            if not tta:
+                return self._net(batch).float()
+            mean = torch.stack([self._net(self._layout(view)).float() for view in tta_views(batch)]).mean(0)
+            return F.normalize(mean, dim=1) if self.metric == "cosine" else mean
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)
+
+    def __call__(self, batch, tta: bool = False):
+        """float32 numpy (B, 1, S, S) -> float32 numpy (B, D)."""
+        import numpy as np
+
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return self.embed_tensor(tensor, tta).cpu().numpy()
