@@ -1,6 +1,7 @@
 """High-level jobs behind the CLI, importable as a Python API.
 
-``embed_gallery`` (images -> Parquet), ``build_index`` (Parquet -> FAISS index), ``identify_images``
+``embed_gallery`` (images -> Parquet), ``build_index`` (Parquet -> FAISS index; ``add_to_index`` and
+``remove_from_index`` change it), ``identify_images``
 (query images -> nearest labels or "unknown"), ``verify_images`` (1:1), ``evaluate_store`` and ``cluster_store``.
 """
 from __future__ import annotations
@@ -18,6 +19,9 @@ from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode, progress_bar
 from oneshot.embedder.model import Embedder
 from oneshot.errors import InvalidInputError, ModelMismatchError
+from oneshot.index.gallery_index import AddReport, add_from_store, build_from_store
+from oneshot.index.gallery_index import remove_from_index as remove_rows
+from oneshot.index.kinds import parse_memory
 from oneshot.index.metric import get_metric
 from oneshot.index.store import EmbeddingSet, read_embeddings, write_embeddings
 from oneshot.index.vector_index import VectorIndex
@@ -68,12 +72,31 @@ def embed_gallery(source: str | os.PathLike | ImageSource, out: str | os.PathLik
 
 
 def build_index(store: str | os.PathLike, out: str | os.PathLike, pca_dim: int | None = None,
-                pca_variance: float | None = None, seed: int = 0) -> VectorIndex:
-    """Build a FAISS index from a Parquet store and save it (index file plus metadata sidecar)."""
-    index = VectorIndex.from_store(store, pca_dim=pca_dim, pca_variance=pca_variance, seed=seed)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    index.save(out)
-    return index
+                pca_variance: float | None = None, seed: int = 0, kind: str = "auto",
+                max_memory: int | str | None = None, recall: float = 0.99,
+                use_gpu: bool | None = None) -> VectorIndex:
+    """Build a FAISS index from a Parquet store and save it (index file plus metadata sidecar).
+
+    Args:
+        kind: ``auto``, ``flat``, ``hnsw``, ``ivf``, ``ivfpq`` or a FAISS factory string.
+        max_memory: byte budget for ``auto`` (an int or ``"600M"``, ``"4G"``).
+        recall: recall@1 target the search parameter of approximate kinds is tuned to.
+        use_gpu: train IVF k-means on a GPU (None: when FAISS sees one).
+    """
+    return build_from_store(store, out, pca_dim=pca_dim, pca_variance=pca_variance, seed=seed, kind=kind,
+                            max_memory=parse_memory(max_memory), recall=recall, use_gpu=use_gpu)
+
+
+def add_to_index(index: str | os.PathLike, store: str | os.PathLike, recall: float | None = None,
+                 recheck: bool = False) -> AddReport:
+    """Add the store's rows not yet in the index (removed ids stay out); re-check recall when grown."""
+    return add_from_store(index, store, recall=recall, recheck=recheck)
+
+
+def remove_from_index(index: str | os.PathLike, ids: list[int] | None = None, labels: list[str] | None = None,
+                      paths: list[str] | None = None) -> tuple[int, int]:
+    """Remove rows by ids, labels or paths (recorded: ``add_to_index`` skips them) -> (removed, left)."""
+    return remove_rows(index, ids=ids, labels=labels, paths=paths)
 
 
 def load_index(path: str | os.PathLike) -> VectorIndex:
