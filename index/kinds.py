@@ -25,11 +25,12 @@ from oneshot.index.metric import Metric
 
 KIND_NAMES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 FLAT_UP_TO = 50_000
-TRAIN_PER_LIST = 50
+TRAIN_PER_LIST = 40
 MIN_TRAIN_PER_LIST = 39
 DEFAULT_MAX_MEMORY = 4 * 1024**3
 HNSW_M = 32
-# ``ivfpq``: one byte of PQ code per this many dimensions (16 bytes for 128-d vectors). OPQ
+# ``ivfpq``: one byte of PQ code per this many dimensions (16 bytes for 128-d vectors; at least
+# 16 bytes, or one per dimension, for small dimensions). OPQ
 # rotations are available through a factory string (e.g. ``OPQ16,IVF4096,PQ16``); they are not
 # a default because their training costs minutes on a small CPU.
 PQ_DIMS_PER_CODE = 8
@@ -156,7 +157,7 @@ def plan_index(kind: str, count: int, dim: int, metric: Metric, pca_dim: int | N
         if kind == "ivf":
             inner = f"IVF{nlist},Flat"
         else:
-            m = _pq_m(stored, max(1, stored // PQ_DIMS_PER_CODE))
+            m = _pq_m(stored, max(stored // PQ_DIMS_PER_CODE, min(stored, 16)))
             inner = f"IVF{nlist},PQ{m}"
         return IndexPlan(kind, _with_pca(inner, metric, pca_dim), _train_size(count, nlist))
     if kind == "auto":

@@ -70,7 +70,8 @@ def parameter_values(index: faiss.Index, name: str) -> list[int]:
     if name == "nprobe":
         nlist = faiss.try_extract_index_ivf(index).nlist
         return [v for v in NPROBE_VALUES if v < nlist] + [nlist]
-    return list(EF_SEARCH_VALUES)
+    ntotal = max(int(index.ntotal), EF_SEARCH_VALUES[0])
+    return [v for v in EF_SEARCH_VALUES if v < ntotal] + [v for v in EF_SEARCH_VALUES if v >= ntotal][:1]
 
 
 def set_parameter(index: faiss.Index, name: str, value: int) -> None:
@@ -87,20 +88,15 @@ def make_sample(source: VectorBlocks, metric: Metric, size: int = DEFAULT_SAMPLE
     depth = TRUTH_DEPTH
     best_scores = np.full((len(queries), depth), -np.inf, dtype=np.float32)
     best_ids = np.full((len(queries), depth), -1, dtype=np.int64)
-    order = np.argsort(query_ids)
-    sorted_qids = query_ids[order]
     for block_ids, block in source.blocks(block_size):
-        sims = metric.similarity(queries, block)
-        hit = np.isin(block_ids, sorted_qids)
-        if hit.any():
-            cols = np.flatnonzero(hit)
-            rows = order[np.searchsorted(sorted_qids, block_ids[cols])]
-            sims[rows, cols] = -np.inf
-        take = min(depth, sims.shape[1])
-        part = np.argpartition(-sims, take - 1, axis=1)[:, :take] if sims.shape[1] > take else \
-            np.tile(np.arange(sims.shape[1]), (len(sims), 1))
-        cand_scores = np.concatenate([best_scores, np.take_along_axis(sims, part, 1)], axis=1)
-        cand_ids = np.concatenate([best_ids, block_ids[part]], axis=1)
+        # FAISS brute force keeps memory at a few MB per block; one more than needed, for the own row
+        take = min(depth + 1, len(block_ids))
+        raw, rows = faiss.knn(queries, metric.prepare(block), take, metric=metric.faiss_metric)
+        scores = metric.from_faiss(raw)
+        found = np.where(rows >= 0, block_ids[np.maximum(rows, 0)], -1)
+        scores[(found == query_ids[:, None]) | (found == -1)] = -np.inf
+        cand_scores = np.concatenate([best_scores, scores], axis=1)
+        cand_ids = np.concatenate([best_ids, found], axis=1)
         top = np.argsort(-cand_scores, axis=1, kind="stable")[:, :depth]
         best_scores = np.take_along_axis(cand_scores, top, 1)
         best_ids = np.take_along_axis(cand_ids, top, 1)

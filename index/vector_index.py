@@ -197,6 +197,11 @@ class VectorIndex:
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.seed = int(seed)
+            ivf = faiss.downcast_index(ivf)
+            if getattr(ivf, "do_polysemous_training", False):
+                # the factory turns it on; it serves Hamming-filtered search we never use and
+                # costs over a minute of training even on a few thousand vectors (measured)
+                ivf.do_polysemous_training = False
         if not index.is_trained:
             gpu_module.train(index, sample, use_gpu)
         trained = time.perf_counter()
