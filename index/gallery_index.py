@@ -121,7 +121,9 @@ def add_from_store(index_path: str | os.PathLike, store: str | os.PathLike, reca
         def is_new(ids: np.ndarray) -> np.ndarray:
             return ~np.isin(ids, indexed) & ~np.isin(ids, removed)
 
-        all_ids = store_rows(store)["id"].to_numpy(dtype=np.int64)
+        everything = store_rows(store)
+        all_ids = everything["id"].to_numpy(dtype=np.int64)
+        _check_same_rows(index, everything, store)
         new_rows = store_rows(store, is_new)
         added = index.add_blocks(StoreBlocks(store, is_new), new_rows, block_size)
         growth: dict[str, Any] = {}
@@ -135,6 +137,22 @@ def add_from_store(index_path: str | os.PathLike, store: str | os.PathLike, reca
     logger.info("added %d rows to %s (%d already indexed, %d removed before)", report.added, index_path,
                 report.already_indexed, report.skipped_removed)
     return report
+
+
+def _check_same_rows(index: VectorIndex, rows: pd.DataFrame, store) -> None:
+    """Refuse a store whose ids name other images than the index's rows with the same ids."""
+    mine = index.table.set_index("id")["path"]
+    shared = rows[rows["id"].isin(mine.index)]
+    if len(shared) == 0:
+        return
+    theirs = shared.set_index("id")["path"].astype(str)
+    differ = theirs[theirs != mine.loc[theirs.index]]
+    if len(differ):
+        example = differ.index[0]
+        raise InvalidInputError(
+            f"{store}: {len(differ)} ids are already in the index for other images (id {example}: "
+            f"{mine.loc[example]!r} in the index, {differ.iloc[0]!r} in the store); ids must identify "
+            "the same image across stores")
 
 
 def ids_to_remove(index: VectorIndex, ids=None, labels=None, paths=None) -> np.ndarray:

@@ -435,6 +435,7 @@ class VectorIndex:
         Returns:
             Rows added.
         """
+        self._check_writable()
         if source.count == 0:
             return 0
         rows = IdTable.from_table(table, source.count, "new rows").table
@@ -463,6 +464,7 @@ class VectorIndex:
         Returns:
             Rows removed from the index.
         """
+        self._check_writable()
         ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
         present = ids[np.isin(ids, self.ids)]
         if len(present):
@@ -555,16 +557,24 @@ class VectorIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = False) -> VectorIndex:
+    def load(cls, path: str | os.PathLike, mmap: bool = True) -> VectorIndex:
         """Read an index written by :meth:`save` (see :func:`~oneshot.index.index_file.read_index_files`).
 
         Args:
             path: the FAISS file.
-            mmap: memory-map it where FAISS allows (flat codes, IVF lists): pages load on demand
-                and are shared between processes; such an index is read-only.
+            mmap: memory-map it where FAISS allows (flat codes, IVF lists; the default): pages
+                load on demand and are shared between processes. Such an index is read-only:
+                load with ``mmap=False`` to add or remove rows.
 
         Raises:
             MissingDataError, CorruptFileError: naming the file.
         """
         files = read_index_files(path, mmap=mmap)
-        return cls(files.index, files.table, files.metric, files.pca, files.metadata, files.state)
+        made = cls(files.index, files.table, files.metric, files.pca, files.metadata, files.state)
+        made._mapped_from = Path(path) if mmap else None
+        return made
+
+    def _check_writable(self) -> None:
+        if getattr(self, "_mapped_from", None) is not None:
+            raise InvalidInputError(f"{self._mapped_from}: loaded memory-mapped (read-only); "
+                                    "load it with mmap=False to add or remove rows")

@@ -197,6 +197,10 @@ def test_add_and_remove_keep_ids_consistent(tmp_path, data, kind):
     # a second add finds nothing new: removed ids stay out
     again = add_from_store(path, full)
     assert again.added == 0 and len(VectorIndex.load(path)) == len(loaded)
+    # a store reusing the index's ids for other images is refused, not silently skipped
+    clash = _store(tmp_path, "clash.parquet", x[:10], table.iloc[:10].assign(path=[f"other/{i}.png" for i in range(10)]))
+    with pytest.raises(InvalidInputError, match="other images"):
+        add_from_store(path, clash)
 
 
 def test_add_refuses_another_model(tmp_path, data):
@@ -274,8 +278,35 @@ def test_tombstones_survive_save_and_load(tmp_path, data):
     best = index.search(queries, 1).ids[:, 0]
     index.remove(best[:20])
     path = index.save(tmp_path / "t.faiss")
-    loaded = VectorIndex.load(path)
+    with pytest.raises(InvalidInputError, match="read-only"):
+        VectorIndex.load(path).remove(best[:1])
+    loaded = VectorIndex.load(path, mmap=False)
     assert len(loaded) == len(x) - len(set(best[:20]))
     assert not np.isin(loaded.search(queries, 10).ids, best[:20]).any()
     with pytest.raises(InvalidInputError, match="removed"):
         loaded.add_blocks(ArrayBlocks(x[:1], best[:1]), table.iloc[:1].assign(id=best[:1]))
+
+
+def test_gpu_paths_are_neutral(monkeypatch, data):
+    """With a (fake) GPU, IVF k-means runs through a clustering index and gives the same index;
+    an index FAISS cannot clone to a GPU stays on the CPU."""
+    import faiss
+
+    import oneshot.index.gpu as gpu
+
+    x, table, queries = data
+    cpu = VectorIndex.build(x, table, "cosine", kind="IVF32,Flat", use_gpu=False)
+    cloned = []
+
+    def fake_clone(index):
+        cloned.append(type(index).__name__)
+        if isinstance(index, faiss.IndexIDMap2):
+            raise RuntimeError("not implemented on GPU")
+        return index
+
+    monkeypatch.setattr(gpu, "gpu_count", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", fake_clone, raising=False)
+    fake = VectorIndex.build(x, table, "cosine", kind="IVF32,Flat")
+    assert cloned == ["IndexFlatIP"]
+    np.testing.assert_array_equal(fake.search(queries, 3).ids, cpu.search(queries, 3).ids)
+    assert gpu.to_gpu(cpu.faiss_index) is cpu.faiss_index
