@@ -6,8 +6,11 @@ when the index's best non-self answer is that row, or another row with the same 
 (duplicates). :func:`tune` tries the parameter's values in increasing order and keeps the first
 whose sample recall reaches ``target + one standard error`` (``sqrt(t (1 - t) / size)``), so the
 tuned index meets the target on unseen queries too, not only on the sample. Recall grows with
-``nprobe``/``efSearch``, so the largest value is tried first (when even it misses, tuning stops)
-and then a binary search over the candidate values finds the smallest that reaches the target.
+``nprobe``/``efSearch``: the candidate values are tried at positions 0, 1, 3, 7, ... until one
+reaches the target, then a binary search over the gap finds the smallest that does. Tuning gives
+up (``met`` False, the largest value tried kept) at the last value or when three values in a row
+gained less than 0.002 recall while 0.02 or more below the target (compressed codes that
+cannot reach it).
 """
 from __future__ import annotations
 
@@ -31,6 +34,10 @@ TRUTH_DEPTH = 4
 TIE_TOLERANCE = 1e-5
 NPROBE_VALUES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
                  1024, 1536, 2048, 4096, 8192, 16384, 32768, 65536)
+# stop when recall has gained less than PLATEAU_GAIN over the last PLATEAU_TRIALS values tried
+PLATEAU_TRIALS = 3
+PLATEAU_GAIN = 0.002
+PLATEAU_DISTANCE = 0.02  # ... while still this far below the target
 EF_SEARCH_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 
 # search(queries, k) -> (scores (Q, k) higher = better, ids (Q, k))
@@ -172,13 +179,29 @@ def tune(search: SearchFn, index: faiss.Index, sample: TuningSample, target: flo
                     value_recall, len(sample), need)
         return value_recall
 
-    # the largest value first: when even it misses the target, stop (nothing smaller can reach it)
-    top = measure(len(values) - 1)
-    if top < need:
-        logger.warning("recall target %.3f not reached: %s=%d gives %.4f", target, name, values[-1], top)
-        return TuningResult(name, values[-1], top, target, False, len(sample), time.perf_counter() - began, trials)
-    # recall grows with nprobe / efSearch: binary search for the smallest value reaching the target
-    low, high, best = 0, len(values) - 1, top
+    # recall grows with nprobe / efSearch: gallop up the candidate list (positions 0, 1, 3, 7, ...)
+    # until the target is reached, then binary-search the gap for the smallest value reaching it.
+    # Small values are cheap and usually enough, so the costly large ones are rarely tried.
+    below, high, best = -1, None, 0.0
+    position, step = 0, 1
+    history: list[float] = []
+    while True:
+        value_recall = measure(position)
+        history.append(value_recall)
+        if value_recall >= need:
+            high, best = position, value_recall
+            break
+        below = position
+        plateau = (len(history) >= PLATEAU_TRIALS and history[-1] - history[-PLATEAU_TRIALS] < PLATEAU_GAIN
+                   and value_recall < need - PLATEAU_DISTANCE)
+        if position == len(values) - 1 or plateau:
+            logger.warning("recall target %.3f not reached: %s=%d gives %.4f%s", target, name, values[position],
+                           value_recall, " (no longer improving)" if plateau else "")
+            return TuningResult(name, values[position], value_recall, target, False, len(sample),
+                                time.perf_counter() - began, sorted(trials))
+        position = min(position + step, len(values) - 1)
+        step *= 2
+    low = below + 1
     while low < high:
         middle = (low + high) // 2
         middle_recall = measure(middle)
@@ -186,8 +209,6 @@ def tune(search: SearchFn, index: faiss.Index, sample: TuningSample, target: flo
             high, best = middle, middle_recall
         else:
             low = middle + 1
-    if trials[-1][0] != values[high]:
-        best = next(r for v, r in trials if v == values[high])
     set_parameter(index, name, values[high])
     return TuningResult(name, values[high], best, target, True, len(sample), time.perf_counter() - began,
                         sorted(trials))
