@@ -42,7 +42,7 @@ from oneshot.index.dataset_store import (
     is_dataset_store,
     path_ids,
 )
-from oneshot.pipelines.locks import exclusive_lock
+from oneshot.locks import exclusive_lock
 from oneshot.pipelines.rejects import RejectPolicy, Rejects, finite_rows, rejects_path
 from oneshot.pipelines.rejects import read_batch as read_images_or_reject
 

@@ -2,16 +2,15 @@
 
 ``embed_to_store`` (images -> a store folder of Parquet shards: streaming, resumable, appendable),
 ``identify_job`` (streamed queries -> answer shards), ``remove_from_store``, ``embed_gallery``
-(images -> one Parquet file, in memory; small galleries), ``build_index`` (Parquet -> FAISS index),
-``identify_images`` (query images -> nearest labels or "unknown"), ``verify_images`` (1:1),
-``evaluate_store``, ``cluster_store`` (cluster, score, export) and ``assign_images`` (new drawings
--> existing clusters).
+(images -> one Parquet file, in memory; small galleries), ``build_index`` (store -> FAISS index;
+``add_to_index`` and ``remove_from_index`` change it), ``identify_images`` (query images -> nearest
+labels or "unknown"), ``verify_images`` (1:1), ``evaluate_store``, ``cluster_store`` (cluster,
+score, export) and ``assign_images`` (new drawings -> existing clusters).
 """
 from __future__ import annotations
 
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +22,19 @@ from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode, progress_bar
 from oneshot.embedder.model import Embedder
 from oneshot.errors import InvalidInputError, ModelMismatchError
+from oneshot.index.gallery_index import AddReport, add_from_store, build_from_store, nonfinite_rows
+from oneshot.index.gallery_index import remove_from_index as remove_rows
+from oneshot.index.kinds import parse_memory
 from oneshot.index.metric import get_metric
 from oneshot.index.store import EmbeddingSet, read_embeddings, write_embeddings
-from oneshot.index.vector_index import VectorIndex, sidecar_path
+from oneshot.index.vector_index import VectorIndex
+from oneshot.locks import exclusive_lock
 from oneshot.pipelines.cluster import Clustering, cluster_groups
 from oneshot.pipelines.cluster_calibration import resolve_thresholds
 from oneshot.pipelines.cluster_review import assign_new, cluster_centres, export_clusters
 from oneshot.pipelines.embedding import EmbedResult, embed_to_store  # noqa: F401  (streaming, sharded)
 from oneshot.pipelines.identify import identify
 from oneshot.pipelines.identify_job import IdentifySummary, identify_job  # noqa: F401  (streaming)
-from oneshot.pipelines.locks import exclusive_lock
 from oneshot.pipelines.rejects import Rejects, finite_rows, read_batch, rejects_path
 from oneshot.pipelines.store_jobs import remove_from_store  # noqa: F401
 from oneshot.pipelines.thresholds import resolve_threshold
@@ -126,45 +128,43 @@ def embed_gallery(source: str | os.PathLike | ImageSource, out: str | os.PathLik
 
 
 def build_index(store: str | os.PathLike, out: str | os.PathLike, pca_dim: int | None = None,
-                pca_variance: float | None = None, seed: int = 0, rejects: Rejects | None = None) -> VectorIndex:
-    """Build a FAISS index from a Parquet store and save it (index file plus metadata sidecar).
+                pca_variance: float | None = None, seed: int = 0, kind: str = "auto",
+                max_memory: int | str | None = None, recall: float = 0.99,
+                use_gpu: bool | None = None, rejects: Rejects | None = None) -> VectorIndex:
+    """Build a FAISS index from a store (file or folder) block by block and save it (index file
+    plus metadata sidecar; both renamed into place, a writer lock refuses a second writer).
 
-    Rows whose vector has NaN or infinite values are left out and listed in
-    ``<out>.rejects.csv`` (with a ``fail`` policy the first one stops the job before anything is
-    written). A store that cannot be read at all is an error naming it. A lock refuses a second
-    process writing the same ``out``.
+    Rows whose vector has NaN or infinite values are left out and listed in ``<out>.rejects.csv``
+    (with a ``fail`` policy the first one stops the job before anything is written).
+
+    Args:
+        kind: ``auto``, ``flat``, ``hnsw``, ``ivf``, ``ivfpq`` or a FAISS factory string.
+        max_memory: byte budget for ``auto`` (an int or ``"600M"``, ``"4G"``).
+        recall: recall@1 target the search parameter of approximate kinds is tuned to.
+        use_gpu: train IVF k-means on a GPU (None: when FAISS sees one).
     """
     rejects = rejects if rejects is not None else Rejects()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out):
-        stored = read_embeddings(store, allow_nonfinite=True)
-        ok = finite_rows(stored.embeddings, list(stored.table["path"]), rejects)
-        if not ok.any():
-            raise InvalidInputError(f"{store}: no row has a finite vector; nothing to index")
-        meta = {"model_fingerprint": stored.metadata.get("model_fingerprint"), "source": str(store)}
-        index = VectorIndex.build(np.ascontiguousarray(stored.embeddings[ok]),
-                                  stored.table[ok].reset_index(drop=True), stored.metadata["metric"],
-                                  pca_dim=pca_dim, pca_variance=pca_variance, metadata=meta, seed=seed)
-        rejects.write(rejects_path(out))
-        _save_index_pair(index, Path(out))
+    bad = nonfinite_rows(store)
+    for path in bad["path"]:
+        rejects.add(path, "its embedding has NaN or infinite values")
+    bad_ids = bad["id"].to_numpy(dtype=np.int64)
+    keep = (lambda ids: ~np.isin(ids, bad_ids)) if len(bad_ids) else None
+    index = build_from_store(store, out, keep=keep, pca_dim=pca_dim, pca_variance=pca_variance, seed=seed, kind=kind,
+                             max_memory=parse_memory(max_memory), recall=recall, use_gpu=use_gpu)
+    rejects.write(rejects_path(out))
     return index
 
 
-def _save_index_pair(index: VectorIndex, out: Path) -> None:
-    """Save both files of an index under temporary names, then rename them back to back.
+def add_to_index(index: str | os.PathLike, store: str | os.PathLike, recall: float | None = None,
+                 recheck: bool = False) -> AddReport:
+    """Add the store's rows not yet in the index (removed ids stay out); re-check recall when grown."""
+    return add_from_store(index, store, recall=recall, recheck=recheck)
 
-    A kill between the two renames (microseconds) leaves a pair that ``VectorIndex.load`` refuses
-    as disagreeing; a kill anywhere else leaves the old pair or the new one. Temporaries left by a
-    kill are removed by the next writer (see :func:`oneshot.pipelines.locks.remove_stale_temporaries`).
-    """
-    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        index.save(staging)
-        os.replace(staging, out)
-        os.replace(sidecar_path(staging), sidecar_path(out))
-    finally:
-        for leftover in (staging, sidecar_path(staging)):
-            leftover.unlink(missing_ok=True)
+
+def remove_from_index(index: str | os.PathLike, ids: list[int] | None = None, labels: list[str] | None = None,
+                      paths: list[str] | None = None) -> tuple[int, int]:
+    """Remove rows by ids, labels or paths (recorded: ``add_to_index`` skips them) -> (removed, left)."""
+    return remove_rows(index, ids=ids, labels=labels, paths=paths)
 
 
 def load_index(path: str | os.PathLike) -> VectorIndex:

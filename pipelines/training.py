@@ -30,8 +30,8 @@ from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.recipes import infer_recipe, recipe_for, with_normalisation
 from oneshot.embedder.train import TrainConfig, TrainResult, train
 from oneshot.errors import InvalidInputError
+from oneshot.locks import exclusive_lock
 from oneshot.pipelines.evaluate import lake_run_errors
-from oneshot.pipelines.locks import exclusive_lock
 from oneshot.pipelines.rejects import Rejects, scan_source
 from oneshot.pipelines.thresholds import calibrate_thresholds
 from oneshot.pipelines.validation import OneShotValidation

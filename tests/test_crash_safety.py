@@ -100,8 +100,9 @@ def test_index_build_killed_anywhere_leaves_good_files(tmp_path, synthetic_galle
     index = out_dir / "g.faiss"
     cli("index", "build", stores / "old.parquet", "--out", index)
     old = {index.name: index.read_bytes(), sidecar_path(index).name: sidecar_path(index).read_bytes()}
-    # 1: the staged index written; 2: the staged sidecar written; 3: between the two final renames
-    points = ["write_index:1:after", "replace:2:after", "replace:3:after"]
+    # 1: the new index written under a temporary name; 2: the new sidecar renamed into place, the
+    # index not yet (between the two renames); 3: both renamed
+    points = ["write_index:1:after", "replace:1:after", "replace:2:after"]
     snapshots = drive(out_dir, tmp_path / "snaps", points, "index", "build", stores / "new.parquet", "--out", index)
     for snapshot, point in zip(snapshots, points):
         assert visible(snapshot) == sorted(old), point
@@ -113,11 +114,11 @@ def test_index_build_killed_anywhere_leaves_good_files(tmp_path, synthetic_galle
                 assert faiss.read_index(str(found)).ntotal == 60, point  # a complete new index
             else:
                 assert pq.read_table(found).num_rows == 60, point  # a complete new sidecar
-        if point == "replace:3:after":  # killed between the two renames: the pair disagrees, and says so
-            with pytest.raises(CorruptFileError, match="g.faiss: index and g.faiss.meta.parquet disagree"):
+        if point == "replace:1:after":  # killed between the two renames: the pair disagrees, and says so
+            with pytest.raises(CorruptFileError, match="g.faiss"):
                 VectorIndex.load(snapshot / index.name)
-        else:
-            assert len(VectorIndex.load(snapshot / index.name)) == 30  # the old pair, whole
+        else:  # the old pair or the new one, whole
+            assert len(VectorIndex.load(snapshot / index.name)) == (60 if point == "replace:2:after" else 30)
     cli("index", "build", stores / "new.parquet", "--out", index)
     assert len(VectorIndex.load(index)) == 60
     no_leftovers(out_dir)
@@ -148,7 +149,7 @@ def test_train_killed_anywhere_resumes_to_completion(tmp_path, synthetic_gallery
 def test_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path, synthetic_gallery, tiny_model_path):
     store = tmp_path / "g.parquet"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from oneshot.pipelines.locks import exclusive_lock\n"
+        [sys.executable, "-c", "import sys; from oneshot.locks import exclusive_lock\n"
          f"with exclusive_lock({str(store)!r}):\n    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -169,7 +170,7 @@ def test_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path, synth
 def test_index_build_refused_while_another_process_writes_it(tmp_path, synthetic_gallery, tiny_model_path):
     store, index = tmp_path / "g.parquet", tmp_path / "g.faiss"
     cli("embed", synthetic_gallery, "--out", store, "--model", tiny_model_path)
-    from oneshot.pipelines.locks import exclusive_lock
+    from oneshot.locks import exclusive_lock
 
     with exclusive_lock(index):  # another open file description: flock refuses it even in-process
         result = CliRunner().invoke(main, ["index", "build", str(store), "--out", str(index)])

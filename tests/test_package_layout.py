@@ -15,10 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Layer of each installed package, bottom first. Siblings of one rank never import each other.
 LAYERS = {
-    "oneshot.errors": 0, "oneshot.atomic": 0,
-    "oneshot.data": 1,
-    "oneshot.embedder": 2, "oneshot.index": 2,
-    "oneshot.pipelines": 3,
+    "oneshot.errors": 0,
+    "oneshot.atomic": 1, "oneshot.locks": 1,
+    "oneshot.data": 2,
+    "oneshot.embedder": 3, "oneshot.index": 3,
+    "oneshot.pipelines": 4,
 }
 FOLDERS = {"data": "oneshot.data", "embedder": "oneshot.embedder", "index": "oneshot.index",
            "pipelines": "oneshot.pipelines", "oneshot": "oneshot"}
