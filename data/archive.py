@@ -89,6 +89,14 @@ class ImageArchive:
     def read_many(self, names: Sequence[str], color: bool = False) -> list[np.ndarray]:
         return [self.read(n, color=color) for n in names]
 
+    def __getstate__(self) -> dict:
+        """Pickles as its path (open zip handles stay per process and thread): workers reopen it."""
+        return {"path": self.path, "is_zip": self.is_zip}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path, self.is_zip = state["path"], state["is_zip"]
+        self._local = threading.local()
+
     def __repr__(self) -> str:
         return f"ImageArchive({str(self.path)!r})"
 

@@ -47,6 +47,15 @@ def _friendly(command):
     return wrapper
 
 
+def _engine_options(command):
+    """``--engine local|ray`` and ``--ray-address`` (embed, index build, identify)."""
+    command = click.option("--ray-address", default=None,
+                           help="Ray cluster for --engine ray (auto, head:6379, ray://head:10001); "
+                                "default: $RAY_ADDRESS, else Ray started on this machine.")(command)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Run here, or spread the work over Ray (pip install 'oneshot[ray]').")(command)
+
+
 def _version() -> str:
     from oneshot.embedder.artifact import library_versions
 
@@ -160,8 +169,10 @@ def _read_config(path: str) -> dict:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: CUDA when present.")
 @click.option("--unlabelled", is_flag=True, help="Any folder depth; every label empty.")
 @click.option("--tta", is_flag=True, help="Average embeddings over shifted views.")
+@_engine_options
 @_friendly
-def embed(source, out, model, batch_size, workers, append, ids, shard_rows, device, unlabelled, tta):
+def embed(source, out, model, batch_size, workers, append, ids, shard_rows, device, unlabelled, tta, engine,
+          ray_address):
     """Encode every image of SOURCE (folder, zip, list file or MNIST IDX file) into a store folder.
 
     Streams: images are read in worker threads while the model encodes, and a Parquet shard is
@@ -173,11 +184,14 @@ def embed(source, out, model, batch_size, workers, append, ids, shard_rows, devi
     Example:
       oneshot embed ../shared/data/omniglot/images_evaluation.zip --out runs/eval.parquet
       oneshot embed new_people/ --out runs/eval.parquet --append
+      oneshot embed big_gallery.zip --out /shared/gallery.parquet --engine ray --ray-address auto
     """
     from oneshot.pipelines.embedding import embed_to_store
+    from oneshot.pipelines.ray_engine import executor_for
 
-    result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta, append=append,
-                            shard_rows=shard_rows, ids=ids, device=device)
+    with executor_for(engine, ray_address) as executor:
+        result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta,
+                                append=append, shard_rows=shard_rows, ids=ids, device=device, executor=executor)
     click.echo(f"wrote {len(result.store)} embeddings (D={result.store.dimension}) to {out} "
                f"({result.action}; {result.encoded} images encoded now)")
 
@@ -263,8 +277,9 @@ def index_group():
 @click.option("--pca-dim", type=click.IntRange(min=1), default=None, help="Reduce to this many dimensions.")
 @click.option("--pca-variance", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Or keep this share of variance, e.g. 0.95.")
+@_engine_options
 @_friendly
-def index_build(store, out, pca_dim, pca_variance):
+def index_build(store, out, pca_dim, pca_variance, engine, ray_address):
     """Build a flat FAISS index (PCA inside it, if asked) from a Parquet store.
 
     \b
@@ -274,8 +289,13 @@ def index_build(store, out, pca_dim, pca_variance):
     if pca_dim and pca_variance:
         raise click.UsageError("give --pca-dim or --pca-variance, not both")
     from oneshot.pipelines.jobs import build_index
+    from oneshot.pipelines.ray_engine import executor_for
 
-    index = build_index(store, out, pca_dim, pca_variance)
+    with executor_for(engine, ray_address) as executor:
+        if executor is None:
+            index = build_index(store, out, pca_dim, pca_variance)
+        else:
+            index = executor.build_index(store, out, pca_dim, pca_variance)
     click.echo(f"indexed {len(index)} vectors (D={index.dimension}, metric {index.metric.name}) in {out}")
 
 
@@ -291,8 +311,9 @@ def index_build(store, out, pca_dim, pca_variance):
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading query images.")
 @click.option("--out", type=click.Path(), default=None,
               help="Folder of Parquet shards (resumable), or a .jsonl file; default: JSON lines on stdout.")
+@_engine_options
 @_friendly
-def identify_command(queries, index_path, model, threshold, k, top, batch_size, workers, out):
+def identify_command(queries, index_path, model, threshold, k, top, batch_size, workers, out, engine, ray_address):
     """Name each query after its nearest gallery identity, or 'unknown'.
 
     QUERIES: images (folder, zip, list, IDX file) or an embedding store (its vectors are used).
@@ -308,8 +329,11 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
         if text:
             click.echo(text.rstrip("\n"))
 
-    summary = identify_job(queries, index_path, out, model, threshold, k, top, batch_size=batch_size,
-                           workers=workers, emit=None if out else echo)
+    from oneshot.pipelines.ray_engine import executor_for
+
+    with executor_for(engine, ray_address) as executor:
+        summary = identify_job(queries, index_path, out, model, threshold, k, top, batch_size=batch_size,
+                               workers=workers, emit=None if out else echo, executor=executor)
     if out:
         click.echo(f"wrote {summary.queries} answers to {out}"
                    + (f" (continued after {summary.resumed_from})" if summary.resumed_from else ""))

@@ -222,7 +222,7 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
                    model: Embedder | str | os.PathLike | None = None, batch_size: int | None = None,
                    workers: int | None = None, labelled: bool = True, tta: bool = False, append: bool = False,
                    shard_rows: int = DEFAULT_SHARD_ROWS, ids: str = "path", device: str | None = None,
-                   inference: str = "auto", show_progress: bool | None = None) -> EmbedResult:
+                   inference: str = "auto", show_progress: bool | None = None, executor=None) -> EmbedResult:
     """Encode a source into a store folder, streaming; resume or append when ``out`` exists.
 
     Args:
@@ -237,6 +237,9 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
             table's own ``id`` column, e.g. a user-supplied one).
         device: ``"cuda"``/``"cpu"`` (default CUDA when present).
         inference: :class:`InferenceModel` mode (``"auto"`` picks compile for very large jobs).
+        executor: where batches are decoded and encoded: None for this process (threads), or an
+            object with an ``encode_stream`` method of :func:`encode_stream`'s signature (e.g.
+            :class:`oneshot.pipelines.ray_engine.RayEngine`); shards are written here either way.
 
     Raises:
         ModelMismatchError: ``out`` was made with another model.
@@ -296,7 +299,7 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     before = len(store)
     try:
         encoded = _run(store, gallery, table, engine, batch_size, workers, tta, shard_rows, first_shard, known,
-                       show_progress)
+                       show_progress, stream=encode_stream if executor is None else executor.encode_stream)
     except BaseException:
         if action == "created" and not store.manifest["shards"]:
             _discard(store.folder, created_folder)  # nothing committed: leave nothing behind
@@ -329,9 +332,9 @@ def _inference_mode(inference: str, rows: int) -> str:
 
 def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine: InferenceModel, batch_size: int,
          workers: int, tta: bool, shard_rows: int, first_shard: int, known: pd.Series | None,
-         show_progress: bool | None) -> int:
+         show_progress: bool | None, stream=encode_stream) -> int:
     """Stream the planned batches and commit a shard every ``shard_rows`` source rows (or encoded rows,
-    when appending). Returns the rows encoded."""
+    when appending). Returns the rows encoded. ``stream``: :func:`encode_stream` or an executor's."""
     appending = known is not None
     plan = batch_plan(table, batch_size, max(1, len(table)) if appending else shard_rows, first_shard)
     tables, chunks, buffered, read_in_shard, encoded = [], [], 0, 0, 0
@@ -346,7 +349,7 @@ def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine:
         tables, chunks, buffered, read_in_shard = [], [], 0, 0
         shard_number += 1
 
-    for batch, vectors in encode_stream(engine, gallery, plan, workers, tta, known, show_progress):
+    for batch, vectors in stream(engine, gallery, plan, workers, tta, known, show_progress):
         if len(batch.rows):
             tables.append(batch.rows)
             chunks.append(vectors)
