@@ -57,8 +57,11 @@ def write_index_files(path: str | os.PathLike, index: faiss.Index, table: pd.Dat
     return path
 
 
-def read_index_files(path: str | os.PathLike) -> IndexFiles:
+def read_index_files(path: str | os.PathLike, mmap: bool = False) -> IndexFiles:
     """Read and cross-check an index pair written by :func:`write_index_files`.
+
+    ``mmap``: memory-map the flat codes read-only (``IO_FLAG_MMAP_IFC``) instead of reading them
+    into memory: processes on one node then share the pages (used by the Ray identify actors).
 
     Raises:
         MissingDataError: either file is missing.
@@ -76,7 +79,7 @@ def read_index_files(path: str | os.PathLike) -> IndexFiles:
     except (pa.ArrowException, OSError, KeyError, json.JSONDecodeError) as exc:
         raise CorruptFileError(f"{sidecar}: not an index metadata file ({exc})") from exc
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0)
     except RuntimeError as exc:
         raise CorruptFileError(f"{path}: not a readable FAISS index ({exc})") from exc
     if not isinstance(index, faiss.IndexIDMap2):

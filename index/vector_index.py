@@ -271,11 +271,11 @@ class VectorIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> VectorIndex:
+    def load(cls, path: str | os.PathLike, mmap: bool = False) -> VectorIndex:
         """Read an index written by :meth:`save` (see :func:`~oneshot.index.index_file.read_index_files`).
 
         Raises:
             MissingDataError, CorruptFileError: naming the file.
         """
-        files = read_index_files(path)
+        files = read_index_files(path, mmap=mmap)
         return cls(files.index, files.table, files.metric, files.pca, files.metadata)

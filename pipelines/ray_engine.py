@@ -139,8 +139,7 @@ class _Encoder:
     def __init__(self, model, mode: str, tta: bool, threads: int | None):
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads or 1)  # one process per core beats threads on a busy machine
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.engine = InferenceModel(model, mode=mode, device=device)
         self.tta = tta
@@ -166,15 +165,24 @@ class _IndexHolder:
 
         from oneshot.index.vector_index import VectorIndex
 
-        if threads:
-            faiss.omp_set_num_threads(threads)
-        self.index = VectorIndex.load(index_path) if index_path is not None else _deserialize_index(serialized)
+        faiss.omp_set_num_threads(threads or _node_cores())  # one actor per node searches with its cores
+        if index_path is not None:  # read-only memory map: the actors of one node share the pages
+            self.index = VectorIndex.load(index_path, mmap=True)
+        else:
+            self.index = _deserialize_index(serialized)
         self.options = options
 
     def answer(self, batch):
         from oneshot.pipelines.identify_job import answer_batch
 
         return answer_batch(self.index, batch, **self.options)
+
+
+def _node_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _serialize_index(index) -> dict[str, Any]:
@@ -205,8 +213,12 @@ class RayEngine:
             starts Ray on this machine (with ``num_cpus``), or uses the session already started in
             this process.
         num_cpus: CPUs of a Ray started here (default: all).
-        actors: encode actors (default: one per GPU, else one per two CPUs of the cluster).
-        index_actors: identify actors, each holding the index (default: one per node).
+        actors: encode actors (default: one per GPU, else one per CPU of the cluster).
+        actor_cpus: CPUs reserved per encode actor without GPUs (each runs ``threads`` torch
+            threads, default 1); decode tasks reserve ``decode_cpus``. The defaults (0.75 and
+            0.25) leave room for decoding beside one actor per CPU: encoding costs ~7x decoding.
+        index_actors: identify actors, each holding the index (default: one per node; they reserve
+            no CPU and search with the node's cores, or ``threads``).
         on_error: ``"fail"`` (a bad image stops the job, naming the file) or ``"skip"``.
         threads: torch / FAISS threads per actor (default: Ray's, one per CPU the actor holds).
 
@@ -214,7 +226,8 @@ class RayEngine:
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, actors: int | None = None,
-                 index_actors: int | None = None, on_error: str = "fail", threads: int | None = None):
+                 index_actors: int | None = None, on_error: str = "fail", threads: int | None = None,
+                 actor_cpus: float = 0.75, decode_cpus: float = 0.25):
         if on_error not in ON_ERROR:
             raise InvalidInputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         for name, value in (("num_cpus", num_cpus), ("actors", actors), ("index_actors", index_actors)):
@@ -226,6 +239,8 @@ class RayEngine:
         self.index_actors = index_actors
         self.on_error = on_error
         self.threads = threads
+        self.actor_cpus = actor_cpus
+        self.decode_cpus = decode_cpus
         self.startup_seconds = 0.0
         self._started_here = False
 
@@ -280,7 +295,7 @@ class RayEngine:
         if not total:
             return
         cpus, gpus, _ = self._resources()
-        actors = self.actors or (int(gpus) if gpus >= 1 else max(1, int(cpus) // 2))
+        actors = self.actors or (int(gpus) if gpus >= 1 else max(1, int(cpus)))
         model = _portable_copy(engine)
         source_box = _Shared(ray.put(source))
         known_box = _Shared(ray.put(known)) if known is not None else None
@@ -297,9 +312,9 @@ class RayEngine:
         context.print_on_execution_start = False
         try:
             dataset = ray.data.from_pandas(blocks)
-            dataset = dataset.map_batches(decode_batch, batch_size=None, batch_format="numpy", num_cpus=0.5,
+            dataset = dataset.map_batches(decode_batch, batch_size=None, batch_format="numpy", num_cpus=self.decode_cpus,
                                           fn_kwargs={"source": source_box, "recipe": engine.recipe, "known": known_box})
-            encoder = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
+            encoder = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": self.actor_cpus}
             dataset = dataset.map_batches(_Encoder, batch_size=None, batch_format="numpy", concurrency=actors,
                                           fn_constructor_kwargs={"model": model, "mode": engine.mode, "tta": tta,
                                                                  "threads": self.threads},
@@ -363,7 +378,8 @@ class RayEngine:
         count = self.index_actors or nodes
         options = {"threshold": threshold, "k": k, "top": top, "per_identity": per_identity}
         serialized = None if index_path is not None else ray.put(_serialize_index(index))
-        holder = ray.remote(num_cpus=0.5, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(_IndexHolder)
+        # no CPU reserved: the actors must never keep the encode pool of image queries from starting
+        holder = ray.remote(num_cpus=0, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(_IndexHolder)
         actors = [holder.options(scheduling_strategy="SPREAD").remote(index_path, serialized, options, self.threads)
                   for _ in range(count)]
         in_flight: deque = deque()

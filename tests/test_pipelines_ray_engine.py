@@ -25,7 +25,7 @@ from oneshot.index.vector_index import VectorIndex
 from oneshot.pipelines.embedding import embed_to_store
 from oneshot.pipelines.identify_job import identify_job
 from oneshot.pipelines.ray_engine import RayEngine, decode_batch
-from oneshot.pipelines.ray_index import ray_map_parts
+from oneshot.pipelines.ray_index import build_index_on_ray, ray_map_parts
 
 VOLATILE = {"created", "updated"}
 
@@ -47,6 +47,11 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def _engine(**options) -> RayEngine:
+    """One encode actor: each actor start costs seconds on the 2-core CI machine."""
+    return RayEngine(actors=1, **options)
 
 
 @pytest.fixture()
@@ -78,7 +83,7 @@ def test_decode_step_returns_good_rows_and_rejects_with_reasons(gallery, tiny_mo
 def test_embed_gives_the_local_store_and_resumes_after_a_crash(ray_session, tmp_path, gallery, tiny_model_path):
     local = embed_to_store(gallery, tmp_path / "local", tiny_model_path, batch_size=7, shard_rows=25)
     remote = embed_to_store(gallery, tmp_path / "ray", tiny_model_path, batch_size=7, shard_rows=25,
-                            executor=RayEngine())
+                            executor=_engine())
     assert remote.action == "created" and remote.encoded == 60
     assert _manifest(local.store.folder) == _manifest(remote.store.folder)  # shards, job, counts, recipe
     a, b = read_embeddings(tmp_path / "local"), read_embeddings(tmp_path / "ray")
@@ -91,7 +96,7 @@ def test_embed_gives_the_local_store_and_resumes_after_a_crash(ray_session, tmp_
     store.manifest["shards"] = store.manifest["shards"][:1]
     store.set_state("writing")
     resumed = embed_to_store(gallery, tmp_path / "ray", tiny_model_path, batch_size=7, shard_rows=25,
-                             executor=RayEngine())
+                             executor=_engine())
     assert resumed.action == "resumed" and resumed.encoded == 35
     np.testing.assert_allclose(read_embeddings(tmp_path / "ray").embeddings, a.embeddings, atol=1e-5)
 
@@ -111,7 +116,7 @@ def test_skipped_bad_image_leaves_the_rest_of_the_store(ray_session, tmp_path, g
     bad = sorted(gallery.rglob("*.png"))[3]
     bad.write_bytes(b"not a png")
     kept = embed_to_store(gallery, tmp_path / "skip", tiny_model_path, shard_rows=25,
-                          executor=RayEngine(on_error="skip"))
+                          executor=_engine(on_error="skip"))
     stored = read_embeddings(kept.store.folder)
     assert len(stored.table) == 59 and bad.relative_to(gallery).as_posix() not in stored.table["path"].tolist()
     assert [s["rows"] for s in kept.store.manifest["shards"]] == [24, 25, 10]
@@ -131,13 +136,16 @@ def test_ivf_built_from_shards_on_ray_equals_a_single_process_build(ray_session,
     single.train(training_sample(x, 0))
     single.add_with_ids(x, table["id"].to_numpy())
     empty = faiss.index_factory(8, "IVF16,Flat", metric.faiss_metric)
-    built, rows = build_from_shards(empty, store, seed=0, map_parts=ray_map_parts(RayEngine()))
+    built, rows = build_from_shards(empty, store, seed=0, map_parts=ray_map_parts(_engine()))
     assert built.ntotal == 900 and rows["id"].tolist() == table["id"].tolist()
     for index in (single, built):
         faiss.extract_index_ivf(index).nprobe = 4
     expected, got = single.search(x[:100], 10), built.search(x[:100], 10)
     np.testing.assert_array_equal(expected[1], got[1])
     np.testing.assert_allclose(expected[0], got[0], atol=1e-6)
+    saved = build_index_on_ray(_engine(), tmp_path / "s", tmp_path / "ivf.faiss", index="IVF16,Flat")
+    loaded = VectorIndex.load(tmp_path / "ivf.faiss")
+    assert len(loaded) == 900 and loaded.table["id"].tolist() == table["id"].tolist() and len(saved) == 900
     flat, flat_rows = build_from_shards("Flat", store, map_parts=local_map)  # flat: on one node
     reference = VectorIndex.from_store(tmp_path / "s")
     np.testing.assert_array_equal(flat.search(x[:50], 5)[1], reference.faiss_index.search(x[:50], 5)[1])
@@ -152,7 +160,7 @@ def test_identify_answers_equal_the_local_engine_and_cli_runs_on_ray(ray_session
     for queries, name in ((store, "store"), (gallery, "images")):
         options = dict(model=tiny_model_path, top=3, shard_rows=25, batch_size=10)
         identify_job(queries, tmp_path / "g.faiss", tmp_path / f"{name}_local", **options)
-        summary = identify_job(queries, tmp_path / "g.faiss", tmp_path / f"{name}_ray", executor=RayEngine(), **options)
+        summary = identify_job(queries, tmp_path / "g.faiss", tmp_path / f"{name}_ray", executor=_engine(), **options)
         assert summary.queries == 60
         local, remote = pd.read_parquet(tmp_path / f"{name}_local"), pd.read_parquet(tmp_path / f"{name}_ray")
         pd.testing.assert_frame_equal(local.drop(columns=["candidates", "score"]),
@@ -179,3 +187,14 @@ def test_modules_import_and_the_cli_explains_without_ray(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
     assert "pip install 'oneshot[ray]'" in result.stderr
+
+
+def test_an_index_loaded_memory_mapped_answers_as_the_loaded_one(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((200, 8)).astype(np.float32)
+    table = pd.DataFrame({"id": np.arange(200) * 3, "label": [f"c{i % 7}" for i in range(200)]})
+    VectorIndex.build(vectors, table, "cosine").save(tmp_path / "i.faiss")
+    loaded, mapped = VectorIndex.load(tmp_path / "i.faiss"), VectorIndex.load(tmp_path / "i.faiss", mmap=True)
+    a, b = loaded.search(vectors[:20], 5), mapped.search(vectors[:20], 5)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.scores, b.scores)
