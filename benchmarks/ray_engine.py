@@ -88,6 +88,34 @@ def ray_runs(name: str, connect, jobs: dict[str, Path], work: Path, model, local
     return result
 
 
+def torch_threads_check(model, source: Path, images: int = 2048) -> dict:
+    """Seconds to encode ``images`` MNIST images in this process with 2 torch threads, then with 1.
+
+    On a machine busier than its cores, OpenMP threads wait for each other; one-threaded
+    processes (the Ray engine's actors) do not. This shows how much that weighs here and now.
+    """
+    import torch
+
+    from oneshot.data.source import open_source
+    from oneshot.embedder.inference import InferenceModel
+    from oneshot.pipelines.embedding import prepare_batch
+
+    opened = open_source(source)
+    pixels = prepare_batch(opened, opened.table.iloc[:images], model.recipe).pixels
+    before = torch.get_num_threads()
+    result = {"images": images, "load_average_before": round(os.getloadavg()[0], 2)}
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            engine = InferenceModel(model)
+            started = time.perf_counter()
+            engine(pixels)
+            result[f"seconds_{threads}_threads"] = round(time.perf_counter() - started, 2)
+    finally:
+        torch.set_num_threads(before)
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None,
@@ -105,13 +133,21 @@ def main(argv=None) -> dict:
     data = Path(args.data) if args.data else next((p for p in (Path("../shared/data"), Path("../../shared/data"))
                                                    if p.is_dir()), Path("../shared/data"))
     jobs = {job: data / JOBS[job] for job in args.jobs}
+    from oneshot.pipelines.ray_engine import RayEngine
+
+    defaults = RayEngine()
     model = load_model(args.model)
     work = Path(args.work or tempfile.mkdtemp(prefix="ray_engine_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"command": "nice python -m benchmarks.ray_engine --out benchmarks/results/ray_engine.json",
                     "machine": f"{os.cpu_count()} cores, shared with other engineers (timings are noisy)",
                     "ray_version": ray.__version__, "model": args.model or "shipped default",
-                    "model_fingerprint": model.fingerprint, "local": {}}
+                    "model_fingerprint": model.fingerprint,
+                    "ray_engine": {"encode_actors": "one per CPU of the cluster", "actor_cpus": defaults.actor_cpus,
+                                   "decode_task_cpus": defaults.decode_cpus,
+                                   "torch_threads_per_actor": defaults.threads or 1},
+                    "local_engine": "reader threads (default_workers) + the model in this process (torch threads = cores)",
+                    "local": {}}
     try:
         for job, source in jobs.items():
             load = os.getloadavg()[0]
@@ -119,6 +155,10 @@ def main(argv=None) -> dict:
             result["local"][job] = {"seconds": seconds, "load_average_before": round(load, 2),
                                     "rows": len(read_embeddings(work / f"local_{job}").table)}
             print("local", job, result["local"][job], flush=True)
+
+        if "mnist_train" in jobs:
+            result["torch_threads_check"] = torch_threads_check(model, jobs["mnist_train"])
+            print("threads", result["torch_threads_check"], flush=True)
 
         def single_node():
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -78,6 +78,10 @@ def test_decode_step_returns_good_rows_and_rejects_with_reasons(gallery, tiny_mo
     assert bad.name in reasons[1]
     assert list(out["encode"]) == [True, False, True, True]
     assert out["pixels"].shape == (4, 1, 16, 16) and not out["pixels"][1].any()
+    # appending: an unchanged image (same content hash under its id) is not encoded again
+    known = pd.Series([out["content_hash"][0], "changed"], index=[int(rows["id"].iloc[0]), int(rows["id"].iloc[2])])
+    again = decode_batch(batch, _Box(source), load_model(tiny_model_path).recipe, _Box(known))
+    assert list(again["encode"]) == [False, False, True, True]
 
 
 def test_embed_gives_the_local_store_and_resumes_after_a_crash(ray_session, tmp_path, gallery, tiny_model_path):
