@@ -282,14 +282,24 @@ class RayEngine:
 
     # ---------------------------------------------------------------- embedding
 
-    def encode_stream(self, engine: InferenceModel, source: ImageSource, plan: list[pd.DataFrame], workers: int,
-                      tta: bool = False, known: pd.Series | None = None, show_progress: bool | None = None,
-                      desc: str = "embed") -> Iterator[tuple[PreparedBatch, np.ndarray]]:
+    def encode_stream(self, engine: InferenceModel, source: ImageSource, *args, **kwargs
+                      ) -> Iterator[tuple[PreparedBatch, np.ndarray]]:
         """(batch, float32 (n, D) vectors) per planned batch, in plan order, encoded on Ray.
 
-        Same signature and output as :func:`oneshot.pipelines.embedding.encode_stream`
-        (``workers`` is unused: Ray sizes the decode tasks). One progress bar for the whole job.
+        Called as :func:`oneshot.pipelines.embedding.encode_stream` is, in either of its forms:
+        ``(engine, source, plan, workers, tta, known, show_progress, desc)`` with ``plan`` a list
+        of row slices, or ``(engine, source, table, plan, workers, ...)`` with ``plan`` a list of
+        ``(start, stop)`` row ranges of ``table``. ``workers`` is unused (Ray sizes the decode
+        tasks). One progress bar for the whole job.
         """
+        if args and isinstance(args[0], pd.DataFrame):  # (table, row ranges, workers, ...)
+            table, ranges, *rest = args
+            args = ([table.iloc[start:stop] for start, stop in ranges], *rest)
+        return self._encode_slices(engine, source, *args, **kwargs)
+
+    def _encode_slices(self, engine: InferenceModel, source: ImageSource, plan: list[pd.DataFrame], workers: int,
+                       tta: bool = False, known: pd.Series | None = None, show_progress: bool | None = None,
+                       desc: str = "embed") -> Iterator[tuple[PreparedBatch, np.ndarray]]:
         ray = self.start()
         total = int(sum(len(rows) for rows in plan))
         if not total:
