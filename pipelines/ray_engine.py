@@ -8,7 +8,7 @@ their two streams:
 - ``encode_stream``: the planned batches of the source table become a Ray dataset
   (``ray.data.from_pandas``, one block per planned batch); decoding runs in Ray tasks with the
   product's own readers and preprocessing recipe (:func:`decode_batch`); encoding runs in an actor
-  pool (``map_batches(_Encoder, concurrency=n)``) where each actor builds the model once (on CPU,
+  pool (``map_batches(_Encoder, compute=ActorPoolStrategy(size=n))``) where each actor builds the model once (on CPU,
   or one GPU per actor). Encoded batches come back in plan order, as local
   :func:`~oneshot.pipelines.embedding.encode_stream` yields them.
 - ``answer_stream``: query batches go to actors that each hold the index (one per node by
@@ -320,12 +320,17 @@ class RayEngine:
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False  # the job shows one bar of its own
         context.print_on_execution_start = False
+        ray_data_log = logging.getLogger("ray.data")
+        quiet = ray_data_log.level
+        if not log.isEnabledFor(logging.INFO):  # Ray Data's notes only with --verbose
+            ray_data_log.setLevel(logging.ERROR)
         try:
             dataset = ray.data.from_pandas(blocks)
             dataset = dataset.map_batches(decode_batch, batch_size=None, batch_format="numpy", num_cpus=self.decode_cpus,
                                           fn_kwargs={"source": source_box, "recipe": engine.recipe, "known": known_box})
             encoder = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": self.actor_cpus}
-            dataset = dataset.map_batches(_Encoder, batch_size=None, batch_format="numpy", concurrency=actors,
+            dataset = dataset.map_batches(_Encoder, batch_size=None, batch_format="numpy",
+                                          compute=ray.data.ActorPoolStrategy(size=actors),
                                           fn_constructor_kwargs={"model": model, "mode": engine.mode, "tta": tta,
                                                                  "threads": self.threads},
                                           **encoder)
@@ -333,6 +338,7 @@ class RayEngine:
         finally:
             (context.execution_options.preserve_order, context.enable_progress_bars,
              context.print_on_execution_start) = saved
+            ray_data_log.setLevel(quiet)
 
     def _in_plan_order(self, dataset, plan: list[pd.DataFrame], dim: int, show_progress: bool | None,
                        desc: str) -> Iterator[tuple[PreparedBatch, np.ndarray]]:
