@@ -8,8 +8,9 @@ embedded with the shipped model into store folders by
 3. a simulated two-node cluster on this machine (``ray.cluster_utils.Cluster``, 1 CPU per node).
 
 Reported per job and engine: wall time of the embed (Ray's start-up excluded and reported on its
-own), the overhead against the local engine (``ray / local - 1``), and whether the outputs are the
-same (ids, shards and manifest; the largest vector difference). The target is an overhead of at
+own), its time to the first encoded batch (the engine's start-up inside the job: on Ray, the
+decode workers and encode actors starting), the overhead against the local engine
+(``ray / local - 1``), and whether the outputs are the same (ids, shards and manifest; the largest vector difference). The target is an overhead of at
 most 25% on the 60,000-image job. The load average is recorded: on a shared machine the timings
 are noisy.
 
@@ -55,10 +56,33 @@ def compare(local: Path, other: Path) -> dict:
             "max_abs_vector_difference": diff}
 
 
-def embed(source: Path, out: Path, model, executor=None) -> float:
+class FirstBatchTimer:
+    """An executor wrapping another (None: the local engine) that times its stream's first batch.
+
+    The time to the first batch is each engine's start-up inside the job: the first batch read and
+    encoded, plus, on Ray, starting the decode workers and the encode actors (each builds the model).
+    """
+
+    def __init__(self, inner=None):
+        self.inner = inner
+        self.first_batch_s: float | None = None
+
+    def encode_stream(self, *args, **kwargs):
+        from oneshot.pipelines.embedding import encode_stream
+
+        started = time.perf_counter()
+        for item in (encode_stream if self.inner is None else self.inner.encode_stream)(*args, **kwargs):
+            if self.first_batch_s is None:
+                self.first_batch_s = round(time.perf_counter() - started, 2)
+            yield item
+
+
+def embed(source: Path, out: Path, model, executor=None) -> dict:
+    """Wall time of one embed job and its time to the first encoded batch."""
+    timer = FirstBatchTimer(executor)
     started = time.perf_counter()
-    embed_to_store(source, out, model, show_progress=False, executor=executor)
-    return round(time.perf_counter() - started, 2)
+    embed_to_store(source, out, model, show_progress=False, executor=timer)
+    return {"seconds": round(time.perf_counter() - started, 2), "first_batch_s": timer.first_batch_s}
 
 
 def ray_runs(name: str, connect, jobs: dict[str, Path], work: Path, model, local: dict) -> dict:
@@ -76,8 +100,8 @@ def ray_runs(name: str, connect, jobs: dict[str, Path], work: Path, model, local
     try:
         for job, source in jobs.items():
             load = os.getloadavg()[0]
-            seconds = embed(source, work / f"{name}_{job}", model, RayEngine())
-            result["jobs"][job] = {"seconds": seconds, "overhead_vs_local": round(seconds / local[job]["seconds"] - 1, 3),
+            timing = embed(source, work / f"{name}_{job}", model, RayEngine())
+            result["jobs"][job] = {**timing, "overhead_vs_local": round(timing["seconds"] / local[job]["seconds"] - 1, 3),
                                    "load_average_before": round(load, 2),
                                    **compare(work / f"local_{job}", work / f"{name}_{job}")}
             print(name, job, result["jobs"][job], flush=True)
@@ -151,8 +175,8 @@ def main(argv=None) -> dict:
     try:
         for job, source in jobs.items():
             load = os.getloadavg()[0]
-            seconds = embed(source, work / f"local_{job}", model)
-            result["local"][job] = {"seconds": seconds, "load_average_before": round(load, 2),
+            timing = embed(source, work / f"local_{job}", model)
+            result["local"][job] = {**timing, "load_average_before": round(load, 2),
                                     "rows": len(read_embeddings(work / f"local_{job}").table)}
             print("local", job, result["local"][job], flush=True)
 
@@ -179,7 +203,8 @@ def main(argv=None) -> dict:
             shutil.rmtree(work, ignore_errors=True)
     big = "mnist_train"
     if big in result["local"]:
-        overhead = result["ray_single_node"]["jobs"][big]["overhead_vs_local"]
+        measured = result["ray_single_node"]["jobs"][big]
+        overhead = measured["overhead_vs_local"]
         result["target"] = {"job": big, "max_overhead": 0.25, "overhead": overhead, "met": overhead <= 0.25}
     print(json.dumps(result, indent=2))
     if args.out:
