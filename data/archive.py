@@ -273,6 +273,15 @@ class ImageArchive:
     def read_many(self, names: Sequence[str], color: bool = False) -> list[np.ndarray]:
         return [self.read(n, color=color) for n in names]
 
+    def __getstate__(self) -> dict:
+        """Pickles without its open zip handles (they stay per process and thread): workers reopen
+        the zip, and keep the listing (escaped names, checked members, caps)."""
+        return {key: value for key, value in self.__dict__.items() if key != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     def __repr__(self) -> str:
         return f"ImageArchive({str(self.path)!r})"
 

@@ -75,6 +75,15 @@ def _rejects(on_error: str, max_rejects: str | None):
         raise click.UsageError(str(error)) from error
 
 
+def _engine_options(command):
+    """``--engine local|ray`` and ``--ray-address`` (embed, index build, identify)."""
+    command = click.option("--ray-address", default=None,
+                           help="Ray cluster for --engine ray (auto, head:6379, ray://head:10001); "
+                                "default: $RAY_ADDRESS, else Ray started on this machine.")(command)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Run here, or spread the work over Ray (pip install 'oneshot[ray]').")(command)
+
+
 def _version() -> str:
     from oneshot.embedder.artifact import library_versions
 
@@ -217,9 +226,10 @@ def _read_config(path: str) -> dict:
 @click.option("--unlabelled", is_flag=True, help="Any folder depth; every label empty.")
 @click.option("--tta", is_flag=True, help="Average embeddings over shifted views.")
 @_reject_options
+@_engine_options
 @_friendly
 def embed(source, out, model, batch_size, workers, append, ids, shard_rows, device, unlabelled, tta, on_error,
-          max_rejects):
+          max_rejects, engine, ray_address):
     """Encode every image of SOURCE (folder, zip, list file, MNIST IDX file or Omniglot folder) into a store folder.
 
     Streams: images are read in worker threads while the model encodes, and a Parquet shard is
@@ -233,12 +243,16 @@ def embed(source, out, model, batch_size, workers, append, ids, shard_rows, devi
     Example:
       oneshot embed ../shared/data/omniglot/images_evaluation.zip --out runs/eval.parquet
       oneshot embed new_people/ --out runs/eval.parquet --append
+      oneshot embed big_gallery.zip --out /shared/gallery.parquet --engine ray --ray-address auto
     """
     from oneshot.pipelines.embedding import embed_to_store  # not via jobs: keeps sklearn out of start-up
+    from oneshot.pipelines.ray_engine import executor_for
 
     rejects = _rejects(on_error, max_rejects)
-    result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta, append=append,
-                            shard_rows=shard_rows, ids=ids, device=device, rejects=rejects)
+    with executor_for(engine, ray_address, on_error=on_error) as executor:
+        result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta,
+                                append=append, shard_rows=shard_rows, ids=ids, device=device, rejects=rejects,
+                                executor=executor)
     click.echo(f"wrote {len(result.store)} embeddings (D={result.store.dimension}) to {out} "
                f"({result.action}; {result.encoded} images encoded now)")
     click.echo(rejects.summary(result.encoded))
@@ -333,10 +347,14 @@ def index_group():
               help="Or keep this share of variance, e.g. 0.95.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training and tuning samples.")
 @_reject_options
+@_engine_options
 @_friendly
-def index_build(store, out, kind, max_memory, recall, pca_dim, pca_variance, seed, on_error, max_rejects):
+def index_build(store, out, kind, max_memory, recall, pca_dim, pca_variance, seed, on_error, max_rejects, engine,
+                ray_address):
     """Build a FAISS index (PCA inside it, if asked) from a store; rows with non-finite vectors are
-    left out and listed in OUT.rejects.csv.
+    left out and listed in OUT.rejects.csv. With --engine ray and an IVF factory string as --kind
+    (e.g. 'IVF4096,Flat'), the shards are added in parallel on Ray and merged; other kinds are
+    built on this node.
 
     \b
     Examples:
@@ -346,14 +364,21 @@ def index_build(store, out, kind, max_memory, recall, pca_dim, pca_variance, see
     if pca_dim and pca_variance:
         raise click.UsageError("give --pca-dim or --pca-variance, not both")
     from oneshot.pipelines.jobs import build_index
+    from oneshot.pipelines.ray_engine import executor_for
+
 
     rejects = _rejects(on_error, max_rejects)
-    index = build_index(store, out, pca_dim, pca_variance, seed=seed, kind=kind, max_memory=max_memory,
-                        recall=recall, rejects=rejects)
+    with executor_for(engine, ray_address, on_error=on_error) as executor:
+        if executor is not None and "IVF" in kind:
+            index = executor.build_index(store, out, pca_dim, pca_variance, seed=seed, index=kind)
+        else:
+            index = build_index(store, out, pca_dim, pca_variance, seed=seed, kind=kind, max_memory=max_memory,
+                                recall=recall, rejects=rejects)
     click.echo(f"indexed {len(index)} vectors (D={index.dimension}, metric {index.metric.name}) in {out}")
     click.echo(rejects.summary(len(index), "indexed"))
-    click.echo(f"kind {index.plan['kind']}: {index.plan['factory']}" +
-               (f" ({index.plan['reason']})" if index.plan.get("reason") else ""))
+    if index.plan:
+        click.echo(f"kind {index.plan['kind']}: {index.plan['factory']}" +
+                   (f" ({index.plan['reason']})" if index.plan.get("reason") else ""))
     if index.tuning:
         t = index.tuning
         click.echo(f"search {t['parameter']}={t['value']}: recall@1 {t['recall']:.4f} on {t['sample']} held-out "
@@ -429,8 +454,10 @@ def index_remove(index_path, ids, labels, paths_file):
 @click.option("--out", type=click.Path(), default=None,
               help="Folder of Parquet shards (resumable), or a .jsonl file; default: JSON lines on stdout.")
 @_reject_options
+@_engine_options
 @_friendly
-def identify_command(queries, index_path, model, threshold, k, top, batch_size, workers, out, on_error, max_rejects):
+def identify_command(queries, index_path, model, threshold, k, top, batch_size, workers, out, on_error, max_rejects,
+                     engine, ray_address):
     """Name each query after its nearest gallery identity, or 'unknown'.
 
     QUERIES: images (folder, zip, list, IDX file) or an embedding store (its vectors are used).
@@ -448,9 +475,12 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
         if text:
             click.echo(text.rstrip("\n"))
 
+    from oneshot.pipelines.ray_engine import executor_for
+
     rejects = _rejects(on_error, max_rejects)
-    summary = identify_job(queries, index_path, out, model, threshold, k, top, batch_size=batch_size,
-                           workers=workers, emit=None if out else echo, rejects=rejects)
+    with executor_for(engine, ray_address, on_error=on_error) as executor:
+        summary = identify_job(queries, index_path, out, model, threshold, k, top, batch_size=batch_size,
+                               workers=workers, emit=None if out else echo, rejects=rejects, executor=executor)
     click.echo(f"threshold: {summary.threshold_text}", err=True)
     if out:
         click.echo(f"wrote {summary.queries} answers to {out}"

@@ -267,7 +267,7 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
                    workers: int | None = None, labelled: bool = True, tta: bool = False, append: bool = False,
                    shard_rows: int = DEFAULT_SHARD_ROWS, ids: str = "path", device: str | None = None,
                    inference: str = "auto", show_progress: bool | None = None,
-                   rejects: Rejects | None = None) -> EmbedResult:
+                   rejects: Rejects | None = None, executor=None) -> EmbedResult:
     """Encode a source into a store folder, streaming; resume or append when ``out`` exists.
 
     Files that cannot be used are left out and listed in ``<out>.rejects.csv`` (path, reason)
@@ -288,6 +288,9 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
         device: ``"cuda"``/``"cpu"`` (default CUDA when present).
         inference: :class:`InferenceModel` mode (``"auto"``: frozen TorchScript; ``"compile"``).
         rejects: the reject collector and its policy; read ``rejects.items`` afterwards.
+        executor: where batches are decoded and encoded: None for this process (threads), or an
+            object with an ``encode_stream`` method of :func:`encode_stream`'s signature (e.g.
+            :class:`oneshot.pipelines.ray_engine.RayEngine`); shards are written here either way.
 
     Raises:
         ModelMismatchError: ``out`` was made with another model.
@@ -300,13 +303,13 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out):
         result = _embed_locked(source, out, model, batch_size, workers, labelled, tta, append, shard_rows, ids,
-                               device, inference, show_progress, rejects)
+                               device, inference, show_progress, rejects, executor)
         rejects.write(rejects_path(out))
     return result
 
 
 def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, append, shard_rows, ids, device,
-                  inference, show_progress, rejects: Rejects) -> EmbedResult:
+                  inference, show_progress, rejects: Rejects, executor=None) -> EmbedResult:
     model = _model(model)
     if not isinstance(source, ImageSource) and is_dataset_store(source):
         source, labelled = _images_of_store(Path(source), labelled)
@@ -366,7 +369,7 @@ def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, 
     before = len(store)
     try:
         encoded = _run(store, gallery, table, engine, batch_size, workers, tta, shard_rows, first_shard, known,
-                       show_progress, rejects)
+                       show_progress, rejects, stream=encode_stream if executor is None else executor.encode_stream)
     except BaseException:
         if action == "created" and not store.manifest["shards"]:
             _discard(store.folder, created_folder)  # nothing committed: leave nothing behind
@@ -400,9 +403,9 @@ def _inference_mode(inference: str, rows: int) -> str:
 
 def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine: InferenceModel, batch_size: int,
          workers: int, tta: bool, shard_rows: int, first_shard: int, known: pd.Series | None,
-         show_progress: bool | None, rejects: Rejects | None = None) -> int:
+         show_progress: bool | None, rejects: Rejects | None = None, stream=encode_stream) -> int:
     """Stream the planned batches and commit a shard every ``shard_rows`` source rows (or encoded rows,
-    when appending). Returns the rows encoded."""
+    when appending). Returns the rows encoded. ``stream``: :func:`encode_stream` or an executor's."""
     appending = known is not None
     plan = batch_plan(len(table), batch_size, max(1, len(table)) if appending else shard_rows, first_shard)
     tables, chunks, buffered, read_in_shard, encoded = [], [], 0, 0, 0
@@ -417,8 +420,7 @@ def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine:
         tables, chunks, buffered, read_in_shard = [], [], 0, 0
         shard_number += 1
 
-    for batch, vectors in encode_stream(engine, gallery, table, plan, workers, tta, known, show_progress,
-                                        rejects=rejects):
+    for batch, vectors in stream(engine, gallery, table, plan, workers, tta, known, show_progress, rejects=rejects):
         if len(batch.rows):
             tables.append(batch.rows)
             chunks.append(vectors)

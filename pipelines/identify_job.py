@@ -167,6 +167,13 @@ def answer_batch(index: VectorIndex, batch: QueryBatch, threshold: float | None,
     return answer
 
 
+def answer_stream(batches: Iterator[QueryBatch], index: VectorIndex, index_path: str | None,
+                  threshold: float | None, k: int, top: int, per_identity: int) -> Iterator[pd.DataFrame]:
+    """:func:`answer_batch` of each batch in this process, in order (``index_path`` is unused here)."""
+    for batch in batches:
+        yield answer_batch(index, batch, threshold, k, top, per_identity)
+
+
 # --------------------------------------------------------------------------------- output
 
 
@@ -251,7 +258,8 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
                  top: int = 1, per_identity: int = 3, batch_size: int | None = None, workers: int | None = None,
                  shard_rows: int = DEFAULT_SHARD_ROWS, device: str | None = None,
                  emit: Callable[[pd.DataFrame], None] | None = None,
-                 show_progress: bool | None = None, rejects: Rejects | None = None) -> IdentifySummary:
+                 show_progress: bool | None = None, rejects: Rejects | None = None,
+                 executor=None) -> IdentifySummary:
     """Identify every query against an index, streaming, and write the answers.
 
     Args:
@@ -267,6 +275,10 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
         emit: called with each batch's answers (e.g. to print them).
         rejects: query files that cannot be read get no answer and are recorded here (default:
             skipped); written to ``<out>.rejects.csv`` when ``out`` is given.
+        executor: None to encode and search in this process, or an object with ``encode_stream``
+            (as :func:`~oneshot.pipelines.embedding.encode_stream`) and ``answer_stream`` (as
+            :func:`answer_stream`), e.g. :class:`oneshot.pipelines.ray_engine.RayEngine`; answers
+            are written here either way.
 
     Raises:
         ModelMismatchError: the queries (store or model) and the index come from different models.
@@ -297,7 +309,9 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
     sink = _ShardOutput(out, job) if out is not None and out.suffix != ".jsonl" else None
     skip = sink.done if sink else 0
     batches, total = _query_batches(queries_path, from_store, model, batch_size, workers, device, shard_rows, skip,
-                                    show_progress, rejects)
+                                    show_progress, rejects, encode_stream if executor is None else executor.encode_stream)
+    answering = answer_stream if executor is None else executor.answer_stream
+    answer_iter = answering(batches, index, index_path, threshold, k, top, per_identity)
     jsonl = None
     summary = IdentifySummary(0, 0, 0, 0, skip, 0.0, threshold_text)
     buffered: list[pd.DataFrame] = []
@@ -306,8 +320,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
         if tmp is not None:
             jsonl = open(tmp, "w")
         with progress_bar(show_progress if from_store else False, total, "identify") as bar:
-            for batch in batches:
-                answers = answer_batch(index, batch, threshold, k, top, per_identity)
+            for answers in answer_iter:
                 _tally(summary, answers)
                 if emit is not None:
                     emit(answers)
@@ -365,7 +378,7 @@ def _tally(summary: IdentifySummary, answers: pd.DataFrame) -> None:
 
 
 def _query_batches(path: Path, from_store: bool, model, batch_size, workers, device, shard_rows: int, skip: int,
-                   show_progress, rejects: Rejects) -> tuple[Iterator[QueryBatch], int]:
+                   show_progress, rejects: Rejects, stream=encode_stream) -> tuple[Iterator[QueryBatch], int]:
     if from_store:
         total = int(read_store_metadata(path).get("count") or 0) - skip
         return _store_batches(path, batch_size or 8192, skip), max(0, total)
@@ -377,8 +390,8 @@ def _query_batches(path: Path, from_store: bool, model, batch_size, workers, dev
     plan = batch_plan(len(table), batch_size or engine.batch_size, shard_rows, first_shard=skip // shard_rows)
 
     def generate():
-        for batch, vectors in encode_stream(engine, source, table, plan, workers or default_workers(),
-                                            show_progress=show_progress, desc="identify", rejects=rejects):
+        for batch, vectors in stream(engine, source, table, plan, workers or default_workers(),
+                                     show_progress=show_progress, desc="identify", rejects=rejects):
             yield QueryBatch(batch.rows, vectors)
 
     return generate(), len(table) - skip
