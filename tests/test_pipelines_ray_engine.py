@@ -207,8 +207,8 @@ def test_an_index_loaded_memory_mapped_answers_as_the_loaded_one(tmp_path):
 def test_encode_stream_takes_row_slices_or_row_ranges_of_a_table(monkeypatch):
     calls = []
     monkeypatch.setattr(RayEngine, "_encode_slices", lambda self, engine, source, plan, *rest, **kw: calls.append(
-        ([rows["id"].tolist() for rows in plan], rest, kw)))
+        ([rows["id"].tolist() for rows in plan], rest, kw)) or iter(()))
     table = pd.DataFrame({"id": np.arange(5), "path": list("abcde")})
-    RayEngine().encode_stream("engine", "source", [table.iloc[:3], table.iloc[3:]], 2, show_progress=False)
-    RayEngine().encode_stream("engine", "source", table, [(0, 3), (3, 5)], 2, show_progress=False)
+    list(RayEngine().encode_stream("engine", "source", [table.iloc[:3], table.iloc[3:]], 2, show_progress=False))
+    list(RayEngine().encode_stream("engine", "source", table, [(0, 3), (3, 5)], 2, show_progress=False))
     assert calls[0] == calls[1] == ([[0, 1, 2], [3, 4]], (2,), {"show_progress": False})
