@@ -302,6 +302,8 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     rejects = rejects if rejects is not None else Rejects()
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out):
+        if is_dataset_store(out) and DatasetStore.open(out).manifest.get("state") == "writing":
+            rejects.resume_from(rejects_path(out))  # the interrupted run's list, as of its last shard
         result = _embed_locked(source, out, model, batch_size, workers, labelled, tta, append, shard_rows, ids,
                                device, inference, show_progress, rejects, executor)
         rejects.write(rejects_path(out))
@@ -417,6 +419,8 @@ def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine:
             rows = pd.concat(tables, ignore_index=True) if tables else table.iloc[:0].assign(**{HASH_COLUMN: []})
             vectors = np.concatenate(chunks) if chunks else np.zeros((0, engine.dim), np.float32)
             store.add_shard(rows, vectors, number=None if appending else shard_number)
+            if rejects is not None and len(rejects):  # a killed run's list survives with its shards
+                rejects.write(rejects_path(store.folder))
         tables, chunks, buffered, read_in_shard = [], [], 0, 0
         shard_number += 1
 

@@ -123,6 +123,7 @@ class Rejects:
         self.items: list[tuple[str, str]] = []
         self.where: Path | None = None
         self.kept = 0
+        self._paths: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -132,12 +133,29 @@ class Rejects:
         path, reason = escape_name(str(path)), escape_name(str(reason))
         if self.policy.fail:
             raise ImageReadError(f"{path}: {reason} (stopped: --on-error fail)")
+        if path in self._paths:  # listed once, even when a resumed job meets it again
+            return
         log.info("rejected %s: %s", path, reason)
+        self._paths.add(path)
         self.items.append((path, reason))
 
     def extend(self, pairs: Sequence[tuple[str, str]]) -> None:
         for path, reason in pairs:
             self.add(path, reason)
+
+    def resume_from(self, path: str | os.PathLike) -> int:
+        """Take in the rejects an interrupted run of the same job listed at ``path`` (a CSV written
+        by :meth:`write`); returns how many. A missing or unreadable list adds nothing."""
+        try:
+            earlier = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, pd.errors.ParserError):
+            return 0
+        before = len(self.items)
+        for found, reason in zip(earlier.get("path", []), earlier.get("reason", [])):
+            if found not in self._paths:
+                self._paths.add(found)
+                self.items.append((found, reason))
+        return len(self.items) - before
 
     def table(self) -> pd.DataFrame:
         """Columns ``path`` and ``reason``, one row per reject."""

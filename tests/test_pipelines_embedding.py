@@ -206,3 +206,30 @@ def test_reembedding_a_store_with_another_model_reads_its_source_images(tmp_path
                   migrated)
     with pytest.raises(InvalidInputError, match="not made by `oneshot embed`"):
         embed_to_store(gallery, migrated, tiny_model_path, append=True)
+
+
+def test_a_resumed_embed_keeps_the_rejects_of_the_interrupted_run(tmp_path, gallery, tiny_model_path, monkeypatch):
+    from oneshot.pipelines.rejects import Rejects
+
+    bad = sorted(gallery.rglob("*.png"))[0]  # in the first shard
+    bad.write_bytes(b"<html>not a png</html>")
+    out = tmp_path / "store.parquet"
+    real_add, calls = DatasetStore.add_shard, []
+
+    def add_then_stop(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run dies after committing its first shard
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetStore, "add_shard", add_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_store(gallery, out, tiny_model_path, batch_size=8, shard_rows=16, show_progress=False)
+    monkeypatch.setattr(DatasetStore, "add_shard", real_add)
+    rejects = Rejects()
+    result = embed_to_store(gallery, out, tiny_model_path, batch_size=8, shard_rows=16, show_progress=False,
+                            rejects=rejects)
+    assert result.action == "resumed"
+    listed = pd.read_csv(str(out) + ".rejects.csv")
+    assert listed["path"].tolist() == [bad.relative_to(gallery).as_posix()]
+    assert len(result.store) == len(open_source(gallery).table) - 1
