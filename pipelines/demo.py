@@ -18,12 +18,13 @@ from oneshot.atomic import atomic_path
 from oneshot.data.folders import read_gallery
 from oneshot.data.omniglot import OmniglotSplit
 from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder.artifact import save_model
 from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.train import TrainConfig, train
 from oneshot.pipelines.evaluate import evaluate
 from oneshot.pipelines.jobs import build_index, embed_gallery
 from oneshot.pipelines.report import write_report
-from oneshot.pipelines.training import training_sets, training_source
+from oneshot.pipelines.training import calibrate_model_thresholds, training_sets, training_source
 from oneshot.pipelines.validation import OneShotValidation
 
 SYNTHETIC_EVALUATION = dict(n_alphabets=5, characters_per_alphabet=20)
@@ -76,8 +77,11 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
     recipe = Recipe.from_dict(config.recipe)
     train_set, val_set = training_sets(background.table, background.read, recipe, validation, config.rotations)
     tick = time.perf_counter()
-    result = train(config, train_set, OneShotValidation.from_config(val_set, config), out / "model", resume=False, show_progress=show_progress,
-                   info={"command": "oneshot demo", "data": "omniglot" if data else "synthetic"})
+    result = train(config, train_set, OneShotValidation.from_config(val_set, config), out / "model", resume=False,
+                   show_progress=show_progress, info={"command": "oneshot demo", "data": "omniglot" if data else "synthetic"})
+    thresholds = calibrate_model_thresholds(result.model, val_set, None,
+                                            f"the demo's validation alphabets {sorted(validation)}", seed)
+    save_model(result.model, result.model_path, {**result.model.info, "thresholds": thresholds})
     timings["train"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
