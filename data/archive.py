@@ -24,7 +24,7 @@ import stat
 import threading
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -43,13 +43,13 @@ __all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_SUFFIXES", "ImageArchive", "Listing"
 
 def is_image_name(name: str) -> bool:
     """A file name with an image extension (any case) that is not hidden."""
-    return name.lower().endswith(IMAGE_SUFFIXES) and not PurePosixPath(name).name.startswith(".")
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.rsplit("/", 1)[-1].startswith(".")
 
 
 def is_litter(name: str) -> bool:
     """OS litter or hidden: any part of the posix path hidden, ``__MACOSX``, ``Thumbs.db`` ..."""
     return any((part.startswith(".") and part not in (".", "..")) or part.lower() in LITTER_NAMES
-               for part in PurePosixPath(name).parts)
+               for part in name.split("/"))  # plain string parts: listing a million names stays fast
 
 
 _ESCAPED_BYTE = re.compile(r"\\x([0-9a-f]{2})")
@@ -143,7 +143,7 @@ class ImageArchive:
             if not name or name.endswith("/") or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             reason = None
-            parts = PurePosixPath(name.replace("\\", "/")).parts
+            parts = name.replace("\\", "/").split("/")
             if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
                 reason = "unsafe member name (absolute or with '..'); not read"
             elif is_litter(name) or not is_image_name(name):

@@ -18,9 +18,6 @@ import pandas as pd
 
 from oneshot.errors import InvalidInputError
 from oneshot.index.metric import get_metric
-from oneshot.index.search import ExactSearch
-from oneshot.pipelines.identify import calibrate_unknown_threshold
-from oneshot.pipelines.verify import calibrate_threshold, pair_scores, sample_pairs
 
 log = logging.getLogger(__name__)
 KINDS = ("verification", "unknown")
@@ -37,12 +34,18 @@ def _forgery_pairs(labels: np.ndarray, forged: np.ndarray, n_pairs: int, rng) ->
     return a, b
 
 
+# The calibrations import their pipelines (and through them scikit-learn) when they run, so that
+# reading a model's thresholds (``identify``, ``verify``) starts fast.
+
+
 def calibrate_verification(embeddings: np.ndarray, labels: np.ndarray, metric, described: str,
                            n_pairs: int = 2000, seed: int = 0, forged: np.ndarray | None = None) -> dict:
     """The accuracy-maximising 1:1 threshold on balanced pairs of ``embeddings`` (N, D).
 
     With ``forged`` (N,) bool, a third of the negatives are (genuine, forgery of the same writer).
     """
+    from oneshot.pipelines.verify import calibrate_threshold, pair_scores, sample_pairs
+
     labels = np.asarray(labels, dtype=object).astype(str)
     forged = np.zeros(len(labels), bool) if forged is None else np.asarray(forged, bool)
     genuine = np.flatnonzero(~forged)
@@ -64,6 +67,9 @@ def calibrate_unknown(embeddings: np.ndarray, labels: np.ndarray, metric, descri
     """The "unknown" threshold of 1:K identification: half the classes (seeded) are known, one
     image each in the gallery and the rest as known queries; every image of the other half is an
     unknown query; the threshold maximises open-set accuracy."""
+    from oneshot.index.search import ExactSearch
+    from oneshot.pipelines.identify import calibrate_unknown_threshold
+
     labels = np.asarray(labels, dtype=object).astype(str)
     classes = np.unique(labels)
     if len(classes) < 4:
