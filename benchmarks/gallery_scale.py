@@ -325,7 +325,7 @@ def main(argv=None) -> dict:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     results["machine"] = {"cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                          "note": "shared machine: other jobs ran at the same time"}
+                          "note": "load_average is read before the run: compare figures only across runs on the same, equally loaded machine"}
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     return results
