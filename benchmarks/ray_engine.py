@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -163,8 +164,8 @@ def main(argv=None) -> dict:
     model = load_model(args.model)
     work = Path(args.work or tempfile.mkdtemp(prefix="ray_engine_bench_"))
     work.mkdir(parents=True, exist_ok=True)
-    result: dict = {"command": "nice python -m benchmarks.ray_engine --out benchmarks/results/ray_engine.json",
-                    "machine": f"{os.cpu_count()} cores, shared with other engineers (timings are noisy)",
+    result: dict = {"command": "python -m benchmarks." + Path(__file__).stem + " " + " ".join(argv or sys.argv[1:]),
+                    "machine": f"{os.cpu_count()} cores; load_average_before is recorded with each job",
                     "ray_version": ray.__version__, "model": args.model or "shipped default",
                     "model_fingerprint": model.fingerprint,
                     "ray_engine": {"encode_actors": "one per CPU of the cluster", "actor_cpus": defaults.actor_cpus,
