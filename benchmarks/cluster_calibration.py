@@ -16,11 +16,11 @@ import argparse
 import json
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmarks import write_result
 from oneshot.data.omniglot import OmniglotSplit, omniglot_root
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
@@ -113,9 +113,7 @@ def main(argv=None) -> dict:
                          "--out benchmarks/results/cluster_calibration.json",
               "thresholds": {k: thresholds[k] for k in ("cluster_distance", "cluster_radius")},
               "calibration": thresholds, "average_link_threshold": average_threshold, "comparison": comparison}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return result
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
+from benchmarks import write_result
 from oneshot.data.omniglot import OmniglotSplit, omniglot_root
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
@@ -97,9 +97,7 @@ def main(argv=None) -> dict:
               "thresholds": thresholds, "threshold_source": source, "raw_pixel_thresholds": pixel_thresholds,
               "targets": TARGETS, "measured": measured, "target_met": met,
               "old_church_slavonic_ari": slavonic, "results": results}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return result
 
 

@@ -14,11 +14,11 @@ import argparse
 import json
 import time
 import zipfile
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from benchmarks import write_result
 from oneshot.data.decode import decode_image
 from oneshot.data.omniglot import omniglot_root
 
@@ -56,9 +56,7 @@ def main(argv=None) -> dict:
         "note": "single process on a shared 2-core machine",
     }
     print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return result
 
 

@@ -18,6 +18,7 @@ import json
 import time
 from pathlib import Path
 
+from benchmarks import write_result
 from oneshot.data.synthetic import make_alphabets
 from oneshot.data.synthetic_photos import make_photo_gallery
 from oneshot.data.synthetic_signatures import make_signature_gallery
@@ -78,9 +79,7 @@ def main(argv=None) -> dict:
     for family in args.families.split(","):
         result[family] = run_family(family, Path(args.root), args.episodes, args.seed, args.way)
         print(json.dumps({family: result[family]}, indent=2), flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return result
 
 

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
+
 DATA = Path(os.environ.get("ONESHOT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
 OMNIGLOT_EVAL = DATA / "omniglot" / "images_evaluation.zip"
 MNIST_TRAIN = DATA / "mnist" / "train-images-idx3-ubyte.gz"
 RESULTS = Path(__file__).parent / "results" / "gallery_scale.json"
@@ -319,14 +319,13 @@ def main(argv=None) -> dict:
             results[name] = SECTIONS[name](args)
             results[name]["section_seconds"] = round(time.perf_counter() - started, 1)
             results[name]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=2) + "\n")
+            write_result(results, out)  # after each section: a killed run keeps what it measured
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     results["machine"] = {"cpus": os.cpu_count(), "load_average": os.getloadavg(),
                           "note": "load_average is read before the run: compare figures only across runs on the same, equally loaded machine"}
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(results, out)
     print_table(results)
     return results
 

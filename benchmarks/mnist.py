@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
 from oneshot.data.source import open_source, read_all
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
@@ -128,13 +129,12 @@ def main(argv=None) -> dict:
         result["transfer_init"] = transfer_protocol(args.data, runs, options, args.episodes, args.seed, init="default")
         print(json.dumps(result["transfer_init"], indent=2), flush=True)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         if Path(args.out).exists():  # keep the other protocols' figures (each records its command)
             previous = json.loads(Path(args.out).read_text())
             for key in ("pairs", "transfer", "transfer_init"):
                 if key in previous and key not in result:
                     result[key] = {**previous[key], "command": previous.get("command")}
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_result(result, args.out)
     return result
 
 

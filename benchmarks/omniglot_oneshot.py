@@ -19,6 +19,7 @@ import os
 import time
 from pathlib import Path
 
+from benchmarks import write_result
 from oneshot.data.folders import read_gallery
 from oneshot.data.omniglot import omniglot_root, split_location
 from oneshot.embedder.artifact import load_model
@@ -83,9 +84,8 @@ def main(argv=None) -> dict:
         print(f"{'TTA' if r['tta'] else 'plain':8s} {lake['mean_error']:10.4f} +- {lake['ci95']:.4f}"
               f" {r['evaluation_20way_within_alphabet']['accuracy']:11.4f} {r['evaluation_5way_within_alphabet']['accuracy']:10.4f}")
     print("per run (plain):", " ".join(f"{v:.2f}" for v in result["results"][0]["lake_runs"]["per_run"].values()))
+    write_result(result, args.out)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
     return result
 

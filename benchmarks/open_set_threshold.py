@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
 from oneshot.data.omniglot import OmniglotSplit, omniglot_root
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
@@ -65,9 +65,7 @@ def main(argv=None) -> dict:
                              f"{len(unknown_characters) - int(calibration_unknown.sum() // 20)} unknown characters",
               **report}
     print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return result
 
 

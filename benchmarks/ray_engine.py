@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
 from oneshot.embedder.artifact import load_model
 from oneshot.index.dataset_store import MANIFEST_NAME
 from oneshot.index.store import read_embeddings
@@ -208,9 +209,7 @@ def main(argv=None) -> dict:
         overhead = measured["overhead_vs_local"]
         result["target"] = {"job": big, "max_overhead": 0.25, "overhead": overhead, "met": overhead <= 0.25}
     print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return result
 
 

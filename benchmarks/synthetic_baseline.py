@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from benchmarks import write_result
 from oneshot.data.synthetic import make_alphabets
 from oneshot.embedder.preprocess import Recipe
 from oneshot.pipelines.demo import demo_scores, raw_pixel_vectors
@@ -44,9 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
         "generation_seconds": round(generated, 3),
     }
     print(json.dumps(result, indent=2))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return result
 
 
