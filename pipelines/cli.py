@@ -84,6 +84,13 @@ def _engine_options(command):
                         help="Run here, or spread the work over Ray (pip install 'oneshot[ray]').")(command)
 
 
+def _read_paths_file(path: str | None) -> list[str] | None:
+    """The image paths listed in a ``--paths`` file, one per line (blank lines skipped); None without one."""
+    if not path:
+        return None
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def _version() -> str:
     from oneshot.embedder.artifact import library_versions
 
@@ -308,9 +315,7 @@ def store_remove_command(store, ids, labels, paths_file):
     """
     from oneshot.pipelines.store_jobs import remove_from_store
 
-    paths = None
-    if paths_file:
-        paths = [line.strip() for line in Path(paths_file).read_text().splitlines() if line.strip()]
+    paths = _read_paths_file(paths_file)
     if not (ids or labels or paths):
         raise click.UsageError("give --id, --label or --paths")
     removed = remove_from_store(store, ids=list(ids), labels=list(labels), paths=paths)
@@ -432,10 +437,7 @@ def index_remove(index_path, ids, labels, paths_file):
         raise click.UsageError("give --id, --label or --paths")
     from oneshot.pipelines.jobs import remove_from_index
 
-    paths = None
-    if paths_file:
-        with open(paths_file) as handle:
-            paths = [line.strip() for line in handle if line.strip()]
+    paths = _read_paths_file(paths_file)
     removed, left = remove_from_index(index_path, list(ids), list(labels), paths)
     click.echo(f"removed {removed} vectors from {index_path}; {left} left")
 
