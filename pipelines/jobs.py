@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from oneshot.data.archive import read_image_file
-from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source, read_images
+from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode, progress_bar
 from oneshot.embedder.model import Embedder
@@ -35,7 +35,7 @@ from oneshot.pipelines.cluster_review import assign_new, cluster_centres, export
 from oneshot.pipelines.embedding import EmbedResult, embed_to_store  # noqa: F401  (streaming, sharded)
 from oneshot.pipelines.identify import identify
 from oneshot.pipelines.identify_job import IdentifySummary, identify_job  # noqa: F401  (streaming)
-from oneshot.pipelines.rejects import Rejects, finite_rows, read_batch, rejects_path
+from oneshot.pipelines.rejects import RejectPolicy, Rejects, finite_rows, read_batch, rejects_path
 from oneshot.pipelines.store_jobs import remove_from_store  # noqa: F401
 from oneshot.pipelines.thresholds import resolve_threshold
 
@@ -48,17 +48,11 @@ def _model(model: Embedder | str | os.PathLike | None) -> Embedder:
 
 def encode_gallery(model: Embedder, gallery: ImageSource, batch_size: int = 256,
                    show_progress: bool | None = None, tta: bool = False) -> np.ndarray:
-    """Read, preprocess and encode an image source chunk by chunk -> float32 (N, D), table order."""
-    paths = list(gallery.table["path"])
-    chunks = []
-    with progress_bar(show_progress, len(paths), "encode") as bar:
-        for start in range(0, len(paths), batch_size):
-            images = read_images(gallery, paths[start : start + batch_size], color=model.recipe.channels == 3)
-            chunks.append(encode(model, images, batch_size=batch_size, show_progress=False, tta=tta))
-            bar.update(len(images))
-    if not chunks:
-        return np.zeros((0, model.dim), dtype=np.float32)
-    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+    """Encode every image of a source -> float32 (N, D), table order (:func:`encode_source` that
+    stops at the first file it cannot use, so every row has its vector)."""
+    _, vectors = encode_source(model, gallery, Rejects(RejectPolicy(on_error="fail")), batch_size, show_progress,
+                               tta)
+    return vectors
 
 
 # --- bad input (issue 8): encode what can be read, name the rest ------------------------------------
