@@ -134,3 +134,8 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     model.fingerprint = config["fingerprint"]
     model.info = config.get("info", {})
     return model.to(device).eval()
+
+
+def as_model(model: Embedder | str | os.PathLike | None) -> Embedder:
+    """A model as given, or loaded from its file (``None``: the shipped default)."""
+    return model if isinstance(model, Embedder) else load_model(model)

@@ -28,7 +28,7 @@ import pandas as pd
 from oneshot.data.archive import escape_name
 from oneshot.data.folders import Gallery
 from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source
-from oneshot.embedder.artifact import load_model
+from oneshot.embedder.artifact import as_model
 from oneshot.embedder.encode import default_device, progress_bar
 from oneshot.embedder.inference import InferenceModel
 from oneshot.embedder.model import Embedder
@@ -196,10 +196,6 @@ def batch_plan(rows: int, batch_size: int, shard_rows: int, first_shard: int = 0
 # ------------------------------------------------------------------------------ the job
 
 
-def _model(model: Embedder | str | os.PathLike | None) -> Embedder:
-    return model if isinstance(model, Embedder) else load_model(model)
-
-
 def _source_table(gallery: ImageSource, ids: str) -> pd.DataFrame:
     if ids not in ID_MODES:
         raise InvalidInputError(f"ids must be one of {ID_MODES}, got {ids!r}")
@@ -312,7 +308,7 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
 
 def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, append, shard_rows, ids, device,
                   inference, show_progress, rejects: Rejects, executor=None) -> EmbedResult:
-    model = _model(model)
+    model = as_model(model)
     if not isinstance(source, ImageSource) and is_dataset_store(source):
         source, labelled = _images_of_store(Path(source), labelled)
     gallery = open_source(source, labelled=labelled, strict=rejects.policy.fail)

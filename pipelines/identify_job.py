@@ -32,13 +32,14 @@ import pyarrow.parquet as pq
 
 from oneshot.atomic import atomic_path
 from oneshot.data.source import ImageSource, listing_rejects, open_source
+from oneshot.embedder.artifact import as_model
 from oneshot.embedder.encode import default_device, progress_bar
 from oneshot.embedder.inference import InferenceModel
 from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.dataset_store import DatasetStore, is_dataset_store, path_ids
 from oneshot.index.store import EMBEDDING_COLUMN, read_store_metadata
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.embedding import _model, batch_plan, default_workers, encode_stream
+from oneshot.pipelines.embedding import batch_plan, default_workers, encode_stream
 from oneshot.pipelines.identify import UNKNOWN
 from oneshot.pipelines.knn import knn_classify
 from oneshot.pipelines.rejects import Rejects, rejects_path
@@ -295,7 +296,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
         actual = read_store_metadata(queries_path).get("model_fingerprint")
         what = f"the query store {queries_path}"
     else:
-        model = _model(model)
+        model = as_model(model)
         actual = getattr(model, "fingerprint", None)
         what = "the queries' model"
     if expected and actual and expected != actual:
@@ -354,7 +355,7 @@ def _threshold(model, index_fingerprint: str | None, given) -> tuple[float | Non
     """
     if not (isinstance(given, str) and given.lower() == "model"):
         return resolve_threshold(None, "unknown", given)
-    model = _model(model)
+    model = as_model(model)
     if index_fingerprint and getattr(model, "fingerprint", None) != index_fingerprint:
         return None, (f"no threshold: the index was built with model {index_fingerprint}, which is not at hand "
                       "(pass it with --model to use its threshold, or give --threshold X)")

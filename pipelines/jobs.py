@@ -18,7 +18,7 @@ import pandas as pd
 
 from oneshot.data.archive import read_image_file
 from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source
-from oneshot.embedder.artifact import load_model
+from oneshot.embedder.artifact import as_model
 from oneshot.embedder.encode import encode, progress_bar
 from oneshot.embedder.model import Embedder
 from oneshot.errors import InvalidInputError, ModelMismatchError
@@ -40,10 +40,6 @@ from oneshot.pipelines.store_jobs import remove_from_store  # noqa: F401
 from oneshot.pipelines.thresholds import resolve_threshold
 
 log = logging.getLogger(__name__)
-
-
-def _model(model: Embedder | str | os.PathLike | None) -> Embedder:
-    return model if isinstance(model, Embedder) else load_model(model)
 
 
 def encode_gallery(model: Embedder, gallery: ImageSource, batch_size: int = 256,
@@ -105,7 +101,7 @@ def embed_gallery(source: str | os.PathLike | ImageSource, out: str | os.PathLik
         InvalidInputError: when no image at all could be encoded.
     """
     rejects = rejects if rejects is not None else Rejects()
-    model = _model(model)
+    model = as_model(model)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out):
         gallery = open_source(source, labelled=labelled, strict=rejects.policy.fail)
@@ -184,7 +180,7 @@ def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.Pa
     Raises:
         ValueError: when the index was built with another model than ``model``.
     """
-    model = _model(model)
+    model = as_model(model)
     index = index if isinstance(index, VectorIndex) else VectorIndex.load(index)
     expected = index.metadata.get("model_fingerprint")
     actual = getattr(model, "fingerprint", None)
@@ -218,7 +214,7 @@ def verify_images(image_a: str | os.PathLike, image_b: str | os.PathLike,
                   model: Embedder | str | os.PathLike | None = None, threshold: float | str | None = "model") -> dict:
     """1:1 verification of two image files: their similarity and "same or not" at ``threshold``
     (a number, ``"model"``: the model's calibrated verification threshold, or ``None``)."""
-    model = _model(model)
+    model = as_model(model)
     colour = model.recipe.channels == 3
     vectors = encode(model, [read_image_file(image_a, color=colour), read_image_file(image_b, color=colour)],
                      show_progress=False)
@@ -319,7 +315,7 @@ def assign_images(images: str | os.PathLike, clusters: str | os.PathLike | Embed
     stored = clusters if isinstance(clusters, EmbeddingSet) else read_embeddings(clusters)
     if "cluster" not in stored.table.columns:
         raise InvalidInputError(f"{clusters}: not a clustering (no 'cluster' column); write one with `oneshot cluster --out`")
-    model = _model(model)
+    model = as_model(model)
     expected, actual = stored.metadata.get("model_fingerprint"), getattr(model, "fingerprint", None)
     if expected and actual and expected != actual:
         raise ModelMismatchError(f"the clusters were made with model {expected} but the images use model {actual}; "

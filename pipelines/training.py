@@ -22,7 +22,7 @@ from oneshot.data.lake_runs import read_lake_runs
 from oneshot.data.omniglot import OmniglotSplit, omniglot_root
 from oneshot.data.source import ImageSource, describe_source, open_source, read_images
 from oneshot.data.synthetic import SyntheticSet, make_alphabets
-from oneshot.embedder.artifact import DEFAULT_MODEL, load_model, save_model
+from oneshot.embedder.artifact import DEFAULT_MODEL, as_model, load_model, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
 from oneshot.embedder.model import Embedder
@@ -334,6 +334,6 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
 
 def lake_errors(data: str | os.PathLike | None = None, model=None, tta: bool = False) -> pd.DataFrame:
     """Per-run error of a model (file, ``Embedder`` or ``None`` for the shipped one) on Lake's runs."""
-    model = model if isinstance(model, Embedder) else load_model(model)
+    model = as_model(model)
     runs = read_lake_runs(data if data is not None else omniglot_root())
     return lake_run_errors(runs, lambda images: encode(model, images, tta=tta, show_progress=False), model.metric)
