@@ -257,6 +257,8 @@ def embed(source, out, model, batch_size, workers, append, ids, shard_rows, devi
 
     rejects = _rejects(on_error, max_rejects)
     with executor_for(engine, ray_address, on_error=on_error) as executor:
+        if executor is not None:
+            executor.prepare(model)  # the encode actors start while the job lists SOURCE
         result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta,
                                 append=append, shard_rows=shard_rows, ids=ids, device=device, rejects=rejects,
                                 executor=executor)
@@ -470,7 +472,7 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
     Example:
       oneshot identify new_images/ --index runs/eval.faiss --threshold 0.6 --top 5 --out runs/answers
     """
-    from oneshot.pipelines.identify_job import identify_job  # not via jobs: lighter start-up
+    from oneshot.pipelines.identify_job import identify_job, is_query_store  # not via jobs: lighter start-up
 
     def echo(answers):
         text = answers.to_json(orient="records", lines=True)
@@ -481,6 +483,8 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
 
     rejects = _rejects(on_error, max_rejects)
     with executor_for(engine, ray_address, on_error=on_error) as executor:
+        if executor is not None and not is_query_store(Path(queries)):
+            executor.prepare(model)  # the encode actors start while the job opens the index
         summary = identify_job(queries, index_path, out, model, threshold, k, top, batch_size=batch_size,
                                workers=workers, emit=None if out else echo, rejects=rejects, executor=executor)
     click.echo(f"threshold: {summary.threshold_text}", err=True)

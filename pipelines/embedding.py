@@ -13,7 +13,6 @@ path is new or whose content changed.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import deque
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from oneshot.data.archive import escape_name
+from oneshot.data.content_hash import content_hash
 from oneshot.data.folders import Gallery
 from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source
 from oneshot.embedder.artifact import as_model
@@ -49,13 +49,6 @@ from oneshot.pipelines.rejects import read_batch as read_images_or_reject
 log = logging.getLogger(__name__)
 
 ID_MODES = ("path", "source")
-
-
-def content_hash(image: np.ndarray) -> str:
-    """64-bit blake2b of an image's shape and pixels, as 16 hex digits (finds one image under two paths)."""
-    digest = hashlib.blake2b(str(image.shape).encode(), digest_size=8)
-    digest.update(np.ascontiguousarray(image).data)
-    return digest.hexdigest()
 
 
 def default_workers() -> int:

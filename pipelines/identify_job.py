@@ -60,7 +60,8 @@ class QueryBatch:
     vectors: np.ndarray  # float32 (n, D)
 
 
-def _is_store(path: Path) -> bool:
+def is_query_store(path: Path) -> bool:
+    """Whether identify's queries at ``path`` are an embedding store (else images to encode)."""
     if is_dataset_store(path):
         return True
     if path.is_file() and path.suffix == ".parquet":
@@ -291,7 +292,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
     index = index if isinstance(index, VectorIndex) else VectorIndex.load(index)
     expected = index.metadata.get("model_fingerprint")
     queries_path = Path(queries)
-    from_store = _is_store(queries_path)
+    from_store = is_query_store(queries_path)
     if from_store:
         actual = read_store_metadata(queries_path).get("model_fingerprint")
         what = f"the query store {queries_path}"

@@ -5,12 +5,13 @@
 (shards and manifests in exactly the local format, by the same code), and ask the executor for
 their two streams:
 
-- ``encode_stream``: the planned batches of the source table become a Ray dataset
-  (``ray.data.from_pandas``, one block per planned batch); decoding runs in Ray tasks with the
-  product's own readers and preprocessing recipe (:func:`decode_batch`); encoding runs in an actor
-  pool (``map_batches(_Encoder, compute=ActorPoolStrategy(size=n))``) where each actor builds the model once (on CPU,
-  or one GPU per actor). Encoded batches come back in plan order, as local
-  :func:`~oneshot.pipelines.embedding.encode_stream` yields them.
+- ``encode_stream``: each planned batch is decoded in a Ray task with the product's own readers
+  and preprocessing recipe (:func:`decode_batch`), and its pixels go straight from that task to
+  one of a pool of encode actors, each holding the model (on CPU, or one GPU per actor). The pool
+  is started once per engine and model (:meth:`RayEngine.prepare` starts it while the job is
+  still planning) and kept for the engine's next jobs; a fresh actor pool per job, as Ray Data's
+  ``map_batches(compute=ActorPoolStrategy(...))`` makes, cost ~5 s per job here. Batches come
+  back in plan order, as local :func:`~oneshot.pipelines.embedding.encode_stream` yields them.
 - ``answer_stream``: query batches go to actors that each hold the index (one per node by
   default; loaded from the index file, memory-mapped where FAISS can), at most two batches in
   flight per actor; answers come back in order.
@@ -19,10 +20,9 @@ Ray is optional (``pip install 'oneshot[ray]'``): this module imports it inside 
 A bad image does not fail its task: :func:`decode_batch` returns it as a reject ``(path,
 reason)`` and the executor's ``on_error`` decides (``"fail"``: raise :class:`ImageReadError`
 naming the file, like the local engine; ``"skip"``: drop the row, keep it in
-``PreparedBatch.rejected``). A lost worker is retried by Ray: decode tasks are re-run (Ray's
-default ``max_retries=3`` for system failures), Ray Data restarts encode actors and retries their
-calls (its defaults ``max_restarts=-1``, ``max_task_retries=-1``), and index actors are created
-with ``max_restarts``/``max_task_retries`` of :data:`ACTOR_RESTARTS`. A re-run after a crash skips
+``PreparedBatch.rejected``). A lost worker is retried by Ray: decode tasks are re-run (
+``max_retries`` of :data:`TASK_RETRIES` for system failures), and encode and index actors are
+created with ``max_restarts``/``max_task_retries`` of :data:`ACTOR_RESTARTS`. A re-run after a crash skips
 committed shards because the job plans only the shards still missing.
 """
 from __future__ import annotations
@@ -32,28 +32,27 @@ import logging
 import os
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
-from oneshot.data.archive import escape_name
 from oneshot.data.source import ImageSource
 from oneshot.embedder.encode import progress_bar
 from oneshot.embedder.inference import InferenceModel
-from oneshot.embedder.preprocess import Recipe
 from oneshot.errors import ImageReadError, InvalidInputError
 from oneshot.index.dataset_store import HASH_COLUMN
-from oneshot.pipelines.embedding import PreparedBatch, content_hash
+from oneshot.pipelines.embedding import PreparedBatch
+from oneshot.pipelines.ray_decode import SharedObject, decode_batch
 from oneshot.pipelines.rejects import Rejects
-from oneshot.pipelines.rejects import read_batch as read_images_or_reject
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
 ON_ERROR = ("fail", "skip")
 REJECT_COLUMNS = ["id", "path", "reason"]
-TASK_RETRIES = 3  # an index-build task on a lost worker is run again this many times
+TASK_RETRIES = 3  # a decode or index-build task on a lost worker is run again this many times
 ACTOR_RESTARTS = 3  # an actor on a lost worker is restarted, and its calls retried, this many times
 
 
@@ -61,95 +60,43 @@ def import_ray():
     """The ``ray`` module, or a clear error saying how to install the extra."""
     try:
         import ray
-        import ray.data  # noqa: F401  (Ray Data is part of the extra)
     except ImportError as error:
         raise InvalidInputError("--engine ray needs Ray: pip install 'oneshot[ray]'") from error
     return ray
 
 
-class _Shared:
-    """An object in Ray's object store, fetched once per worker process (not per batch).
-
-    Wrapping the reference keeps Ray from resolving it when it is passed as an argument.
-    """
-
-    _cache: dict[str, Any] = {}
-
-    def __init__(self, ref):
-        self.ref = ref
-
-    def get(self):
-        key = self.ref.hex()
-        if key not in _Shared._cache:
-            import ray
-
-            _Shared._cache.clear()  # one job's objects at a time per worker
-            _Shared._cache[key] = ray.get(self.ref)
-        return _Shared._cache[key]
-
-
-# ------------------------------------------------------------------------------ decoding
-
-
-def read_with_rejects(source: ImageSource, paths: list[str],
-                      color: bool = False) -> tuple[list[np.ndarray | None], list[str]]:
-    """Decode ``paths``: (image or None per path, reason per path: ``""`` when it decoded).
-
-    The same reader as the local engine (:func:`oneshot.pipelines.rejects.read_batch`): one bad
-    file rejects only itself; the executor's ``on_error`` decides what a reject does.
-    """
-    collector = Rejects()
-    images, kept = read_images_or_reject(source, paths, collector, color=color)
-    found = dict(zip(kept, images))
-    reasons = dict(collector.items)
-    return ([found.get(path) for path in paths],
-            ["" if path in found else reasons.get(escape_name(str(path)), "cannot be read") for path in paths])
-
-
-def decode_batch(batch: dict[str, np.ndarray], source: _Shared, recipe: Recipe,
-                 known: _Shared | None) -> dict[str, np.ndarray]:
-    """A Ray task's step: read, hash and preprocess one planned batch (numpy batch format).
-
-    Args:
-        batch: ``id`` (int64), ``path`` (str), ``_batch`` (plan position) for n rows.
-        known: content hash by id (appending): rows whose image is unchanged are not encoded.
-    Returns:
-        The input columns plus ``content_hash`` (str), ``reason`` (str; ``""`` when the image
-        decoded), ``encode`` (bool) and ``pixels`` float32 (n, 1, S, S) (zeros where not encoded).
-    """
-    images, reasons = read_with_rejects(source.get(), [str(p) for p in batch["path"]], color=recipe.channels == 3)
-    hashes = np.array([content_hash(image) if image is not None else "" for image in images], dtype=object)
-    encode = np.array([image is not None for image in images], dtype=bool)
-    if known is not None and encode.any():
-        previous = known.get().reindex(np.asarray(batch["id"], dtype=np.int64)).to_numpy()
-        encode &= previous != hashes
-    pixels = np.zeros((len(images), 1, recipe.size, recipe.size), dtype=np.float32)
-    chosen = np.flatnonzero(encode)
-    if len(chosen):
-        pixels[chosen] = recipe.batch([images[i] for i in chosen])
-    return {**batch, HASH_COLUMN: hashes, "reason": np.array(reasons, dtype=object), "encode": encode,
-            "pixels": pixels}
-
-
 class _Encoder:
-    """An actor of the encode pool: builds the model once, then encodes the batches it is given."""
+    """An actor of the encode pool: builds the model once, then encodes the decoded batches it is given."""
 
-    def __init__(self, model, mode: str, tta: bool, threads: int | None):
+    def __init__(self, model, threads: int | None):
         import torch
 
         torch.set_num_threads(threads or 1)  # one process per core beats threads on a busy machine
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.engine = InferenceModel(model, mode=mode, device=device)
-        self.tta = tta
+        self.engine = InferenceModel(model, device=device)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = batch.pop("pixels")
-        encode = np.asarray(batch["encode"], dtype=bool)
+    def ready(self) -> str:
+        """The inference mode the actor chose (a call that returns once the model is built)."""
+        return self.engine.mode
+
+    def encode(self, decoded: dict[str, np.ndarray], tta: bool) -> dict[str, np.ndarray]:
+        """:func:`decode_batch`'s output with ``pixels`` replaced by ``embedding`` float32 (n, D)."""
+        pixels = decoded.pop("pixels")
+        encode = np.asarray(decoded["encode"], dtype=bool)
         vectors = np.zeros((len(encode), self.engine.dim), dtype=np.float32)
         if encode.any():
-            vectors[encode] = self.engine(np.ascontiguousarray(pixels[encode]), tta=self.tta)
-        batch["embedding"] = vectors
-        return batch
+            vectors[encode] = self.engine(np.ascontiguousarray(pixels[encode]), tta=tta)
+        decoded["embedding"] = vectors
+        return decoded
+
+
+@dataclass
+class _EncodePool:
+    """Encode actors that each hold one model, kept by the engine from one job to the next."""
+
+    key: str  # the model's fingerprint
+    actors: list
+    model_ref: Any  # the model in the object store: kept alive so that a restarted actor can rebuild it
 
 
 # ------------------------------------------------------------------------------ answering
@@ -241,6 +188,7 @@ class RayEngine:
         self.decode_cpus = decode_cpus
         self.startup_seconds = 0.0
         self._started_here = False
+        self._pool: _EncodePool | None = None
 
     # ---------------------------------------------------------------- the Ray session
 
@@ -259,6 +207,7 @@ class RayEngine:
         return ray
 
     def close(self) -> None:
+        self._release_pool()
         if self._started_here:
             import ray
 
@@ -299,70 +248,70 @@ class RayEngine:
                 rejects.kept += len(batch.rows)
             yield batch, vectors
 
+    def prepare(self, model=None, wait: bool = False) -> None:
+        """Start Ray and the encode actors for ``model`` (a model, a model file, or None for the
+        shipped one) now: each actor builds the model while the job plans, and later jobs with the
+        same model reuse them (jobs start the pool themselves when it is not there). ``wait``:
+        return once every actor has built its model."""
+        from oneshot.embedder.artifact import as_model
+
+        embedder = as_model(model)
+        pool = self._encode_pool(embedder.fingerprint, lambda: embedder)
+        if wait:
+            import ray
+
+            ray.get([actor.ready.remote() for actor in pool.actors])
+
+    def _encode_pool(self, key: str, model) -> _EncodePool:
+        """The encode actors for the model with fingerprint ``key`` (``model()`` gives the model to
+        ship when they must be started): one per GPU, else one per CPU of the cluster."""
+        if self._pool is not None and self._pool.key == key:
+            return self._pool
+        self._release_pool()
+        ray = self.start()
+        cpus, gpus, _ = self._resources()
+        count = self.actors or (int(gpus) if gpus >= 1 else max(1, int(cpus)))
+        resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": self.actor_cpus}
+        actor = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS, **resources)(_Encoder)
+        model_ref = ray.put(model())
+        actors = [actor.options(scheduling_strategy="SPREAD").remote(model_ref, self.threads) for _ in range(count)]
+        self._pool = _EncodePool(key, actors, model_ref)
+        return self._pool
+
+    def _release_pool(self) -> None:
+        """Stop the encode actors (their CPUs go back to the cluster, e.g. for index-build tasks)."""
+        if self._pool is not None:
+            import ray
+
+            for actor in self._pool.actors:
+                ray.kill(actor)
+            self._pool = None
+
     def _encode_slices(self, engine: InferenceModel, source: ImageSource, plan: list[pd.DataFrame], workers: int,
                        tta: bool = False, known: pd.Series | None = None, show_progress: bool | None = None,
                        desc: str = "embed") -> Iterator[tuple[PreparedBatch, np.ndarray]]:
+        """Decode tasks feed the encode actors; at most two batches per actor plus one per CPU are in
+        flight (memory stays bounded), and batches come back in plan order."""
         ray = self.start()
         total = int(sum(len(rows) for rows in plan))
         if not total:
             return
-        cpus, gpus, _ = self._resources()
-        actors = self.actors or (int(gpus) if gpus >= 1 else max(1, int(cpus)))
-        model = _portable_copy(engine)
-        source_box = _Shared(ray.put(source))
-        known_box = _Shared(ray.put(known)) if known is not None else None
-        blocks = [pd.DataFrame({"id": rows["id"].to_numpy(dtype=np.int64), "path": rows["path"].astype(str).to_numpy(),
-                                "_batch": np.full(len(rows), number, dtype=np.int64)})
-                  for number, rows in enumerate(plan)]
-        import ray.data
-
-        context = ray.data.DataContext.get_current()
-        saved = (context.execution_options.preserve_order, context.enable_progress_bars,
-                 context.print_on_execution_start)
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False  # the job shows one bar of its own
-        context.print_on_execution_start = False
-        ray_data_log = logging.getLogger("ray.data")
-        quiet = ray_data_log.level
-        if not log.isEnabledFor(logging.INFO):  # Ray Data's notes only with --verbose
-            ray_data_log.setLevel(logging.ERROR)
-        try:
-            dataset = ray.data.from_pandas(blocks)
-            dataset = dataset.map_batches(decode_batch, batch_size=None, batch_format="numpy", num_cpus=self.decode_cpus,
-                                          fn_kwargs={"source": source_box, "recipe": engine.recipe, "known": known_box})
-            encoder = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": self.actor_cpus}
-            dataset = dataset.map_batches(_Encoder, batch_size=None, batch_format="numpy",
-                                          compute=ray.data.ActorPoolStrategy(size=actors),
-                                          fn_constructor_kwargs={"model": model, "mode": engine.mode, "tta": tta,
-                                                                 "threads": self.threads},
-                                          **encoder)
-            yield from self._in_plan_order(dataset, plan, engine.dim, show_progress, desc)
-        finally:
-            (context.execution_options.preserve_order, context.enable_progress_bars,
-             context.print_on_execution_start) = saved
-            ray_data_log.setLevel(quiet)
-
-    def _in_plan_order(self, dataset, plan: list[pd.DataFrame], dim: int, show_progress: bool | None,
-                       desc: str) -> Iterator[tuple[PreparedBatch, np.ndarray]]:
-        """Regroup the dataset's output by planned batch and yield each once complete, in order."""
-        pending: dict[int, list[pd.DataFrame]] = {}
-        received: dict[int, int] = {}
-        following = 0
-        total = int(sum(len(rows) for rows in plan))
+        pool = self._encode_pool(engine.fingerprint or f"unsaved-{id(engine)}", lambda: _portable_copy(engine))
+        cpus, _, _ = self._resources()
+        decode = ray.remote(num_cpus=self.decode_cpus, max_retries=TASK_RETRIES)(decode_batch)
+        source_box = SharedObject(ray.put(source))
+        known_box = SharedObject(ray.put(known)) if known is not None else None
+        limit = 2 * len(pool.actors) + max(1, int(cpus))
+        in_flight: deque = deque()
         with progress_bar(show_progress, total, desc) as bar:
-            for output in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                vectors = np.asarray(output.pop("embedding"), dtype=np.float32).reshape(-1, dim)
-                frame = pd.DataFrame({key: list(value) if np.ndim(value) > 1 else value for key, value in output.items()})
-                frame["_vector"] = list(vectors)
-                for number, part in frame.groupby("_batch", sort=False):
-                    pending.setdefault(int(number), []).append(part)
-                    received[int(number)] = received.get(int(number), 0) + len(part)
-                while following < len(plan) and received.get(following, 0) == len(plan[following]):
-                    yield self._assemble(plan[following], pd.concat(pending.pop(following), ignore_index=True), dim)
-                    bar.update(len(plan[following]))
-                    following += 1
-        if following != len(plan):
-            raise RuntimeError(f"Ray returned {following} of {len(plan)} planned batches")
+            for number, rows in enumerate(plan):
+                columns = {"id": rows["id"].to_numpy(dtype=np.int64), "path": rows["path"].astype(str).to_numpy()}
+                decoded = decode.remote(columns, source_box, engine.recipe, known_box)
+                in_flight.append((rows, pool.actors[number % len(pool.actors)].encode.remote(decoded, tta)))
+                while len(in_flight) >= limit or (in_flight and number == len(plan) - 1):
+                    done_rows, reference = in_flight.popleft()
+                    yield self._assemble(done_rows, _as_frame(ray.get(reference)), engine.dim)
+                    bar.update(len(done_rows))
 
     def _assemble(self, rows: pd.DataFrame, done: pd.DataFrame, dim: int) -> tuple[PreparedBatch, np.ndarray]:
         """The planned batch's rows (as the local engine has them) with hashes, rejects and vectors."""
@@ -420,7 +369,14 @@ class RayEngine:
         factory string or trained empty index whose shard parts are added on Ray."""
         from oneshot.pipelines.ray_index import build_index_on_ray
 
+        self._release_pool()  # the build's tasks need the CPUs the encode actors hold
         return build_index_on_ray(self, store, out, index=index, pca_dim=pca_dim, pca_variance=pca_variance, seed=seed)
+
+
+def _as_frame(encoded: dict[str, np.ndarray]) -> pd.DataFrame:
+    """An encode actor's output as the frame :meth:`RayEngine._assemble` takes."""
+    return pd.DataFrame({"id": encoded["id"], HASH_COLUMN: encoded[HASH_COLUMN], "reason": encoded["reason"],
+                         "encode": encoded["encode"], "_vector": list(encoded["embedding"])})
 
 
 def _portable_copy(engine: InferenceModel):

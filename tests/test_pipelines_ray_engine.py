@@ -43,7 +43,6 @@ class _Box:
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'oneshot[ray]'")
-    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'oneshot[ray]'")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
