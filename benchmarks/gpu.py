@@ -119,7 +119,7 @@ def section_search(work: Path, n: int) -> dict:
         index = VectorIndex.build(gallery, table, "cosine", kind="auto", use_gpu=use_gpu)
         build_s = time.perf_counter() - started
         found, search_s = _timed_search(index, queries, use_gpu=True)
-        result[f"auto_{trainer}"] = {"factory": index.metadata.get("index", {}).get("factory"),
+        result[f"auto_{trainer}"] = {"factory": index.plan.get("factory"),
                                      "search_params": index.search_params, "build_s": round(build_s, 1),
                                      "recall_at_1": float((found.ids[:, 0] == truth).mean()),
                                      "gpu_queries_per_s": _rate(len(queries), search_s)}
