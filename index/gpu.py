@@ -3,22 +3,52 @@
 The CPU index is always the one built, saved and loaded; a GPU only (a) runs the coarse
 quantizer's k-means during training and (b) answers searches from a clone. Everything here is a
 no-op with a CPU-only FAISS build or without a visible device, so the same code runs everywhere.
+
+A FAISS GPU build that has no kernels for the GPU at hand (the ``faiss-gpu-cu12`` wheels hold
+sm_70 and sm_80 code only, so an H100 fails: faiss-wheels issue 151) aborts the whole process at
+its first GPU call, which no ``try`` catches. So the first use runs one tiny GPU search in a
+subprocess, once per process, and falls back to the CPU with a warning when it fails.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import subprocess
+import sys
 
 import faiss
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
+_PROBE = ("import faiss, numpy as np\n"
+          "index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(8))\n"
+          "index.add(np.ones((2, 8), 'float32'))\n"
+          "index.search(np.ones((1, 8), 'float32'), 1)\n")
+
 
 def gpu_count() -> int:
-    """Number of GPUs FAISS can use: 0 with a CPU-only FAISS build or no visible device."""
+    """Number of GPUs FAISS can use: 0 with a CPU-only FAISS build, no visible device, or a GPU
+    build that cannot run on the device (see the module docstring)."""
     if not hasattr(faiss, "StandardGpuResources"):
         return 0
-    return int(faiss.get_num_gpus())
+    visible = int(faiss.get_num_gpus())
+    return visible if visible and _gpu_build_runs() else 0
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_build_runs() -> bool:
+    """One small GPU search in a subprocess: does this FAISS build run on this GPU?"""
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        logger.warning("could not check FAISS's GPU build (%s); indexes are searched on the CPU", error)
+        return False
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        logger.warning("FAISS's GPU build cannot run on this GPU (%s); indexes are searched on the CPU", reason)
+        return False
+    return True
 
 
 def to_gpu(index: faiss.Index) -> faiss.Index:

@@ -190,6 +190,39 @@ def test_gpu_helpers_on_a_cpu_build(gallery):
     )
 
 
+def test_a_gpu_build_that_cannot_run_on_the_device_falls_back_to_the_cpu(monkeypatch, caplog):
+    import subprocess
+
+    from oneshot.index import gpu
+
+    class GpuBuild:  # a FAISS GPU build that sees one device
+        StandardGpuResources = object
+
+        @staticmethod
+        def get_num_gpus():
+            return 1
+
+    probes = []
+
+    def aborted_probe(command, **options):  # as faiss-gpu-cu12 does on an H100: SIGABRT
+        probes.append(command)
+        return subprocess.CompletedProcess(command, -6, "", "Faiss assertion failed: CUDA error 209 no kernel image")
+
+    monkeypatch.setattr(gpu, "faiss", GpuBuild)
+    monkeypatch.setattr(gpu.subprocess, "run", aborted_probe)
+    gpu._gpu_build_runs.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            assert gpu.gpu_count() == 0 and gpu.gpu_count() == 0
+        assert len(probes) == 1  # once per process
+        assert "cannot run on this GPU (Faiss assertion failed: CUDA error 209 no kernel image)" in caplog.text
+        monkeypatch.setattr(gpu.subprocess, "run", lambda command, **o: subprocess.CompletedProcess(command, 0))
+        gpu._gpu_build_runs.cache_clear()
+        assert gpu.gpu_count() == 1
+    finally:
+        gpu._gpu_build_runs.cache_clear()
+
+
 def test_search_uses_the_gpu_clone_when_available(gallery, monkeypatch):
     table, emb, queries = gallery
     vi = VectorIndex.build(emb, table, "l2")
