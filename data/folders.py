@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -62,11 +62,14 @@ class Gallery:
             raise InvalidInputError(f"{self.source}: file() is for list galleries; use read()")
         return _resolve(self.source.parent, path)
 
-    def _known_paths(self) -> frozenset[str]:
-        """The table's paths as a set, built once per table (reads come in many small batches)."""
+    def _known_paths(self) -> np.ndarray:
+        """Sorted uint64 hashes of the table's paths, built once per table (reads come in many small
+        batches): 8 bytes a path, where a set of Python strings costs about 100."""
         cached = self.__dict__.get("_known")
         if cached is None or cached[0] is not self.table:
-            cached = (self.table, frozenset(self.table["path"]))
+            paths = self.table["path"]
+            hashes = [_path_hashes(paths.iloc[start : start + 65536]) for start in range(0, len(paths), 65536)]
+            cached = (self.table, np.sort(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64))
             self.__dict__["_known"] = cached
         return cached[1]
 
@@ -83,13 +86,20 @@ class Gallery:
             paths = list(self.table["path"])
         else:
             paths = [paths] if isinstance(paths, str) else list(paths)
-            known = self._known_paths()
-            unknown = [p for p in paths if p not in known]
+            known, wanted = self._known_paths(), _path_hashes(paths)
+            found = known[np.minimum(np.searchsorted(known, wanted), max(len(known) - 1, 0))] == wanted
+            unknown = [p for p, ok in zip(paths, found) if not ok]
             if unknown:
                 raise InvalidInputError(f"{self.source}: {unknown[0]!r} is not a path of this gallery")
         if self.archive is not None:
             return self.archive.read_many(paths, color=color)
         return [read_image_file(self.file(p), color=color) for p in paths]
+
+
+def _path_hashes(paths) -> np.ndarray:
+    """uint64 hashes of path strings (pandas' vectorised SipHash); callers pass chunks, so the Python
+    strings made on the way stay few."""
+    return pd.util.hash_array(np.asarray(paths, dtype=object), categorize=False)
 
 
 def read_gallery(source: str | os.PathLike, labelled: bool = True, strict: bool = True) -> Gallery:
@@ -136,17 +146,17 @@ def read_gallery(source: str | os.PathLike, labelled: bool = True, strict: bool 
     return Gallery(_table(*columns), source, archive, rejects)
 
 
-def _strip(parts: list[tuple[str, ...]], strip_top: bool) -> int:
-    tops = {p[0] for p in parts}
-    return 1 if strip_top and len(tops) == 1 and all(len(p) >= 3 for p in parts) else 0
+def _strip(names: list[str], strip_top: bool) -> int:
+    tops = {n.split("/", 1)[0] for n in names}
+    return 1 if strip_top and len(tops) == 1 and all(n.count("/") >= 2 for n in names) else 0
 
 
 def _keep_main_layout(names: list[str], strip_top: bool) -> tuple[list[str], list[tuple[str, str]]]:
     """Images that follow the layout most images follow (<class>/<image> or <group>/<class>/<image>),
-    and ``(path, reason)`` for the others."""
-    parts = [PurePosixPath(n).parts for n in names]
-    skip = _strip(parts, strip_top)
-    depths = [len(p) - skip for p in parts]
+    and ``(path, reason)`` for the others. Works on the names as strings: a path object per name
+    would intern every name for the life of the process (pathlib calls ``sys.intern``)."""
+    skip = _strip(names, strip_top)
+    depths = [n.count("/") + 1 - skip for n in names]
     counts = {d: depths.count(d) for d in (2, 3)}
     main = max((2, 3), key=lambda d: (counts[d], -d))
     if counts[main] == 0:

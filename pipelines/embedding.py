@@ -43,6 +43,7 @@ from oneshot.index.dataset_store import (
     path_ids,
 )
 from oneshot.locks import exclusive_lock
+from oneshot.memory import release_unused_memory
 from oneshot.pipelines.rejects import RejectPolicy, Rejects, finite_rows, rejects_path
 from oneshot.pipelines.rejects import read_batch as read_images_or_reject
 
@@ -353,6 +354,7 @@ def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, 
         })
         action, first_shard = "created", 0
 
+    release_unused_memory()  # what listing the source freed: the peak then does not grow with the gallery
     device = device or default_device()
     engine = InferenceModel(model.to(device), mode=_inference_mode(inference, len(table)), device=device)
     batch_size = batch_size or engine.batch_size

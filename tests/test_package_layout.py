@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Layer of each installed package, bottom first. Siblings of one rank never import each other.
 LAYERS = {
     "oneshot.errors": 0,
-    "oneshot.atomic": 1, "oneshot.locks": 1,
+    "oneshot.atomic": 1, "oneshot.locks": 1, "oneshot.memory": 1,
     "oneshot.data": 2,
     "oneshot.embedder": 3, "oneshot.index": 3,
     "oneshot.pipelines": 4,
