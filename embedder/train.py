@@ -282,6 +282,13 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     started = time.perf_counter() - state["seconds"]
     bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step",
                disable=not (show_progress if show_progress is not None else os.isatty(2)))
+    if init is not None and state["step"] == 0 and not state["history"]:
+        # the starting model is a candidate too: fine-tuning never ends below where it started
+        accuracy = _validate(validate, model)
+        state["history"].append({"step": 0, "loss": float("nan"), "val_accuracy": accuracy,
+                                 "lr": 0.0, "seconds": 0.0})
+        state["best_accuracy"], state["best_step"] = accuracy if accuracy is not None else -1.0, 0
+        save_best(accuracy)
     model.train()
     running = state.setdefault("running", [])  # losses since the last validation, kept across resumes
     while state["step"] < config.steps and not state.get("stopped"):

@@ -150,7 +150,7 @@ def demo(out, data, seed, steps, episodes):
 @click.option("--augment", type=click.Choice(["handwriting", "photo", "none"]), default=None,
               help="Augmentation preset; default: the recipe's.")
 @click.option("--rotations/--no-rotations", default=None, help="90-degree rotations as new classes (handwriting only; off by default).")
-@click.option("--init", default=None, help="Start from 'default' (the shipped model) or a model file (fine-tuning).")
+@click.option("--init", default=None, help="Start from 'default' (the shipped model), a model file (fine-tuning), or 'none' (from scratch). Default: the shipped model for handwriting galleries, else scratch.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after this much training time (galleries default to 8).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (model, checkpoint, curves).")

@@ -22,7 +22,7 @@ from oneshot.data.lake_runs import read_lake_runs
 from oneshot.data.omniglot import OmniglotSplit, omniglot_root
 from oneshot.data.source import ImageSource, describe_source, open_source, read_images
 from oneshot.data.synthetic import SyntheticSet, make_alphabets
-from oneshot.embedder.artifact import DEFAULT_MODEL, as_model, load_model, save_model
+from oneshot.embedder.artifact import DEFAULT_MODEL, as_model, load_model, read_model_config, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
 from oneshot.embedder.model import Embedder
@@ -50,6 +50,9 @@ RECIPE_SAMPLE = 200
 
 #: Training options a user gallery gets when neither ``--config`` nor a flag sets them: a run that
 #: ends within about 10 minutes on two CPU cores, whatever the gallery.
+#: Learning rate of a run that starts from another model (``--init``), when none is given: a
+#: quarter of the from-scratch rate, so the first steps do not wash out what the model knows.
+FINE_TUNE_LR = TrainConfig.lr / 4
 GALLERY_DEFAULTS = dict(steps=1500, max_seconds=480.0, classes_per_batch=40, items_per_class=4, val_every=100,
                         warmup_steps=50)
 
@@ -235,6 +238,26 @@ def choose_recipe(source: ImageSource, rows: np.ndarray, recipe: str | dict | No
     return with_normalisation(chosen, images), reason
 
 
+def _starting_model(init: str | None, recipe: Recipe, options: dict, keep_defaults: bool) -> tuple[str | None, str]:
+    """The model a run starts from, and why: ``--init`` as given (``none``: from scratch); else, for
+    a gallery of handwriting with the shipped model's architecture, the shipped model, which was
+    trained on handwriting with the same recipe. Omniglot, the synthetic set and ``--config`` runs
+    start from scratch unless told otherwise."""
+    if init == "none":
+        return None, "from scratch (--init none)"
+    if init is not None:
+        return init, f"from {init!r} (--init)"
+    if keep_defaults or recipe.kind != "handwriting" or recipe.channels != 1:
+        return None, ""
+    shipped = read_model_config(DEFAULT_MODEL)["model"]
+    probe = TrainConfig.from_dict({k: v for k, v in options.items() if k in TrainConfig.__dataclass_fields__})
+    if (probe.backbone, probe.dim, probe.backbone_options) != (shipped["backbone"], shipped["dim"],
+                                                               shipped.get("backbone_options", {})):
+        return None, ""
+    return "default", ("from the shipped handwriting model (the default for handwriting galleries; the best of "
+                       "it and each validated step is kept; --init none trains from scratch)")
+
+
 def _init_model(init: str | None) -> Embedder | None:
     if init is None:
         return None
@@ -307,6 +330,11 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
     if not from_config_file and not standard:
         for key, value in GALLERY_DEFAULTS.items():
             options.setdefault(key, value)
+    init, init_reason = _starting_model(init, chosen, options, standard or from_config_file)
+    if init is not None and not from_config_file:
+        options.setdefault("lr", FINE_TUNE_LR)
+    if on_recipe is not None and init_reason:
+        on_recipe(f"start {init_reason}")
     n_train_classes = table.loc[~found.held, "label"].nunique()
     options.setdefault("classes_per_batch", TrainConfig.classes_per_batch)
     options["classes_per_batch"] = max(2, min(options["classes_per_batch"], n_train_classes))
@@ -320,7 +348,7 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
     options["val_way"] = way
     config = TrainConfig.from_dict(options)
     info = {"command": command, "data": found.described_source, "validation": found.described_validation,
-            "recipe_choice": how, "init": init, "validation_within_group": within}
+            "recipe_choice": how, "init": init, "init_choice": init_reason, "validation_within_group": within}
     if isinstance(source, OmniglotSplit) or synthetic:
         info["validation_alphabets"] = sorted(set(table.loc[found.held, "group"]))
     validate = OneShotValidation(genuine_val, config.val_way, config.val_episodes, config.seed + 1, within_group=within)

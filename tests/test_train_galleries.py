@@ -137,3 +137,21 @@ def test_init_refuses_a_different_architecture(tmp_path, colour_gallery):
     result = run("train", "--data", colour_gallery, "--out", tmp_path / "bad", "--init", "default", "--dim", "16",
                  *FEW_STEPS)
     assert result.exit_code == 1 and "cannot start from" in result.output
+
+
+def test_handwriting_gallery_starts_from_the_shipped_model_and_keeps_it_when_training_does_worse(tmp_path, mnist_dir):
+    import pandas as pd
+
+    out = tmp_path / "run"
+    trained = ok(run("train", "--data", mnist_dir, "--out", out, "--val-split", "images", *FEW_STEPS))
+    assert "start from the shipped handwriting model" in trained.output
+    model = load_model(out / "model.safetensors")
+    assert model.info["init"] == "default" and model.info["train_config"]["lr"] == pytest.approx(5e-4)
+    history = pd.read_csv(out / "history.csv")
+    assert history["step"].iloc[0] == 0  # the starting model was validated as a candidate
+    best = history.loc[history["val_accuracy"].idxmax(), "step"]
+    assert model.info["step"] == best  # the kept model is the best validated one, step 0 included
+    scratch = ok(run("train", "--data", mnist_dir, "--out", tmp_path / "scratch", "--val-split", "images",
+                     "--init", "none", *FEW_STEPS))
+    assert "from scratch (--init none)" in scratch.output
+    assert load_model(tmp_path / "scratch" / "model.safetensors").info["init"] is None
