@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     result = {"command": "python -m benchmarks.gallery_defaults " + " ".join(argv or __import__("sys").argv[1:]),
-              "note": "no-flag training on a 2-core CPU machine shared with other jobs (default 8-minute time cap)"}
+              "machine": f"{os.cpu_count()} cores, load average before the run {os.getloadavg()[0]:.2f}"}
     for family in args.families.split(","):
         result[family] = run_family(family, Path(args.root), args.episodes, args.seed, args.way)
         print(json.dumps({family: result[family]}, indent=2), flush=True)

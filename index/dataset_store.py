@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -71,6 +72,75 @@ def path_ids(paths: Iterable[str]) -> np.ndarray:
 def is_dataset_store(path: str | os.PathLike) -> bool:
     """True for a folder holding a store manifest."""
     return (Path(path) / MANIFEST_NAME).is_file()
+
+
+class ShardWriter:
+    """One shard written as its batches come (memory: one row group, not the whole shard).
+
+    Batches go to a hidden temporary file in row groups of :attr:`ROW_GROUP_ROWS`; :meth:`commit`
+    renames it into place and records it in the manifest (the commit point). Used as a context
+    manager, a shard not committed is discarded: nothing half-written is left under a shard name.
+    """
+
+    ROW_GROUP_ROWS = 8192
+
+    def __init__(self, store: DatasetStore, name: str):
+        self.store, self.name = store, name
+        self.rows, self.normalized = 0, True
+        self._tmp = store.folder / f".{name}.{uuid.uuid4().hex}.tmp"  # cleaned up after a kill (oneshot.locks)
+        self._writer: pq.ParquetWriter | None = None
+        self._pending: list[pa.Table] = []
+
+    def write(self, table: pd.DataFrame, embeddings: np.ndarray) -> None:
+        """Add rows and their (N, D) vectors (N may be 0: the shard then has the rows' schema)."""
+        arrow = self.store.shard_arrow(table, embeddings)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, arrow.schema)
+        elif arrow.schema != self._writer.schema:
+            arrow = arrow.cast(self._writer.schema)
+        self._pending.append(arrow)
+        self.rows += arrow.num_rows
+        if arrow.num_rows:
+            self.normalized = self.normalized and rows_normalized(np.asarray(embeddings))
+        if sum(t.num_rows for t in self._pending) >= self.ROW_GROUP_ROWS:
+            self._flush(whole_groups_only=True)
+
+    def _flush(self, whole_groups_only: bool = False) -> None:
+        """Write the pending rows as row groups of ROW_GROUP_ROWS (keeping a remainder pending)."""
+        if not self._pending:
+            return
+        pending = pa.concat_tables(self._pending)
+        cut = pending.num_rows - pending.num_rows % self.ROW_GROUP_ROWS if whole_groups_only else pending.num_rows
+        if cut or not whole_groups_only:
+            self._writer.write_table(pending.slice(0, cut), row_group_size=self.ROW_GROUP_ROWS)
+        self._pending = [pending.slice(cut)] if cut < pending.num_rows else []
+
+    def commit(self) -> str:
+        """Close the file, move it into place and record it in the manifest; returns its name."""
+        if self._writer is None:
+            raise InvalidInputError(f"{self.store.folder}: shard {self.name} has no rows and no schema; write "
+                                    "an empty table first")
+        self._flush()
+        self._writer.close()
+        self._writer = None
+        os.replace(self._tmp, self.store.folder / self.name)
+        self.store._commit_shard(self.name, self.rows, self.normalized)
+        return self.name
+
+    def discard(self) -> None:
+        """Drop a shard that will not be committed."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._pending = []
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp.exists() or self._writer is not None:
+            self.discard()
 
 
 def _shard_name(number: int, generation: int = 0) -> str:
@@ -194,8 +264,8 @@ class DatasetStore:
                 "model_fingerprint": self.manifest.get("model_fingerprint"), "format": FORMAT}
         return table.schema.append(field).with_metadata({METADATA_KEY: json.dumps(meta).encode()})
 
-    def write_shard_file(self, name: str, table: pd.DataFrame, embeddings: np.ndarray) -> int:
-        """Write one shard atomically under ``name`` (not yet committed); returns its rows."""
+    def shard_arrow(self, table: pd.DataFrame, embeddings: np.ndarray) -> pa.Table:
+        """Rows and their (N, D) vectors as an Arrow table in the shard schema (checked)."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.dimension:
             raise InvalidInputError(f"{self.folder}: shard vectors must be (N, {self.dimension}), got {emb.shape}")
@@ -210,11 +280,14 @@ class DatasetStore:
             base = base.set_column(base.schema.get_field_index(HASH_COLUMN), HASH_COLUMN,
                                    pa.nulls(len(rows), pa.string()))
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), self.dimension)
-        arrow = base.append_column(EMBEDDING_COLUMN, vectors)
-        arrow = arrow.cast(self._schema(base))
+        return base.append_column(EMBEDDING_COLUMN, vectors).cast(self._schema(base))
+
+    def write_shard_file(self, name: str, table: pd.DataFrame, embeddings: np.ndarray) -> int:
+        """Write one shard atomically under ``name`` (not yet committed); returns its rows."""
+        arrow = self.shard_arrow(table, embeddings)
         with atomic_path(self.folder / name) as tmp:
             pq.write_table(arrow, tmp, row_group_size=DEFAULT_SHARD_ROWS)
-        return int(emb.shape[0])
+        return arrow.num_rows
 
     def add_shard(self, table: pd.DataFrame, embeddings: np.ndarray, number: int | None = None) -> str:
         """Write a shard and commit it to the manifest; returns its file name.
@@ -222,15 +295,21 @@ class DatasetStore:
         Args:
             number: the shard's position (resumable jobs name shards by position); default next.
         """
+        with self.shard_writer(number) as shard:
+            shard.write(table, embeddings)
+            return shard.commit()
+
+    def shard_writer(self, number: int | None = None) -> "ShardWriter":
+        """A shard written batch by batch and committed at the end (see :class:`ShardWriter`)."""
         name = _shard_name(self._next_number() if number is None else number, int(self.manifest.get("generation", 0)))
         if any(s["name"] == name for s in self.manifest["shards"]):
             raise InvalidInputError(f"{self.folder}: shard {name} is already committed")
-        rows = self.write_shard_file(name, table, embeddings)
-        normalized = rows_normalized(np.asarray(embeddings)) if rows else True
+        return ShardWriter(self, name)
+
+    def _commit_shard(self, name: str, rows: int, normalized: bool) -> None:
         self.manifest["normalized"] = bool(self.manifest.get("normalized", True) and normalized)
         self.manifest["shards"].append({"name": name, "rows": rows})
         self.save_manifest()
-        return name
 
     def _next_number(self) -> int:
         numbers = [int(s["name"].rsplit("-", 1)[1].split(".")[0]) for s in self.manifest["shards"]]

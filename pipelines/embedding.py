@@ -401,31 +401,39 @@ def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine:
     when appending). Returns the rows encoded. ``stream``: :func:`encode_stream` or an executor's."""
     appending = known is not None
     plan = batch_plan(len(table), batch_size, max(1, len(table)) if appending else shard_rows, first_shard)
-    tables, chunks, buffered, read_in_shard, encoded = [], [], 0, 0, 0
+    shard, buffered, read_in_shard, encoded = None, 0, 0, 0
     shard_number = first_shard
 
-    def flush():
-        nonlocal tables, chunks, buffered, read_in_shard, shard_number
+    def commit():
+        """Commit the shard being written (an empty one keeps the numbering when not appending)."""
+        nonlocal shard, buffered, read_in_shard, shard_number
         if buffered or not appending:
-            rows = pd.concat(tables, ignore_index=True) if tables else table.iloc[:0].assign(**{HASH_COLUMN: []})
-            vectors = np.concatenate(chunks) if chunks else np.zeros((0, engine.dim), np.float32)
-            store.add_shard(rows, vectors, number=None if appending else shard_number)
+            if shard is None:
+                shard = store.shard_writer(None if appending else shard_number)
+            if not shard.rows:
+                shard.write(table.iloc[:0].assign(**{HASH_COLUMN: []}), np.zeros((0, engine.dim), np.float32))
+            shard.commit()
             if rejects is not None and len(rejects):  # a killed run's list survives with its shards
                 rejects.write(rejects_path(store.folder))
-        tables, chunks, buffered, read_in_shard = [], [], 0, 0
+        shard, buffered, read_in_shard = None, 0, 0
         shard_number += 1
 
-    for batch, vectors in stream(engine, gallery, table, plan, workers, tta, known, show_progress, rejects=rejects):
-        if len(batch.rows):
-            tables.append(batch.rows)
-            chunks.append(vectors)
-            buffered += len(batch.rows)
-            encoded += len(batch.rows)
-        read_in_shard += batch.read
-        if (appending and buffered >= shard_rows) or (not appending and read_in_shard >= shard_rows):
-            flush()
-    if buffered or (read_in_shard and not appending):
-        flush()
+    try:
+        for batch, vectors in stream(engine, gallery, table, plan, workers, tta, known, show_progress, rejects=rejects):
+            if len(batch.rows):  # written as it comes: memory holds one row group, not a shard
+                if shard is None:
+                    shard = store.shard_writer(None if appending else shard_number)
+                shard.write(batch.rows, vectors)
+                buffered += len(batch.rows)
+                encoded += len(batch.rows)
+            read_in_shard += batch.read
+            if (appending and buffered >= shard_rows) or (not appending and read_in_shard >= shard_rows):
+                commit()
+        if buffered or (read_in_shard and not appending):
+            commit()
+    finally:
+        if shard is not None:
+            shard.discard()
     return encoded
 
 

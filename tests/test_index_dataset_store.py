@@ -157,3 +157,29 @@ def test_errors_name_the_folder(tmp_path):
     other = DatasetStore.create(tmp_path / "o", {"dimension": 4, "metric": "cosine"})
     with pytest.raises(InvalidInputError, match=r"\(N, 4\)"):
         other.add_shard(*_rows(2, dim=3))
+
+
+def test_a_shard_written_batch_by_batch_equals_one_written_at_once_and_a_discarded_one_leaves_nothing(
+        tmp_path, monkeypatch):
+    from oneshot.index.dataset_store import ShardWriter
+
+    monkeypatch.setattr(ShardWriter, "ROW_GROUP_ROWS", 8)
+    table, vectors = _rows(21)
+    whole = DatasetStore.create(tmp_path / "whole", {"dimension": 4, "metric": "cosine"})
+    whole.add_shard(table, vectors)
+    streamed = DatasetStore.create(tmp_path / "streamed", {"dimension": 4, "metric": "cosine"})
+    with streamed.shard_writer(0) as shard:
+        for start in range(0, 21, 5):  # batches of 5 rows; row groups of 8
+            shard.write(table.iloc[start : start + 5], vectors[start : start + 5])
+        name = shard.commit()
+    file = pq.ParquetFile(streamed.folder / name)
+    assert [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)] == [8, 8, 5]
+    a, b = read_embeddings(whole.folder), read_embeddings(streamed.folder)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    assert streamed.manifest["shards"] == [{"name": name, "rows": 21}]
+    with pytest.raises(RuntimeError), streamed.shard_writer() as shard:  # a job dies while writing
+        shard.write(table.iloc[:5], vectors[:5])
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in streamed.folder.iterdir()) == sorted(["_oneshot.json", name])
+    assert len(DatasetStore.open(streamed.folder)) == 21

@@ -214,18 +214,18 @@ def test_a_resumed_embed_keeps_the_rejects_of_the_interrupted_run(tmp_path, gall
     bad = sorted(gallery.rglob("*.png"))[0]  # in the first shard
     bad.write_bytes(b"<html>not a png</html>")
     out = tmp_path / "store.parquet"
-    real_add, calls = DatasetStore.add_shard, []
+    real_commit, calls = DatasetStore._commit_shard, []
 
-    def add_then_stop(self, *args, **kwargs):
+    def commit_then_stop(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # the run dies after committing its first shard
-        return real_add(self, *args, **kwargs)
+        return real_commit(self, *args, **kwargs)
 
-    monkeypatch.setattr(DatasetStore, "add_shard", add_then_stop)
+    monkeypatch.setattr(DatasetStore, "_commit_shard", commit_then_stop)
     with pytest.raises(KeyboardInterrupt):
         embed_to_store(gallery, out, tiny_model_path, batch_size=8, shard_rows=16, show_progress=False)
-    monkeypatch.setattr(DatasetStore, "add_shard", real_add)
+    monkeypatch.setattr(DatasetStore, "_commit_shard", real_commit)
     rejects = Rejects()
     result = embed_to_store(gallery, out, tiny_model_path, batch_size=8, shard_rows=16, show_progress=False,
                             rejects=rejects)
