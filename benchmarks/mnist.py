@@ -12,7 +12,7 @@
 
 Run from the repository root (under ``nice``; the machine may be shared)::
 
-    python -m benchmarks.mnist --data ../shared/data/mnist --max-minutes 4 --out benchmarks/results/mnist.json
+    python -m benchmarks.mnist --data ../shared/data/mnist --protocols pairs,transfer,transfer_scratch --out benchmarks/results/mnist.json
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
 from oneshot.embedder.preprocess import Recipe
 from oneshot.pipelines.evaluate import oneshot_accuracy
-from oneshot.pipelines.training import train_from_cli
+from oneshot.pipelines.training import GALLERY_DEFAULTS, train_from_cli
 from oneshot.pipelines.verify import calibrate_threshold, pair_scores, sample_pairs, verification_report
 
 RAW_RECIPE = Recipe(size=28, crop_to_ink=True)
@@ -112,8 +112,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/mnist", help="folder of the MNIST IDX files")
     parser.add_argument("--protocols", default="pairs,transfer")
-    parser.add_argument("--max-minutes", type=float, default=4.0, help="training time cap of each protocol")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--max-minutes", type=float, default=GALLERY_DEFAULTS["max_seconds"] / 60,
+                        help="training time cap of each protocol (default: the product's)")
+    parser.add_argument("--steps", type=int, default=GALLERY_DEFAULTS["steps"], help="default: the product's")
     parser.add_argument("--pairs", type=int, default=10000, help="test pairs (balanced)")
     parser.add_argument("--episodes", type=int, default=2000, help="5-way one-shot episodes")
     parser.add_argument("--seed", type=int, default=0)

@@ -87,7 +87,8 @@ class Gallery:
         else:
             paths = [paths] if isinstance(paths, str) else list(paths)
             known, wanted = self._known_paths(), _path_hashes(paths)
-            found = known[np.minimum(np.searchsorted(known, wanted), max(len(known) - 1, 0))] == wanted
+            found = (known[np.minimum(np.searchsorted(known, wanted), len(known) - 1)] == wanted if len(known)
+                     else np.zeros(len(wanted), bool))
             unknown = [p for p, ok in zip(paths, found) if not ok]
             if unknown:
                 raise InvalidInputError(f"{self.source}: {unknown[0]!r} is not a path of this gallery")
