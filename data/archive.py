@@ -111,7 +111,7 @@ class ImageArchive:
         self._local = threading.local()
         self._real: dict[str, str] = {}  # escaped name -> name on disk
         self._infos: dict[str, zipfile.ZipInfo] = {}  # member name -> its first entry
-        self._listing: tuple[pa.StringArray, list[tuple[str, str]]] | None = None  # see scan()
+        self._listing: tuple[pa.LargeStringArray, list[tuple[str, str]]] | None = None  # see scan()
         if self.is_zip:
             if not zipfile.is_zipfile(self.path):
                 raise InvalidInputError(f"{self.path}: neither a folder nor a readable zip file "
@@ -140,10 +140,16 @@ class ImageArchive:
         if self._listing is None:
             listing = self._scan_zip() if self.is_zip else self._scan_folder()
             listing.names.sort()
-            self._listing = (pa.array(listing.names, type=pa.string()), listing.rejects)
+            self._listing = (pa.array(listing.names, type=pa.large_string()), listing.rejects)
             return listing
         names, rejects = self._listing
         return Listing(names.to_pylist(), list(rejects))
+
+    def names_array(self) -> pa.LargeStringArray:
+        """The sorted, escaped image names as the Arrow array :meth:`scan` keeps (no copy)."""
+        if self._listing is None:
+            self.scan()
+        return self._listing[0]
 
     def _scan_zip(self) -> Listing:
         listing = Listing()

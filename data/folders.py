@@ -141,10 +141,13 @@ def read_gallery(source: str | os.PathLike, labelled: bool = True, strict: bool 
         raise InvalidInputError(f"no images found in {source}" + (f" ({len(rejects)} files rejected, e.g. "
                                                                   f"{rejects[0][0]}: {rejects[0][1]})" if rejects else ""))
     if labelled:
-        columns = _labels_from_layout(source, names, strip_top=archive.is_zip)
+        paths, labels, groups = _labels_from_layout(source, names, strip_top=archive.is_zip)
     else:
-        columns = (names, [""] * len(names), [""] * len(names))
-    return Gallery(_table(*columns), source, archive, rejects)
+        paths, labels, groups = names, [""] * len(names), [""] * len(names)
+    listed = archive.names_array()
+    if len(names) == len(listed):  # nothing left out: the path column shares the listing's Arrow buffers
+        paths = pd.array(listed, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+    return Gallery(_table(paths, labels, groups), source, archive, rejects)
 
 
 def _strip(names: list[str], strip_top: bool) -> int:
