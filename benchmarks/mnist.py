@@ -55,7 +55,7 @@ def _vectors(model, images) -> tuple[np.ndarray, str]:
 
 def pairs_protocol(data: str, out: Path, options: dict, n_pairs: int, seed: int) -> dict:
     started = time.perf_counter()
-    result = train_from_cli(out / "mnist_pairs", options, data=data, val_split="images",
+    result = train_from_cli(out / "mnist_pairs", options, data=data, val_split="images", resume=False,
                             command="python -m benchmarks.mnist (pairs)")
     train_seconds = time.perf_counter() - started
     test = open_source(data, split="test")
@@ -90,7 +90,7 @@ def transfer_protocol(data: str, out: Path, options: dict, episodes: int, seed: 
     seen = train.table["label"].isin(list("01234")).to_numpy()
     started = time.perf_counter()
     name = "mnist_transfer" + (f"_{init}" if init else "")
-    result = train_from_cli(out / name, options, data=Subset(train, seen), init=init,
+    result = train_from_cli(out / name, options, data=Subset(train, seen), init=init, resume=False,
                             command=f"python -m benchmarks.mnist ({name})")
     train_seconds = time.perf_counter() - started
     test = open_source(data, split="test")
