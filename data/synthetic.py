@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,6 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from oneshot.atomic import atomic_folder
 from oneshot.errors import InvalidInputError
 
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -107,10 +106,7 @@ class SyntheticSet:
             ValueError: when ``folder`` exists and is not an empty folder.
         """
         folder = Path(folder)
-        _check_target(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as temporary:
             for path, image in zip(self.table["path"], self.images):
                 target = temporary / path
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,19 +114,7 @@ class SyntheticSet:
                 if not ok:
                     raise InvalidInputError(f"{path}: PNG encoding failed")
                 target.write_bytes(encoded.tobytes())
-            _check_target(folder)
-            if folder.exists():
-                folder.rmdir()
-            os.replace(temporary, folder)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
         return folder
-
-
-def _check_target(folder: Path) -> None:
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise InvalidInputError(f"{folder}: already exists and is not an empty folder; not overwriting")
 
 
 def _check_int(name: str, value, minimum: int) -> int:

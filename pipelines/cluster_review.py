@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from oneshot.atomic import atomic_folder
 from oneshot.data.source import ImageSource, open_source
 from oneshot.errors import InvalidInputError, MissingDataError
 from oneshot.index.metric import Metric, get_metric
@@ -59,12 +58,8 @@ def export_clusters(assignments: pd.DataFrame, source: str | os.PathLike | Image
         ``out_dir``. Outliers keep their cluster and get the name prefix ``outlier_``.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise InvalidInputError(f"{out_dir}: already exists and is not an empty folder; not overwriting")
-    reader = open_store_source(source)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as temporary:
+        reader = open_store_source(source)
         paths = assignments["path"].astype(str).tolist()
         for start in range(0, len(paths), batch_size):
             rows = assignments.iloc[start:start + batch_size]
@@ -80,12 +75,6 @@ def export_clusters(assignments: pd.DataFrame, source: str | os.PathLike | Image
                 if not ok:
                     raise InvalidInputError(f"{row['path']}: PNG encoding failed")
                 (folder / name).write_bytes(encoded.tobytes())
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(temporary, out_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     logger.info("exported %d images in %d clusters to %s", len(assignments), assignments["cluster"].nunique(), out_dir)
     return out_dir
 
