@@ -263,11 +263,7 @@ def cluster_thumbnails(clustering: Clustering, images_for, group: str, max_clust
         titles.append(f"cluster {cluster} ({int((a['cluster'] == cluster).sum())})")
         frames.append(["tab:red" if o else None for o in members["outlier"]])
     paths = [p for m in wanted for p in m["path"]]
-    images = images_for(paths)
-    start = 0
-    for members in wanted:
-        rows.append(images[start:start + len(members)])
-        start += len(members)
+    rows.extend(_split(images_for(paths), [len(members) for members in wanted]))
     return thumbnail_grid(rows, titles, frames)
 
 
@@ -287,12 +283,14 @@ def neighbour_thumbnails(table: pd.DataFrame, neighbours: np.ndarray, images_for
         paths.extend([table["path"].iloc[q]] + [table["path"].iloc[j] for j in near])
         titles.append(str(labels[q])[-28:])
         frames.append(["black"] + ["tab:green" if labels[j] == labels[q] else "tab:red" for j in near])
-    images = images_for(paths)
-    start = 0
-    for f in frames:
-        rows.append(images[start:start + len(f)])
-        start += len(f)
+    rows.extend(_split(images_for(paths), [len(f) for f in frames]))
     return thumbnail_grid(rows, titles, frames)
+
+
+def _split(items: list, sizes: list[int]) -> list[list]:
+    """``items`` cut into consecutive runs of the given sizes (one thumbnail row each)."""
+    ends = np.cumsum(sizes).tolist()
+    return [items[end - size:end] for size, end in zip(sizes, ends)]
 
 
 def short_label(label: str, keep: int = 22) -> str:
@@ -311,12 +309,8 @@ def confusion_thumbnails(table: pd.DataFrame, confusions: pd.DataFrame, images_f
         paths.extend(a + b)
         rows.append((len(a), len(b)))
         titles.append(f"{short_label(pair['drawing of'], 14)} vs {short_label(pair['nearest is'], 14)}")
-    images = images_for(paths)
-    grid, frames, start = [], [], 0
-    for n_a, n_b in rows:
-        grid.append(images[start:start + n_a + n_b])
-        frames.append(["tab:blue"] * n_a + ["tab:orange"] * n_b)
-        start += n_a + n_b
+    grid = _split(images_for(paths), [n_a + n_b for n_a, n_b in rows])
+    frames = [["tab:blue"] * n_a + ["tab:orange"] * n_b for n_a, n_b in rows]
     return thumbnail_grid(grid, titles, frames)
 
 
