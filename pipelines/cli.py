@@ -84,6 +84,15 @@ def _engine_options(command):
                         help="Run here, or spread the work over Ray (pip install 'oneshot[ray]').")(command)
 
 
+def _removal_options(command):
+    """``--id``, ``--label`` and ``--paths``: the rows ``store remove`` and ``index remove`` take out."""
+    command = click.option("--paths", "paths_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                           help="Text file of image paths (as in the store's path column), one per line.")(command)
+    command = click.option("--label", "labels", multiple=True,
+                           help="Remove every row of this label (a person leaves); repeatable.")(command)
+    return click.option("--id", "ids", type=int, multiple=True, help="Row id to remove; repeatable.")(command)
+
+
 def _read_paths_file(path: str | None) -> list[str] | None:
     """The image paths listed in a ``--paths`` file, one per line (blank lines skipped); None without one."""
     if not path:
@@ -303,10 +312,7 @@ def store_migrate_command(store, out, shard_rows):
 
 @store_group.command("remove")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--id", "ids", type=int, multiple=True, help="Row id to delete; repeatable.")
-@click.option("--label", "labels", multiple=True, help="Delete every row of this label (a person leaves); repeatable.")
-@click.option("--paths", "paths_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Text file of image paths (as in the store's path column), one per line.")
+@_removal_options
 @_friendly
 def store_remove_command(store, ids, labels, paths_file):
     """Delete rows by id, label or path; the shards holding them are rewritten at once.
@@ -423,10 +429,7 @@ def index_add(index_path, store, recall, recheck):
 
 @index_group.command("remove")
 @click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, dir_okay=False))
-@click.option("--id", "ids", type=int, multiple=True, help="A gallery id (repeat the option for more).")
-@click.option("--label", "labels", multiple=True, help="Remove every row with this label (repeatable).")
-@click.option("--paths", "paths_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A text file listing image paths to remove, one per line.")
+@_removal_options
 @_friendly
 def index_remove(index_path, ids, labels, paths_file):
     """Remove rows from INDEX by id, label or path; a later `index add` skips them.
