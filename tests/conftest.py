@@ -1,6 +1,7 @@
 """Shared fixtures: where the real Omniglot data lives."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -49,3 +50,17 @@ def synthetic_gallery(tmp_path_factory) -> Path:
     from oneshot.data.synthetic import make_alphabets
 
     return make_alphabets(2, 5, drawers=6, seed=3).write(tmp_path_factory.mktemp("synthetic") / "gallery")
+
+
+@pytest.fixture()
+def tiny_train_config(tmp_path):
+    """Write a training config for a seconds-long run (a tiny conv net, 16x16 input); returns a
+    function ``(steps) -> path of the JSON file``."""
+    def write(steps: int) -> Path:
+        config = tmp_path / "tiny.json"
+        config.write_text(json.dumps({
+            "backbone": "conv", "backbone_options": {"channels": 4, "blocks": 2}, "dim": 8, "recipe": {"size": 16},
+            "steps": steps, "val_every": 2, "checkpoint_every": 2, "classes_per_batch": 3, "items_per_class": 2,
+            "val_episodes": 5, "val_way": 3}))
+        return config
+    return write

@@ -124,12 +124,8 @@ def test_index_build_killed_anywhere_leaves_good_files(tmp_path, synthetic_galle
     no_leftovers(out_dir)
 
 
-def test_train_killed_anywhere_resumes_to_completion(tmp_path, synthetic_gallery):
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({
-        "backbone": "conv", "backbone_options": {"channels": 4, "blocks": 2}, "dim": 8, "recipe": {"size": 16},
-        "steps": 4, "val_every": 2, "checkpoint_every": 2, "classes_per_batch": 3, "items_per_class": 2,
-        "val_episodes": 5, "val_way": 3}))
+def test_train_killed_anywhere_resumes_to_completion(tmp_path, synthetic_gallery, tiny_train_config):
+    config = tiny_train_config(steps=4)
     run = tmp_path / "run"
     run.mkdir()
     args = ("train", "--data", synthetic_gallery, "--val-alphabets", "synth_a02", "--config", config, "--out", run)

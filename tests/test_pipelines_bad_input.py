@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import struct
@@ -288,15 +287,11 @@ def test_index_build_leaves_out_rows_with_nan_vectors(tmp_path, synthetic_galler
     assert failed.exit_code == 1 and bad_path in failed.stderr and not (tmp_path / "h.faiss").exists()
 
 
-def test_training_scan_skips_bad_files(tmp_path, synthetic_gallery):
+def test_training_scan_skips_bad_files(tmp_path, synthetic_gallery, tiny_train_config):
     gallery = Path(shutil.copytree(synthetic_gallery, tmp_path / "gallery"))
     (gallery / "synth_a01" / "char01" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     groups = sorted(p.name for p in gallery.iterdir())
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({
-        "backbone": "conv", "backbone_options": {"channels": 4, "blocks": 2}, "dim": 8, "recipe": {"size": 16},
-        "steps": 2, "val_every": 2, "checkpoint_every": 2, "classes_per_batch": 3, "items_per_class": 2,
-        "val_episodes": 5, "val_way": 3}))
+    config = tiny_train_config(steps=2)
     out = tmp_path / "run"
     args = ("train", "--data", gallery, "--val-alphabets", groups[-1], "--config", config, "--out", out)
     result = run(*args)
