@@ -1,4 +1,4 @@
-"""Batched, seeded image augmentation in torch for (B, C, S, S) images (ink on black, or photos).
+"""Batched, seeded image augmentation in torch for (B, C, H, W) images (ink on black, or photos).
 
 The reference notebook's set, each part switchable: flips, small rotation, translation, moving the
 ink to a random place on the canvas, resizing the ink, aspect change, plus shear (affine
@@ -89,16 +89,16 @@ def _uniform(n: int, bound: float, generator: torch.Generator) -> torch.Tensor:
 
 
 def _ink_boxes(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, S, S) -> (B, 4) ink box [x0, x1, y0, y1] in [-1, 1] coordinates.
+    """(B, 1, H, W) -> (B, 4) ink box [x0, x1, y0, y1] in [-1, 1] coordinates.
 
     The box spans the ink pixels' full extent in ``grid_sample``'s ``align_corners=False``
-    coordinates (pixel ``i`` covers ``[-1 + 2i/S, -1 + 2(i+1)/S]``), the convention ``augment`` uses.
+    coordinates (pixel ``i`` of ``n`` covers ``[-1 + 2i/n, -1 + 2(i+1)/n]``), the convention ``augment`` uses.
     """
-    size = images.shape[-1]
-    edges = torch.linspace(-1, 1, size + 1)
     plane = images[:, 0] > 0.2  # (B, rows, cols)
     boxes = []
     for present in (plane.any(dim=1), plane.any(dim=2)):  # columns (x), then rows (y)
+        size = present.shape[1]
+        edges = torch.linspace(-1, 1, size + 1)
         found = present.any(1)
         lo = edges[present.float().argmax(1)]
         hi = edges[size - present.flip(1).float().argmax(1)]
@@ -111,17 +111,17 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     """Distort a batch.
 
     Args:
-        images: float32 (B, C, S, S) (ink bright on black, or normalised photos), on the CPU.
+        images: float32 (B, C, H, W) (ink bright on black, or normalised photos), on the CPU.
         config: the distortion ranges.
         generator: a seeded ``torch.Generator`` (CPU).
         pair_ids: optional int64 (B,); images with the same id share flip and rotation.
     Returns:
-        float32 (B, 1, S, S).
+        float32 (B, C, H, W).
     """
     if config.probability <= 0:
         return images
     if images.ndim != 4:
-        raise InvalidInputError(f"expected images (B, C, S, S), got {tuple(images.shape)}")
+        raise InvalidInputError(f"expected images (B, C, H, W), got {tuple(images.shape)}")
     n = images.shape[0]
     share = (lambda v: v[pair_ids]) if pair_ids is not None else (lambda v: v[: n])
     draws = n if pair_ids is None else int(pair_ids.max()) + 1
@@ -145,6 +145,10 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
         torch.stack([cos * sx, (cos * shear - sin) * sy], dim=1),
         torch.stack([sin * sx, (sin * shear + cos) * sy], dim=1),
     ], dim=1)
+    aspect = images.shape[3] / images.shape[2]
+    if aspect != 1:  # the map above is in pixels; grid coordinates run -1..1 along each side
+        forward[:, 0, 1] /= aspect
+        forward[:, 1, 0] *= aspect
     shift = torch.stack([_uniform(n, 2 * config.translate, generator), _uniform(n, 2 * config.translate, generator)], dim=1)
     if config.move_ink:
         boxes = _ink_boxes(images)

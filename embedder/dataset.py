@@ -17,7 +17,7 @@ class LabelledImages:
     """Preprocessed images with integer class and group codes.
 
     Attributes:
-        images: float32 (N, C, S, S), as the recipe makes them.
+        images: float32 (N, C, H, W), as the recipe makes them.
         labels: int64 (N,) class codes.
         groups: int64 (N,) group (alphabet) codes.
         rotations: with True, each class rotated by 90, 180 and 270 degrees is a new class (in a
@@ -32,7 +32,10 @@ class LabelledImages:
     def __post_init__(self):
         n = len(self.images)
         if self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
-            raise InvalidInputError(f"expected images (N, 1 or 3, S, S), got {self.images.shape}")
+            raise InvalidInputError(f"expected images (N, 1 or 3, H, W), got {self.images.shape}")
+        if self.rotations and self.images.shape[2] != self.images.shape[3]:
+            raise InvalidInputError(f"90-degree rotations need square images, got {self.images.shape[2:]}; "
+                                    "drop --rotations")
         if self.labels.shape != (n,) or self.groups.shape != (n,):
             raise InvalidInputError(f"labels {self.labels.shape} and groups {self.groups.shape} must be ({n},)")
 
@@ -57,7 +60,7 @@ class LabelledImages:
                 np.tile(self.groups, self.copies) + turns * n_groups)
 
     def fetch(self, rows: np.ndarray) -> torch.Tensor:
-        """Images of virtual rows -> float32 (B, 1, S, S), rotated as their copy says."""
+        """Images of virtual rows -> float32 (B, C, H, W), rotated as their copy says."""
         base, turns = rows % len(self.images), rows // len(self.images)
         batch = torch.from_numpy(self.images[base])
         for k in range(1, self.copies):

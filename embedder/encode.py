@@ -25,14 +25,14 @@ def progress_bar(show: bool | None, total: int, desc: str):
 
 
 def tta_views(batch: torch.Tensor) -> list[torch.Tensor]:
-    """Test-time views of (B, 1, S, S): the image and four one-pixel shifts."""
+    """Test-time views of (B, C, H, W): the image and four one-pixel shifts."""
     shifted = [torch.roll(batch, shifts=s, dims=d) for s in (-1, 1) for d in (2, 3)]
     return [batch] + shifted
 
 
 @torch.inference_mode()
 def embed_tensor(model: Embedder, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """One preprocessed batch (B, 1, S, S) on the model's device -> (B, D)."""
+    """One preprocessed batch (B, C, H, W) on the model's device -> (B, D)."""
     if not tta:
         return model(batch)
     mean = torch.stack([model(view) for view in tta_views(batch)]).mean(0)

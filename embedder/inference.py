@@ -69,13 +69,15 @@ def choose_batch_size(model: Embedder, device: torch.device) -> int:
 
     CUDA: 2048 images up to 64x64 input (512 beyond); CPU: 256 per core up to 512 for small
     inputs (<= 32x32; larger batches only add activation memory, ~200 MB per 1024 28x28 images
-    for conv4), 64 per core up to 256 for larger ones.
+    for conv4), 64 per core up to 256 for larger ones. A rectangular input counts as the square
+    of the same area.
     """
-    size = model.recipe.size
+    height, width = model.recipe.shape
+    area = height * width
     if device.type == "cuda":
-        return 2048 if size <= 64 else 512
+        return 2048 if area <= 64 * 64 else 512
     cores = _cpu_count()
-    return min(512, 256 * cores) if size <= 32 else max(32, min(256, 64 * cores))
+    return min(512, 256 * cores) if area <= 32 * 32 else max(32, min(256, 64 * cores))
 
 
 class InferenceModel:
@@ -110,8 +112,7 @@ class InferenceModel:
         self._net, self.mode = self._optimise(net, mode)
 
     def _example(self) -> torch.Tensor:
-        size = self.recipe.size
-        return self._layout(torch.rand(8, 1, size, size, device=self.device))
+        return self._layout(torch.rand(8, self.recipe.channels, *self.recipe.shape, device=self.device))
 
     def _layout(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.contiguous(memory_format=torch.channels_last) if self._channels_last else batch

@@ -117,8 +117,8 @@ class Embedder(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images float32 (N, C, S, S) (C = the recipe's channels) -> vectors (N, D)."""
-        size, channels = self.recipe.size, self.recipe.channels
-        if images.ndim != 4 or images.shape[1] != channels or images.shape[2:] != (size, size):
-            raise InvalidInputError(f"expected images (N, {channels}, {size}, {size}), got {tuple(images.shape)}")
+        """images float32 (N, C, H, W) (C, H, W: the recipe's channels and shape) -> vectors (N, D)."""
+        (height, width), channels = self.recipe.shape, self.recipe.channels
+        if images.ndim != 4 or images.shape[1] != channels or tuple(images.shape[2:]) != (height, width):
+            raise InvalidInputError(f"expected images (N, {channels}, {height}, {width}), got {tuple(images.shape)}")
         return self.head(self.backbone(images))

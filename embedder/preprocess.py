@@ -4,14 +4,17 @@ Two kinds of image:
 
 * ``kind="handwriting"`` follows the reference notebook's ``init_image``: grayscale, optional
   binary threshold, invert so ink is bright on black, optional crop to the ink's bounding box,
-  aspect-preserving resize into the input size (INTER_AREA), centre on a zero canvas, scale to
+  aspect-preserving resize into the input canvas (INTER_AREA), centre on a zero canvas, scale to
   [0, 1]. One channel.
-* ``kind="photo"`` (faces, scans, objects): no binarisation or inversion; resize the shorter side
-  to the input size and centre-crop; ``channels=3`` keeps colour (RGB), ``1`` converts to grey;
-  then per-channel normalisation ``(x - mean) / std`` (statistics measured on the training images).
+* ``kind="photo"`` (faces, scans, objects): no binarisation or inversion; resize to cover the
+  canvas and centre-crop; ``channels=3`` keeps colour (RGB), ``1`` converts to grey; then
+  per-channel normalisation ``(x - mean) / std`` (statistics measured on the training images).
 
-Fields added for photos are left out of ``to_dict`` while at their defaults, so handwriting
-models (and their fingerprints) read exactly as before.
+The canvas is ``size`` x ``size``, or ``size`` high and ``width`` wide for wide (or tall) images
+such as signatures and words, whose ink a square canvas would squash into a few rows.
+
+Fields added after the first models (photo fields, ``width``) are left out of ``to_dict`` while at
+their defaults, so handwriting models (and their fingerprints) read exactly as before.
 """
 from __future__ import annotations
 
@@ -29,12 +32,17 @@ class Recipe:
     """How raw images become network input.
 
     Attributes:
-        size: side of the square input, in pixels.
+        size: side of the square input, in pixels; its height when ``width`` is set.
         threshold: gray level below which a pixel is ink (binarise); ``None`` keeps gray levels.
         invert: ``"auto"`` inverts images whose border is bright (dark ink on light paper),
             ``True`` always, ``False`` never.
         crop_to_ink: crop to the bounding box of the ink before resizing.
-        margin: with ``crop_to_ink``, blank border kept around the ink, as a fraction of ``size``.
+        margin: with ``crop_to_ink``, blank border kept around the ink, as a fraction of the
+            input's shorter side.
+        kind: ``"handwriting"`` or ``"photo"``.
+        channels: 1 (grey) or 3 (RGB, photos only).
+        mean, std: per-channel normalisation of photos.
+        width: width of the input in pixels; ``None`` for a square input.
     """
 
     size: int = 28
@@ -46,6 +54,7 @@ class Recipe:
     channels: int = 1
     mean: tuple | None = None
     std: tuple | None = None
+    width: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -63,12 +72,19 @@ class Recipe:
             raise InvalidInputError(f"recipe std must be positive, got {self.std}")
         if not isinstance(self.size, int) or self.size < 8:
             raise InvalidInputError(f"size must be an int >= 8, got {self.size!r}")
+        if self.width is not None and (isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 8):
+            raise InvalidInputError(f"width must be an int >= 8 or None, got {self.width!r}")
         if self.threshold is not None and not 0 < int(self.threshold) < 256:
             raise InvalidInputError(f"threshold must be in 1..255 or None, got {self.threshold!r}")
         if self.invert not in (True, False, "auto"):
             raise InvalidInputError(f"invert must be True, False or 'auto', got {self.invert!r}")
         if not 0 <= self.margin < 0.5:
             raise InvalidInputError(f"margin must be in [0, 0.5), got {self.margin!r}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the network input."""
+        return self.size, self.width or self.size
 
     def to_dict(self) -> dict:
         """The fields, without the photo-only ones that are at their defaults (stable fingerprints)."""
@@ -108,7 +124,7 @@ class Recipe:
         return gray
 
     def photo(self, image: np.ndarray) -> np.ndarray:
-        """A photo: uint8 (H, W) or (H, W, 3) BGR -> float32 (channels, size, size), normalised."""
+        """A photo: uint8 (H, W) or (H, W, 3) BGR -> float32 (channels, height, width), normalised."""
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
         if image.ndim not in (2, 3) or image.size == 0 or (image.ndim == 3 and image.shape[2] != 3):
@@ -117,13 +133,13 @@ class Recipe:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         elif image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        height, width = image.shape[:2]
-        scale = self.size / min(height, width)
-        new_h, new_w = max(self.size, int(round(height * scale))), max(self.size, int(round(width * scale)))
+        (out_h, out_w), (height, width) = self.shape, image.shape[:2]
+        scale = max(out_h / height, out_w / width)
+        new_h, new_w = max(out_h, int(round(height * scale))), max(out_w, int(round(width * scale)))
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-        top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
-        crop = resized[top : top + self.size, left : left + self.size].astype(np.float32) / 255.0
+        top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        crop = resized[top : top + out_h, left : left + out_w].astype(np.float32) / 255.0
         planes = crop[None] if crop.ndim == 2 else np.transpose(crop, (2, 0, 1))
         if self.mean is not None:
             planes = planes - np.asarray(self.mean, np.float32)[:, None, None]
@@ -132,8 +148,8 @@ class Recipe:
         return np.ascontiguousarray(planes, dtype=np.float32)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Preprocess one image: uint8 (H, W) or (H, W, 3) -> float32 (size, size) in [0, 1]
-        (handwriting), or (channels, size, size) normalised (photo)."""
+        """Preprocess one image: uint8 (H, W) or (H, W, 3) -> float32 (height, width) in [0, 1]
+        (handwriting), or (channels, height, width) normalised (photo)."""
         if self.kind == "photo":
             return self.photo(image)
         ink = self.ink(image)
@@ -142,25 +158,26 @@ class Recipe:
             cols = np.flatnonzero(ink.max(axis=0) > 0.2)
             if rows.size and cols.size:
                 ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        inner = self.size - 2 * int(round(self.margin * self.size)) if self.crop_to_ink else self.size
+        out_h, out_w = self.shape
+        border = 2 * int(round(self.margin * min(out_h, out_w))) if self.crop_to_ink else 0
         height, width = ink.shape
-        scale = inner / max(height, width)
-        new_h = max(1, min(self.size, int(round(height * scale))))
-        new_w = max(1, min(self.size, int(round(width * scale))))
+        scale = min((out_h - border) / height, (out_w - border) / width)
+        new_h = max(1, min(out_h, int(round(height * scale))))
+        new_w = max(1, min(out_w, int(round(width * scale))))
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(ink, (new_w, new_h), interpolation=interpolation)
-        canvas = np.zeros((self.size, self.size), dtype=np.float32)
-        top, left = (self.size - new_h) // 2, (self.size - new_w) // 2
+        canvas = np.zeros((out_h, out_w), dtype=np.float32)
+        top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
         canvas[top : top + new_h, left : left + new_w] = resized
         return np.clip(canvas, 0.0, 1.0)
 
     def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Preprocess many images: -> float32 (N, channels, size, size), C-contiguous."""
-        out = np.empty((len(images), self.channels, self.size, self.size), dtype=np.float32)
+        """Preprocess many images: -> float32 (N, channels, height, width), C-contiguous."""
+        out = np.empty((len(images), self.channels, *self.shape), dtype=np.float32)
         for i, image in enumerate(images):
             out[i] = self(image)
         return out
 
 
 KINDS = ("handwriting", "photo")
-_NEW_DEFAULTS = {"kind": "handwriting", "channels": 1, "mean": None, "std": None}
+_NEW_DEFAULTS = {"kind": "handwriting", "channels": 1, "mean": None, "std": None, "width": None}

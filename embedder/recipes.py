@@ -25,6 +25,8 @@ PLAIN_SHARE = 0.6    # share of pixels at the paper's level for "ink on a plain 
 FLAT_BORDER = 0.08   # largest border standard deviation (grey levels / 255) of plain paper
 CHROMA = 4.0 / 255   # mean |channel difference| above which an image is colour
 INK_CHROMA = 0.05    # ink on paper is nearly grey: more chroma than this is a photo
+WIDE = 1.5           # ink boxes wider than this (or taller than 1 / this) get a rectangular canvas
+MAX_ASPECT = 4.0     # longest side of a rectangular canvas, in multiples of the shorter one
 
 
 def image_statistics(image: np.ndarray) -> dict:
@@ -73,6 +75,35 @@ def recipe_for(kind: str, colour: bool = False, size: int | None = None) -> Reci
     if kind == "photo":
         return Recipe(size=size or SIZES[kind], kind="photo", channels=3 if colour else 1)
     raise InvalidInputError(f"unknown recipe {kind!r}; known: handwriting, photo, photo-colour")
+
+
+def ink_aspect(images: Sequence[np.ndarray]) -> float:
+    """Median width / height of the ink's bounding box over a sample (ink found as the recipe finds it)."""
+    finder = Recipe()
+    ratios = []
+    for image in images:
+        ink = finder.ink(image) > 0.2
+        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        if rows.size and cols.size:
+            ratios.append((cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1))
+    return float(np.median(ratios)) if ratios else 1.0
+
+
+def with_canvas(recipe: Recipe, images: Sequence[np.ndarray]) -> tuple[Recipe, str]:
+    """A handwriting recipe whose canvas follows the ink's shape: square unless the sample's median
+    ink box is more than :data:`WIDE` times wider than high (or higher than wide), as signatures and
+    words are; then the shorter side keeps the recipe's size and the longer one grows with the ink
+    (up to :data:`MAX_ASPECT` times, in steps of 4 pixels). Returns (recipe, a note, ``""`` if square)."""
+    if recipe.kind != "handwriting" or recipe.width is not None or not len(images):
+        return recipe, ""
+    aspect = ink_aspect(images)
+    if 1 / WIDE <= aspect <= WIDE:
+        return recipe, ""
+    short = recipe.size
+    long = int(min(MAX_ASPECT, max(aspect, 1 / aspect)) * short / 4 + 0.5) * 4
+    height, width = (short, long) if aspect > 1 else (long, short)
+    return (Recipe.from_dict({**recipe.to_dict(), "size": height, "width": width}),
+            f"canvas {height}x{width} pixels (median ink box {aspect:.2f} times as wide as high)")
 
 
 def with_normalisation(recipe: Recipe, images: Sequence[np.ndarray]) -> Recipe:

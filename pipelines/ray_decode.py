@@ -66,7 +66,7 @@ def decode_batch(batch: dict[str, np.ndarray], source: SharedObject, recipe: Rec
         known: content hash by id (appending): rows whose image is unchanged are not encoded.
     Returns:
         The input columns plus ``content_hash`` (str), ``reason`` (str; ``""`` when the image
-        decoded), ``encode`` (bool) and ``pixels`` float32 (n, 1, S, S) (zeros where not encoded).
+        decoded), ``encode`` (bool) and ``pixels`` float32 (n, C, H, W) (zeros where not encoded).
     """
     images, reasons = read_with_rejects(source.get(), [str(p) for p in batch["path"]], color=recipe.channels == 3)
     hashes = np.array([content_hash(image) if image is not None else "" for image in images], dtype=object)
@@ -74,7 +74,7 @@ def decode_batch(batch: dict[str, np.ndarray], source: SharedObject, recipe: Rec
     if known is not None and encode.any():
         previous = known.get().reindex(np.asarray(batch["id"], dtype=np.int64)).to_numpy()
         encode &= previous != hashes
-    pixels = np.zeros((len(images), 1, recipe.size, recipe.size), dtype=np.float32)
+    pixels = np.zeros((len(images), recipe.channels, *recipe.shape), dtype=np.float32)
     chosen = np.flatnonzero(encode)
     if len(chosen):
         pixels[chosen] = recipe.batch([images[i] for i in chosen])

@@ -9,6 +9,7 @@ validation split and stored in the model file (:mod:`oneshot.pipelines.threshold
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
 from oneshot.embedder.model import Embedder
 from oneshot.embedder.preprocess import Recipe
-from oneshot.embedder.recipes import infer_recipe, recipe_for, with_normalisation
+from oneshot.embedder.recipes import SIZES, infer_recipe, recipe_for, with_canvas, with_normalisation
 from oneshot.embedder.train import TrainConfig, TrainResult, train
 from oneshot.errors import InvalidInputError
 from oneshot.locks import exclusive_lock
@@ -57,6 +58,19 @@ FINE_TUNE_LR = TrainConfig.lr / 4
 #: and it is reproducible); the 8-minute cap ends it on a slower or busier machine.
 GALLERY_DEFAULTS = dict(steps=3000, max_seconds=480.0, classes_per_batch=40, items_per_class=4, val_every=100,
                         warmup_steps=50)
+
+
+
+def gallery_defaults(recipe: Recipe) -> dict:
+    """:data:`GALLERY_DEFAULTS` for a recipe. The step budget is for the kind's square canvas
+    (28x28 handwriting, 32x32 photos); a larger canvas, such as a signature's 28x96, gets
+    proportionally fewer steps (about the same pixels, so about the same time), in whole
+    validation intervals."""
+    side = SIZES[recipe.kind]
+    height, width = recipe.shape
+    interval = GALLERY_DEFAULTS["val_every"]
+    steps = GALLERY_DEFAULTS["steps"] * side * side / (height * width)
+    return {**GALLERY_DEFAULTS, "steps": int(max(1, math.ceil(steps / interval)) * interval)}
 
 
 SYNTHETIC_BACKGROUND = dict(n_alphabets=16, characters_per_alphabet=20)
@@ -237,7 +251,8 @@ def choose_recipe(source: ImageSource, rows: np.ndarray, recipe: str | dict | No
     else:
         kind, _, colour = str(recipe).partition("-")
         chosen, reason = recipe_for(kind, colour == "colour", size), f"given (--recipe {recipe})"
-    return with_normalisation(chosen, images), reason
+    chosen, canvas = with_canvas(chosen, images)
+    return with_normalisation(chosen, images), reason + (f"; {canvas}" if canvas else "")
 
 
 def _starting_model(init: str | None, recipe: Recipe, options: dict, keep_defaults: bool) -> tuple[str | None, str]:
@@ -300,7 +315,7 @@ def train_from_cli(out: str | os.PathLike, options: dict, data: str | None = Non
     Options not given take defaults suited to the data: the recipe from its pixels (printed and
     stored), the augmentation preset of that recipe, no 90-degree rotations unless asked, and for
     galleries other than Omniglot and the synthetic set (without ``--config``) a short run
-    (:data:`GALLERY_DEFAULTS`). Files that cannot be read are left out and listed in
+    (:func:`gallery_defaults`). Files that cannot be read are left out and listed in
     ``out/rejects.csv`` under ``rejects``' policy; a lock refuses a second run writing ``out``.
     """
     rejects = rejects if rejects is not None else Rejects()
@@ -330,7 +345,7 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
         raise InvalidInputError("90-degree rotations as new classes are for handwriting only; drop --rotations")
     standard = synthetic or isinstance(source, (OmniglotSplit, SyntheticSet))
     if not from_config_file and not standard:
-        for key, value in GALLERY_DEFAULTS.items():
+        for key, value in gallery_defaults(chosen).items():
             options.setdefault(key, value)
     init, init_reason = _starting_model(init, chosen, options, standard or from_config_file)
     if init is not None and not from_config_file:

@@ -79,7 +79,7 @@ def test_output_shape_and_dtype(glyphs):
     assert out.min() >= 0 and out.max() <= 1 + 1e-6
     colour = augment(torch.rand(2, 3, 8, 8), AugmentConfig.preset("photo"), _gen())
     assert colour.shape == (2, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"\(B, C, S, S\)"):
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         augment(torch.rand(8, 8), AugmentConfig(), _gen())
 
 
@@ -145,3 +145,14 @@ def test_config_dict_round_trip():
     assert AugmentConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match=r"unknown augmentation keys \['rotate'\]"):
         AugmentConfig.from_dict({"rotate": 5})
+
+
+def test_wide_canvas_rotates_like_a_square_one(glyphs):
+    """Geometry is drawn in pixels: a glyph padded into a 3x wider canvas turns exactly as on its square."""
+    size = glyphs.shape[-1]
+    wide = torch.zeros(glyphs.shape[0], 1, size, 3 * size)
+    wide[..., size:2 * size] = glyphs
+    config = AugmentConfig(rotation=30.0, translate=0.0, scale=0.1, aspect=0.1, shear=0.2)
+    square_out = augment(glyphs, config, _gen(3))
+    wide_out = augment(wide, config, _gen(3))
+    assert torch.allclose(wide_out[..., size:2 * size], square_out, atol=1e-5)

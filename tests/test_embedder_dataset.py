@@ -72,7 +72,7 @@ def test_from_table_with_synthetic_alphabets():
 
 
 def test_bad_shapes():
-    with pytest.raises(ValueError, match=r"\(N, 1 or 3, S, S\)"):
+    with pytest.raises(ValueError, match=r"\(N, 1 or 3, H, W\)"):
         LabelledImages(np.zeros((3, 8, 8), np.float32), np.zeros(3, np.int64), np.zeros(3, np.int64))
     with pytest.raises(ValueError, match="must be"):
         LabelledImages(np.zeros((3, 1, 8, 8), np.float32), np.zeros(2, np.int64), np.zeros(3, np.int64))

@@ -98,3 +98,15 @@ def test_runs_on_the_models_device_without_assuming_cuda():
     engine = InferenceModel(model)
     assert engine.device == next(model.parameters()).device
     assert engine(np.zeros((2, 1, 16, 16), np.float32)).shape == (2, 8)
+
+
+@pytest.mark.parametrize("recipe", [Recipe(size=16, kind="photo", channels=3), Recipe(size=16, width=48, crop_to_ink=True)],
+                         ids=["colour", "wide"])
+def test_colour_and_wide_inputs_get_the_frozen_graph_and_the_eager_vectors(recipe):
+    model = _trained_like(Embedder("conv4", 32, "normalized", recipe)).eval()
+    inference = InferenceModel(model, mode="auto")
+    assert inference.mode == "script"  # traced with the recipe's channels and canvas, not a square grey one
+    batch = torch.rand(6, recipe.channels, *recipe.shape)
+    with torch.no_grad():
+        eager = model(batch).numpy()
+    assert _cosines(inference(batch.numpy()), eager).min() >= 0.9999

@@ -81,6 +81,11 @@ def test_decode_step_returns_good_rows_and_rejects_with_reasons(gallery, tiny_mo
     known = pd.Series([out["content_hash"][0], "changed"], index=[int(rows["id"].iloc[0]), int(rows["id"].iloc[2])])
     again = decode_batch(batch, _Box(source), load_model(tiny_model_path).recipe, _Box(known))
     assert list(again["encode"]) == [False, False, True, True]
+    # the pixels take the recipe's channels and canvas (colour photos, wide signatures)
+    from oneshot.embedder.preprocess import Recipe
+
+    colour = decode_batch(batch, _Box(source), Recipe(size=8, width=20, kind="photo", channels=3), None)
+    assert colour["pixels"].shape == (4, 3, 8, 20)
 
 
 def test_embed_gives_the_local_store_and_resumes_after_a_crash(ray_session, tmp_path, gallery, tiny_model_path):

@@ -134,3 +134,50 @@ def test_verify_reports_the_threshold_and_its_source(tmp_path):
     given = json.loads(CliRunner().invoke(main, ["verify", str(tmp_path / "0.png"), str(tmp_path / "0.png"),
                                                  "--threshold", "0.5"]).output)
     assert given["same"] is True and given["threshold_source"] == "given on the command line"
+
+
+def _wide_ink(n=12, letters=3, seed=0):
+    """Signature-like images: ``letters`` synthetic characters side by side, dark ink on white."""
+    glyphs = _ink_images(n * letters, seed)
+    return [np.concatenate(glyphs[i * letters:(i + 1) * letters], axis=1) for i in range(n)]
+
+
+def test_canvas_follows_the_inks_shape():
+    from oneshot.embedder.recipes import MAX_ASPECT, with_canvas
+
+    square = Recipe(size=28, crop_to_ink=True)
+    assert with_canvas(square, _ink_images()) == (square, "")
+    wide, note = with_canvas(square, _wide_ink())
+    assert wide.shape[0] == 28 and 28 * 1.5 < wide.shape[1] <= 28 * MAX_ASPECT and wide.shape[1] % 4 == 0
+    assert "canvas 28x" in note and wide.to_dict()["width"] == wide.shape[1]
+    tall, _ = with_canvas(square, [image.T for image in _wide_ink()])
+    assert tall.shape == wide.shape[::-1]
+    very_wide, _ = with_canvas(square, _wide_ink(letters=8))
+    assert very_wide.shape == (28, int(28 * MAX_ASPECT))
+    photo = Recipe(size=32, kind="photo")
+    assert with_canvas(photo, _wide_ink()) == (photo, "")
+
+
+def test_wide_canvas_keeps_the_ink_large():
+    """A signature on a square canvas keeps a few rows of ink; on its own canvas it fills the height."""
+    image = _wide_ink(1)[0]
+    square = Recipe(size=28, crop_to_ink=True)(image)
+    wide = Recipe(size=28, crop_to_ink=True, width=84)(image)
+    assert wide.shape == (28, 84)
+    ink_rows = lambda canvas: int((canvas.max(axis=1) > 0.2).sum())  # noqa: E731
+    assert ink_rows(wide) >= 2 * ink_rows(square)
+    assert ink_rows(wide) >= 20  # 28 less the 10% margins
+    photo = Recipe(size=16, kind="photo", width=32)(np.full((40, 40), 128, np.uint8))
+    assert photo.shape == (1, 16, 32)
+    with pytest.raises(InvalidInputError, match="width"):
+        Recipe(width=4)
+
+
+def test_gallery_step_budget_follows_the_canvas_area():
+    from oneshot.pipelines.training import GALLERY_DEFAULTS, gallery_defaults
+
+    assert gallery_defaults(Recipe(size=28, crop_to_ink=True))["steps"] == GALLERY_DEFAULTS["steps"]
+    assert gallery_defaults(Recipe(size=32, kind="photo", channels=3))["steps"] == GALLERY_DEFAULTS["steps"]
+    wide = gallery_defaults(Recipe(size=28, crop_to_ink=True, width=96))
+    assert wide["steps"] == 900 and wide["steps"] % wide["val_every"] == 0  # 3,000 x 28 / 96, rounded up
+    assert wide["max_seconds"] == GALLERY_DEFAULTS["max_seconds"]

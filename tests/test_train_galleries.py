@@ -111,6 +111,8 @@ def test_forgery_gallery_end_to_end(tmp_path, signature_gallery):
     assert report["oneshot"]["n_way"] == 10  # writers, never forgeries as classes
     rule = found["model"].info["thresholds"]["verification"]["rule"]
     assert "forgery" in rule
+    height, width = found["model"].recipe.shape  # three letters side by side: a wide canvas end to end
+    assert height == 28 and width >= 2 * height
 
 
 def test_forgery_layout_is_recognised(signature_gallery):
