@@ -5,12 +5,18 @@ backbones end in global average pooling, so any input side works) and in channel
 first conv is replicated over three colour channels (divided by 3, so a grey image gives the same
 features), a colour model's is summed over channels for grey input. Anything else is refused with
 the reason.
+
+:func:`recalibrate_batchnorm` then re-estimates the BatchNorm statistics on the new gallery's own
+training images (AdaBN, Li et al. 2016): no label is read and no weight changes, but the layers
+normalise the new images' pixel statistics instead of the old ones'.
 """
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
+from torch import nn
 
 from oneshot.embedder.model import Embedder
 from oneshot.errors import ModelMismatchError
@@ -52,3 +58,40 @@ def initialise_from(model: Embedder, source: Embedder) -> list[str]:
         raise ModelMismatchError(f"cannot start from this model: it lacks {missing[:3]}")
     model.load_state_dict(state)
     return adapted
+
+
+#: Images a BatchNorm recalibration reads (a seeded sample when the gallery holds more).
+RECALIBRATION_IMAGES = 4096
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: np.ndarray, seed: int = 0, batch_size: int = 256) -> int:
+    """Re-estimate every BatchNorm layer's running mean and variance on ``images`` (in place).
+
+    Args:
+        model: the network; left in eval mode.
+        images: float32 (N, C, H, W), preprocessed, not augmented; at most
+            :data:`RECALIBRATION_IMAGES` of them, drawn with ``seed``, are read.
+    Returns:
+        The number of images the statistics were measured on (0 when the model has no BatchNorm).
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or len(images) < 2:
+        return 0
+    rows = np.arange(len(images))
+    if len(rows) > RECALIBRATION_IMAGES:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, RECALIBRATION_IMAGES, replace=False))
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over all batches
+    device = next(model.parameters()).device
+    model.train()
+    try:
+        for chunk in np.array_split(rows, -(-len(rows) // batch_size)):  # near-equal batches, none of one image
+            model(torch.from_numpy(images[chunk]).to(device))
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.eval()
+    return len(rows)

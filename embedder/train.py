@@ -231,7 +231,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     Args:
         resume: continue from ``out_dir/checkpoint.pt`` when it exists (same config required).
         info: extra facts stored in the model file (e.g. the command line).
-        init: a model whose weights start the run (fine-tuning; see :mod:`oneshot.embedder.init`).
+        init: a model whose weights start the run (fine-tuning; see :mod:`oneshot.embedder.init`),
+            its BatchNorm statistics re-estimated on ``train_set``'s images before step 0.
     The run stops at ``config.steps`` or, with ``config.max_seconds``, once that much time passed.
     """
     out_dir = Path(out_dir)
@@ -239,11 +240,14 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     device = torch.device(device) if device else default_device()
     torch.manual_seed(config.seed)
     model = build_model(config)
+    model = model.to(device)
+    recalibrated = 0
     if init is not None:
-        from oneshot.embedder.init import initialise_from
+        from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
 
         initialise_from(model, init)
-    model = model.to(device)
+        model = model.to(device)
+        recalibrated = recalibrate_batchnorm(model, train_set.images, config.seed)
     labels, groups = train_set.virtual_labels()
     loss_fn = build_loss(config, model, int(labels.max()) + 1).to(device)
     sampler = build_sampler(config, labels, groups)
@@ -271,6 +275,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     with atomic_path(out_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     info = dict(info or {})
+    if recalibrated:
+        info["batchnorm_recalibrated_on"] = f"{recalibrated} training images (AdaBN, before step 0)"
 
     def save_best(accuracy: float | None) -> None:
         details = {**info, "train_config": config.to_dict(), "seed": config.seed, "step": state["step"],

@@ -151,6 +151,7 @@ def test_handwriting_gallery_starts_from_the_shipped_model_and_keeps_it_when_tra
     assert model.info["init"] == "default" and model.info["train_config"]["lr"] == pytest.approx(5e-4)
     history = pd.read_csv(out / "history.csv")
     assert history["step"].iloc[0] == 0  # the starting model was validated as a candidate
+    assert "training images (AdaBN" in model.info["batchnorm_recalibrated_on"]
     best = history.loc[history["val_accuracy"].idxmax(), "step"]
     assert model.info["step"] == best  # the kept model is the best validated one, step 0 included
     scratch = ok(run("train", "--data", mnist_dir, "--out", tmp_path / "scratch", "--val-split", "images",
