@@ -131,15 +131,14 @@ def build_sampler(config: TrainConfig, labels: np.ndarray, groups: np.ndarray):
     return PKSampler(labels, config.classes_per_batch, config.items_per_class, config.seed)
 
 
-def _schedule(config: TrainConfig, clock: dict | None = None):
-    """Warm-up then cosine decay; with a time limit, progress is the larger of steps and time spent
-    (``clock["fraction"]``), so a run stopped by the clock still ends at a low learning rate."""
+def _schedule(config: TrainConfig):
+    """Warm-up then cosine decay over ``config.steps``. The clock never moves the schedule, so a run
+    that the step count ends is the same run on any machine; a time limit only stops it early
+    (the kept model is the best validated one)."""
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
         progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        if clock is not None:
-            progress = max(progress, clock.get("fraction", 0.0))
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
@@ -253,8 +252,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     sampler = build_sampler(config, labels, groups)
     params = list(model.parameters()) + [p for p in loss_fn.parameters() if not any(p is q for q in model.parameters())]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    clock = {"fraction": 0.0}
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, clock if config.max_seconds else None))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     augment_config = AugmentConfig.from_dict(config.augment)
 
     checkpoint_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.safetensors"
@@ -308,8 +306,6 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if config.max_seconds:
-            clock["fraction"] = (time.perf_counter() - started) / config.max_seconds
         scheduler.step()
         running.append(loss.item())
         state["step"] = step = step + 1

@@ -60,7 +60,6 @@ GALLERY_DEFAULTS = dict(steps=3000, max_seconds=480.0, classes_per_batch=40, ite
                         warmup_steps=50)
 
 
-
 def gallery_defaults(recipe: Recipe) -> dict:
     """:data:`GALLERY_DEFAULTS` for a recipe. The step budget is for the kind's square canvas
     (28x28 handwriting, 32x32 photos); a larger canvas, such as a signature's 28x96, gets

@@ -211,3 +211,13 @@ def test_learns_better_than_raw_pixels(tmp_path):
     learned = evaluate_episodes(encode(result.model, held.images), episodes, result.model.metric).accuracy
     assert raw > 0.4  # the baseline is far above chance (0.2): the comparison means something
     assert learned > raw + 0.1, (learned, raw)
+
+
+def test_the_clock_never_moves_the_learning_rate(data, tmp_path, monkeypatch):
+    """A run the step count ends is the same on a slow machine: the time limit only stops a run."""
+    steady = _run(_config(steps=6, val_every=3, warmup_steps=1), data, tmp_path / "steady")
+    ticks = iter(range(0, 10**9, 10**5))  # every clock reading 100,000 s after the last
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(ticks)))
+    slow = _run(_config(steps=6, val_every=3, warmup_steps=1, max_seconds=1e9), data, tmp_path / "slow")
+    assert slow.history["lr"].tolist() == steady.history["lr"].tolist()
+    assert slow.model.fingerprint == steady.model.fingerprint
