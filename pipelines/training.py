@@ -53,7 +53,7 @@ RECIPE_SAMPLE = 200
 #: quarter of the from-scratch rate, so the first steps do not wash out what the model knows.
 FINE_TUNE_LR = TrainConfig.lr / 4
 #: Training options a user gallery gets when neither ``--config`` nor a flag sets them: a run that
-#: ends within about 10 minutes on two CPU cores, whatever the gallery. 3,000 steps took 3-7.7 minutes
+#: ends within about 10 minutes on two CPU cores, whatever the gallery. 3,000 steps took 3-7.8 minutes
 #: on the quiet 2-core development machine (so the step count, not the clock, ends the run there
 #: and it is reproducible); the 8-minute cap ends it on a slower or busier machine.
 GALLERY_DEFAULTS = dict(steps=3000, max_seconds=480.0, classes_per_batch=40, items_per_class=4, val_every=100,
