@@ -57,13 +57,22 @@ def _img(uri: str, alt: str) -> str:
 
 
 def _thumb(image: np.ndarray) -> np.ndarray:
-    """A grayscale square thumbnail (THUMB x THUMB) of any uint8 image."""
+    """A grayscale square thumbnail (THUMB x THUMB) of any uint8 image: the whole image, its
+    aspect kept (a wide signature is not squashed), on the colour of its border."""
     import cv2
 
     image = np.asarray(image)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return cv2.resize(image, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    height, width = image.shape
+    scale = THUMB / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    paper = np.median(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]))
+    square = np.full((THUMB, THUMB), paper, dtype=np.uint8)
+    top, left = (THUMB - new_h) // 2, (THUMB - new_w) // 2
+    square[top : top + new_h, left : left + new_w] = resized
+    return square
 
 
 def thumbnail_grid(rows: list[list[np.ndarray]], row_titles: list[str], frames: list[list[str | None]] | None = None,

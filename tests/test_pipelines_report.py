@@ -106,3 +106,17 @@ def test_report_loads_in_headless_chromium_with_every_image_decoded(report, tmp_
     assert seen["decoded"] == seen["images"], seen
     assert seen["errors"] == [], seen["errors"]
     assert ":CONSOLE(" not in stderr, stderr[-2000:]
+
+
+def test_thumbnails_keep_the_aspect_of_wide_images():
+    from oneshot.pipelines.report import THUMB, _thumb
+
+    signature = np.full((40, 120), 255, np.uint8)
+    signature[10:30, 5:115] = 0  # one wide dark stroke on white paper
+    thumb = _thumb(signature)
+    assert thumb.shape == (THUMB, THUMB)
+    dark_rows = (thumb < 128).any(axis=1).sum()
+    assert dark_rows <= 8  # 20 of 40 rows, shrunk by the same third as the width (a squashed copy keeps 20)
+    assert (thumb[:12] == 255).all() and (thumb[-12:] == 255).all()  # paper above and below
+    assert (thumb[THUMB // 2] < 128).sum() >= THUMB - 4  # the stroke still spans the width
+    assert _thumb(np.zeros((30, 30, 3), np.uint8)).shape == (THUMB, THUMB)
