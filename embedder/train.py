@@ -27,6 +27,7 @@ from oneshot.data.augment import AugmentConfig, augment
 from oneshot.embedder.artifact import load_model, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import default_device
+from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
 from oneshot.embedder.losses import (
     ContrastiveLoss,
     NormalizedSoftmaxLoss,
@@ -239,14 +240,10 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     device = torch.device(device) if device else default_device()
     torch.manual_seed(config.seed)
     model = build_model(config)
-    model = model.to(device)
-    recalibrated = 0
     if init is not None:
-        from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
-
         initialise_from(model, init)
-        model = model.to(device)
-        recalibrated = recalibrate_batchnorm(model, train_set.images, config.seed)
+    model = model.to(device)
+    recalibrated = recalibrate_batchnorm(model, train_set.images, config.seed) if init is not None else 0
     labels, groups = train_set.virtual_labels()
     loss_fn = build_loss(config, model, int(labels.max()) + 1).to(device)
     sampler = build_sampler(config, labels, groups)
