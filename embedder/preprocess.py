@@ -114,8 +114,7 @@ class Recipe:
         gray = image.astype(np.float32) / 255.0
         invert = self.invert
         if invert == "auto":
-            border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-            invert = float(np.median(border)) > 0.5
+            invert = float(np.median(border_pixels(gray))) > 0.5
         if self.threshold is not None:
             level = self.threshold / 255.0
             gray = (gray >= level if not invert else gray < level).astype(np.float32)
@@ -177,6 +176,11 @@ class Recipe:
         for i, image in enumerate(images):
             out[i] = self(image)
         return out
+
+
+def border_pixels(image: np.ndarray) -> np.ndarray:
+    """The outermost rows and columns of a 2-D image (H, W), as one 1-D array: the paper's level."""
+    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
 KINDS = ("handwriting", "photo")

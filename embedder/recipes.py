@@ -14,7 +14,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from oneshot.embedder.preprocess import Recipe
+from oneshot.embedder.preprocess import Recipe, border_pixels
 from oneshot.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def image_statistics(image: np.ndarray) -> dict:
     colour = image.ndim == 3 and image.shape[2] == 3
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if colour else image.reshape(image.shape[:2])
     grey = grey.astype(np.float32) / 255.0
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    border = border_pixels(grey)
     paper = float(np.median(border))
     chroma = 0.0
     if colour:

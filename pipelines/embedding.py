@@ -404,15 +404,21 @@ def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine:
     shard, buffered, read_in_shard, encoded = None, 0, 0, 0
     shard_number = first_shard
 
+    def open_shard():
+        """The shard being written, opened on first use (appends take the next free number)."""
+        nonlocal shard
+        if shard is None:
+            shard = store.shard_writer(None if appending else shard_number)
+        return shard
+
     def commit():
         """Commit the shard being written (an empty one keeps the numbering when not appending)."""
         nonlocal shard, buffered, read_in_shard, shard_number
         if buffered or not appending:
-            if shard is None:
-                shard = store.shard_writer(None if appending else shard_number)
-            if not shard.rows:
-                shard.write(table.iloc[:0].assign(**{HASH_COLUMN: []}), np.zeros((0, engine.dim), np.float32))
-            shard.commit()
+            writer = open_shard()
+            if not writer.rows:
+                writer.write(table.iloc[:0].assign(**{HASH_COLUMN: []}), np.zeros((0, engine.dim), np.float32))
+            writer.commit()
             if rejects is not None and len(rejects):  # a killed run's list survives with its shards
                 rejects.write(rejects_path(store.folder))
         shard, buffered, read_in_shard = None, 0, 0
@@ -421,9 +427,7 @@ def _run(store: DatasetStore, gallery: ImageSource, table: pd.DataFrame, engine:
     try:
         for batch, vectors in stream(engine, gallery, table, plan, workers, tta, known, show_progress, rejects=rejects):
             if len(batch.rows):  # written as it comes: memory holds one row group, not a shard
-                if shard is None:
-                    shard = store.shard_writer(None if appending else shard_number)
-                shard.write(batch.rows, vectors)
+                open_shard().write(batch.rows, vectors)
                 buffered += len(batch.rows)
                 encoded += len(batch.rows)
             read_in_shard += batch.read

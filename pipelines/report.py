@@ -61,6 +61,8 @@ def _thumb(image: np.ndarray) -> np.ndarray:
     aspect kept (a wide signature is not squashed), on the colour of its border."""
     import cv2
 
+    from oneshot.embedder.preprocess import border_pixels
+
     image = np.asarray(image)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
@@ -68,7 +70,7 @@ def _thumb(image: np.ndarray) -> np.ndarray:
     scale = THUMB / max(height, width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    paper = np.median(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]))
+    paper = np.median(border_pixels(image))
     square = np.full((THUMB, THUMB), paper, dtype=np.uint8)
     top, left = (THUMB - new_h) // 2, (THUMB - new_w) // 2
     square[top : top + new_h, left : left + new_w] = resized
