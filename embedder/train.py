@@ -243,7 +243,6 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     if init is not None:
         initialise_from(model, init)
     model = model.to(device)
-    recalibrated = recalibrate_batchnorm(model, train_set.images, config.seed) if init is not None else 0
     labels, groups = train_set.virtual_labels()
     loss_fn = build_loss(config, model, int(labels.max()) + 1).to(device)
     sampler = build_sampler(config, labels, groups)
@@ -270,8 +269,11 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     with atomic_path(out_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     info = dict(info or {})
-    if recalibrated:
-        info["batchnorm_recalibrated_on"] = f"{recalibrated} training images (AdaBN, before step 0)"
+    fresh_start = init is not None and state["step"] == 0 and not state["history"]  # not a resume
+    if fresh_start:
+        state["recalibrated"] = recalibrate_batchnorm(model, train_set.images, config.seed)
+    if state.get("recalibrated"):  # kept in the checkpoint, so a resumed run's model says it too
+        info["batchnorm_recalibrated_on"] = f"{state['recalibrated']} training images (AdaBN, before step 0)"
 
     def save_best(accuracy: float | None) -> None:
         details = {**info, "train_config": config.to_dict(), "seed": config.seed, "step": state["step"],
@@ -283,7 +285,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     started = time.perf_counter() - state["seconds"]
     bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step",
                disable=not (show_progress if show_progress is not None else os.isatty(2)))
-    if init is not None and state["step"] == 0 and not state["history"]:
+    if fresh_start:
         # the starting model is a candidate too: fine-tuning never ends below where it started
         accuracy = _validate(validate, model)
         state["history"].append({"step": 0, "loss": float("nan"), "val_accuracy": accuracy,

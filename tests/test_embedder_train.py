@@ -221,3 +221,28 @@ def test_the_clock_never_moves_the_learning_rate(data, tmp_path, monkeypatch):
     slow = _run(_config(steps=6, val_every=3, warmup_steps=1, max_seconds=1e9), data, tmp_path / "slow")
     assert slow.history["lr"].tolist() == steady.history["lr"].tolist()
     assert slow.model.fingerprint == steady.model.fingerprint
+
+
+def test_a_resumed_fine_tuning_run_does_not_recalibrate_again(data, tmp_path, monkeypatch):
+    config = _config(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1)
+    start = _run(config, data, tmp_path / "start").model  # any model of this architecture
+    real, calls = train_module.recalibrate_batchnorm, []
+    monkeypatch.setattr(train_module, "recalibrate_batchnorm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    full = _run(config, data, tmp_path / "full", init=start)
+    assert len(calls) == 1 and "AdaBN" in full.model.info["batchnorm_recalibrated_on"]
+    real_augment, steps = train_module.augment, []
+
+    def killed_augment(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "augment", killed_augment)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, data, tmp_path / "killed", init=start)
+    monkeypatch.setattr(train_module, "augment", real_augment)
+    resumed = _run(config, data, tmp_path / "killed", init=start)
+    assert len(calls) == 2  # the killed run's fresh start only; the resume reads the checkpoint
+    assert resumed.model.fingerprint == full.model.fingerprint
+    assert resumed.model.info["batchnorm_recalibrated_on"] == full.model.info["batchnorm_recalibrated_on"]
