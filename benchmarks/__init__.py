@@ -8,6 +8,17 @@ from pathlib import Path
 from oneshot.atomic import atomic_path
 
 
+def validation_alphabets(data: str | os.PathLike | None):
+    """The background validation alphabets of Omniglot (the only images a threshold or setting is
+    chosen on): ``(the background split, its table restricted to them, index reset)``."""
+    from oneshot.data.omniglot import OmniglotSplit, omniglot_root
+    from oneshot.pipelines.jobs.train import VALIDATION_ALPHABETS
+
+    split = OmniglotSplit(omniglot_root(data), "background")
+    table = split.table[split.table["group"].isin(VALIDATION_ALPHABETS["background"])].reset_index(drop=True)
+    return split, table
+
+
 def write_result(result: dict, out: str | os.PathLike | None) -> None:
     """Write a benchmark's result as indented JSON at ``out`` (atomically, its folder made); None: nothing."""
     if out is None:

@@ -2,7 +2,7 @@
 
 Reads only Omniglot's background validation alphabets (Bengali, Futurama, Greek, Japanese
 (katakana)), which the shipped model never trained on: calibrates ``cluster_distance`` and
-``cluster_radius`` (:func:`oneshot.pipelines.cluster_calibration.calibrate_cluster_threshold`), then
+``cluster_radius`` (:func:`oneshot.pipelines.evaluation.cluster_thresholds.calibrate_cluster_threshold`), then
 compares the candidate methods with k unknown and k known, on all 20 drawings of each character
 and on the first 10 and 5 drawers (to see how the choices hold when clusters are smaller).
 
@@ -20,15 +20,14 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from benchmarks import write_result
-from oneshot.data.omniglot import OmniglotSplit, omniglot_root
+from benchmarks import validation_alphabets, write_result
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
 from oneshot.index.metric import get_metric
-from oneshot.pipelines.cluster import cluster_groups
-from oneshot.pipelines.cluster_calibration import calibrate_cluster_threshold
-from oneshot.pipelines.cluster_scores import clustering_scores
-from oneshot.pipelines.training import VALIDATION_ALPHABETS
+from oneshot.pipelines.evaluation.cluster_scores import clustering_scores
+from oneshot.pipelines.evaluation.cluster_thresholds import calibrate_cluster_threshold
+from oneshot.pipelines.evaluation.clustering import cluster_groups
+from oneshot.pipelines.jobs.train import VALIDATION_ALPHABETS
 
 
 def sklearn_candidates(x: np.ndarray, n_true: int, average_threshold: float) -> dict:
@@ -74,8 +73,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    split = OmniglotSplit(omniglot_root(args.data), "background")
-    table = split.table[split.table["group"].isin(VALIDATION_ALPHABETS["background"])].reset_index(drop=True)
+    split, table = validation_alphabets(args.data)
     model = load_model(args.model)
     metric = get_metric(model.metric)
     embeddings = metric.prepare(encode(model, split.read(table["path"]), show_progress=False))

@@ -3,7 +3,7 @@
 Every alphabet is clustered alone with the number of clusters known (``truth``) and estimated
 (``auto``); scores are one-to-one Hungarian accuracy, ARI, NMI and the relative error of the
 estimated number. Thresholds come from the background validation alphabets only: for the model,
-from the model file or the built-in default (see ``pipelines.cluster_calibration``); for raw pixels,
+from the model file or the built-in default (see ``pipelines.evaluation.thresholds``); for raw pixels,
 calibrated here on the raw pixels of the same background validation alphabets. Nothing is tuned on
 the evaluation alphabets.
 
@@ -17,15 +17,15 @@ import argparse
 import json
 import time
 
-from benchmarks import write_result
+from benchmarks import validation_alphabets, write_result
 from oneshot.data.omniglot import OmniglotSplit, omniglot_root
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
 from oneshot.index.metric import get_metric
-from oneshot.pipelines.cluster import cluster_groups
-from oneshot.pipelines.cluster_calibration import calibrate_cluster_threshold, resolve_thresholds
-from oneshot.pipelines.demo import raw_pixel_vectors
-from oneshot.pipelines.training import VALIDATION_ALPHABETS
+from oneshot.pipelines.evaluation.cluster_thresholds import calibrate_cluster_threshold
+from oneshot.pipelines.evaluation.clustering import cluster_groups
+from oneshot.pipelines.evaluation.thresholds import resolve_cluster_thresholds
+from oneshot.pipelines.jobs.demo import raw_pixel_vectors
 
 TARGETS = {"accuracy_truth": 0.92, "accuracy_auto": 0.88, "k_relative_error_auto": 0.10,
            "old_church_slavonic_ari_truth": 0.92}
@@ -66,16 +66,14 @@ def main(argv=None) -> dict:
     metric = get_metric(model.metric)
     images = evaluation.read(table["path"])
     embeddings = encode(model, images, show_progress=False)
-    thresholds, source = resolve_thresholds({"model_fingerprint": model.fingerprint}, args.model)
+    thresholds, source = resolve_cluster_thresholds({"model_fingerprint": model.fingerprint}, args.model)
     print(f"thresholds: {source}")
     methods = [("truth", "spectral"), ("auto", "spectral"), ("truth", "kmeans")]
     results = {"embedder": run(embeddings, table, metric, thresholds, methods, args.seed)}
     pixel_thresholds = None
     if not args.no_pixels:
         recipe = model.recipe
-        background = OmniglotSplit(root, "background")
-        validation = background.table[background.table["group"].isin(VALIDATION_ALPHABETS["background"])]
-        validation = validation.reset_index(drop=True)
+        background, validation = validation_alphabets(root)
         pixel_validation = raw_pixel_vectors(background.read(validation["path"]), recipe)
         pixel_thresholds = calibrate_cluster_threshold(pixel_validation, validation, "cosine")
         print(f"raw-pixel thresholds (background validation alphabets): {pixel_thresholds['cluster_distance']:.4f}, "

@@ -24,7 +24,7 @@ from oneshot.data.synthetic import make_alphabets
 from oneshot.data.synthetic_photos import make_photo_gallery
 from oneshot.data.synthetic_signatures import make_signature_gallery
 from oneshot.pipelines.jobs import embed_gallery, evaluate_store
-from oneshot.pipelines.training import train_from_cli
+from oneshot.pipelines.jobs.train import train_from_cli
 
 FAMILIES = ("handwriting", "colour_photos", "signatures")
 

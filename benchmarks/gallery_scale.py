@@ -125,7 +125,7 @@ def section_encode(args) -> dict:
     work = Path(args.work)
     result = {}
     startup = timed_process([sys.executable, "-c", (
-        "from oneshot.pipelines.embedding import embed_to_store, _source_table; "
+        "from oneshot.pipelines.engines.local import embed_to_store, _source_table; "
         "from oneshot.embedder.artifact import load_model; from oneshot.embedder.inference import InferenceModel; "
         "from oneshot.data.source import open_source; "
         f"m = load_model(); open_source({str(OMNIGLOT_EVAL)!r}); InferenceModel(m)")])

@@ -46,7 +46,7 @@ def section_encode(data: Path, work: Path) -> dict:
     from oneshot.embedder.artifact import load_model
     from oneshot.embedder.inference import InferenceModel
     from oneshot.index.store import read_embeddings
-    from oneshot.pipelines.embedding import embed_to_store
+    from oneshot.pipelines.jobs.embed import embed_to_store
 
     if not torch.cuda.is_available():
         return {"skipped": "torch sees no CUDA device"}
@@ -134,8 +134,8 @@ def section_identify(data: Path, work: Path) -> dict:
     from oneshot.index.gpu import gpu_count
     from oneshot.index.store import read_embeddings
     from oneshot.index.vector_index import VectorIndex
-    from oneshot.pipelines.embedding import embed_to_store
-    from oneshot.pipelines.identify_job import identify_job
+    from oneshot.pipelines.jobs.embed import embed_to_store
+    from oneshot.pipelines.jobs.identify import identify_job
 
     if gpu_count() == 0:
         return {"skipped": "FAISS cannot use a GPU here (see the search section)"}

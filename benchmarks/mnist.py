@@ -29,9 +29,14 @@ from oneshot.data.source import open_source, read_all
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
 from oneshot.embedder.preprocess import Recipe
-from oneshot.pipelines.evaluate import oneshot_accuracy
-from oneshot.pipelines.training import GALLERY_DEFAULTS, train_from_cli
-from oneshot.pipelines.verify import calibrate_threshold, pair_scores, sample_pairs, verification_report
+from oneshot.pipelines.evaluation.evaluate import oneshot_accuracy
+from oneshot.pipelines.evaluation.verification import (
+    calibrate_threshold,
+    pair_scores,
+    sample_pairs,
+    verification_report,
+)
+from oneshot.pipelines.jobs.train import GALLERY_DEFAULTS, train_from_cli
 
 RAW_RECIPE = Recipe(size=28, crop_to_ink=True)
 

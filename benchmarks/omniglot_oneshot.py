@@ -23,10 +23,10 @@ from benchmarks import write_result
 from oneshot.data.folders import read_gallery
 from oneshot.data.omniglot import omniglot_root, split_location
 from oneshot.embedder.artifact import load_model
-from oneshot.pipelines.evaluate import oneshot_accuracy
+from oneshot.pipelines.evaluation.evaluate import oneshot_accuracy
+from oneshot.pipelines.evaluation.metrics import confidence_interval95
 from oneshot.pipelines.jobs import encode_gallery
-from oneshot.pipelines.metrics import confidence_interval95
-from oneshot.pipelines.training import lake_errors, train_from_cli
+from oneshot.pipelines.jobs.train import lake_errors, train_from_cli
 
 
 def evaluate_model(model, data: Path, tta: bool, episodes: int, seed: int) -> dict:

@@ -18,13 +18,12 @@ import json
 
 import numpy as np
 
-from benchmarks import write_result
-from oneshot.data.omniglot import OmniglotSplit, omniglot_root
+from benchmarks import validation_alphabets, write_result
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.identify import calibrate_unknown_threshold, open_set_report
-from oneshot.pipelines.training import VALIDATION_ALPHABETS
+from oneshot.pipelines.evaluation.open_set import calibrate_unknown_threshold, open_set_report
+from oneshot.pipelines.jobs.train import VALIDATION_ALPHABETS
 
 
 def main(argv=None) -> dict:
@@ -36,8 +35,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    split = OmniglotSplit(omniglot_root(args.data), "background")
-    table = split.table[split.table["group"].isin(VALIDATION_ALPHABETS["background"])].reset_index(drop=True)
+    split, table = validation_alphabets(args.data)
     model = load_model(args.model)
     embeddings = encode(model, split.read(table["path"]))
     rng = np.random.default_rng(args.seed)

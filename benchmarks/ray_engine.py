@@ -35,7 +35,7 @@ from benchmarks import write_result
 from oneshot.embedder.artifact import load_model
 from oneshot.index.dataset_store import MANIFEST_NAME
 from oneshot.index.store import read_embeddings
-from oneshot.pipelines.embedding import embed_to_store
+from oneshot.pipelines.jobs.embed import embed_to_store
 
 JOBS = {
     "omniglot_evaluation": "omniglot/images_evaluation.zip",
@@ -70,7 +70,7 @@ class FirstBatchTimer:
         self.first_batch_s: float | None = None
 
     def encode_stream(self, *args, **kwargs):
-        from oneshot.pipelines.embedding import encode_stream
+        from oneshot.pipelines.engines.local import encode_stream
 
         started = time.perf_counter()
         for item in (encode_stream if self.inner is None else self.inner.encode_stream)(*args, **kwargs):
@@ -91,7 +91,7 @@ def ray_runs(name: str, connect, jobs: dict[str, Path], work: Path, model, local
     """Start Ray with ``connect()`` (timed), run every job on it, compare with the local stores."""
     import ray
 
-    from oneshot.pipelines.ray_engine import RayEngine
+    from oneshot.pipelines.engines.ray import RayEngine
 
     started = time.perf_counter()
     cluster = connect()
@@ -128,7 +128,7 @@ def torch_threads_check(model, source: Path, images: int = 2048) -> dict:
 
     from oneshot.data.source import open_source
     from oneshot.embedder.inference import InferenceModel
-    from oneshot.pipelines.embedding import prepare_batch
+    from oneshot.pipelines.engines.local import prepare_batch
 
     opened = open_source(source)
     pixels = prepare_batch(opened, opened.table.iloc[:images], model.recipe).pixels
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
     data = Path(args.data) if args.data else next((p for p in (Path("../shared/data"), Path("../../shared/data"))
                                                    if p.is_dir()), Path("../shared/data"))
     jobs = {job: data / JOBS[job] for job in args.jobs}
-    from oneshot.pipelines.ray_engine import RayEngine
+    from oneshot.pipelines.engines.ray import RayEngine
 
     defaults = RayEngine()
     model = load_model(args.model)

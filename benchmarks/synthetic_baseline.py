@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks import write_result
 from oneshot.data.synthetic import make_alphabets
 from oneshot.embedder.preprocess import Recipe
-from oneshot.pipelines.demo import demo_scores, raw_pixel_vectors
+from oneshot.pipelines.jobs.demo import demo_scores, raw_pixel_vectors
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -223,7 +223,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     """Train an embedder; returns the best model (by validation score, else the last).
 
     The loop knows nothing of how validation is done: ``validate(model) -> float`` (higher is
-    better) comes from the caller, e.g. :class:`oneshot.pipelines.validation.OneShotValidation`.
+    better) comes from the caller, e.g. :class:`oneshot.pipelines.evaluation.validation.OneShotValidation`.
 
     Writes into ``out_dir``: ``model.safetensors`` (+ ``.json``), ``checkpoint.pt`` (for resume),
     ``history.csv``, ``curves.png`` and ``config.json``.

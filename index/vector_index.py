@@ -90,44 +90,10 @@ class VectorIndex:
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def build(
-        cls,
-        embeddings: np.ndarray,
-        table: pd.DataFrame,
-        metric: Metric | str,
-        pca_dim: int | None = None,
-        pca_variance: float | None = None,
-        metadata: dict[str, Any] | None = None,
-        seed: int = 0,
-        kind: str = "flat",
-        max_memory: int | None = None,
-        recall: float = DEFAULT_RECALL,
-        tuning_sample: int = DEFAULT_SAMPLE,
-        use_gpu: bool | None = None,
-        block_size: int = DEFAULT_BLOCK_SIZE,
-    ) -> VectorIndex:
-        """Build an index over a gallery held in memory.
-
-        Args:
-            embeddings: (N, D) gallery vectors.
-            table: N rows with ``id`` (unique ints) and ``label``; ``group`` and ``path`` are kept
-                when present (else ``""``). Row i describes ``embeddings[i]``.
-            metric: a :class:`Metric` or its name.
-            pca_dim: reduce to this many dimensions with PCA fitted on the gallery.
-            pca_variance: or keep this share of the gallery's variance (e.g. 0.95).
-            metadata: JSON-serialisable dict saved with the index.
-            seed: seed of every sample (PCA/IVF training, tuning queries) and of k-means.
-            kind: ``flat`` (default here), ``auto``, ``hnsw``, ``ivf``, ``ivfpq`` or a FAISS
-                factory string (see :func:`oneshot.index.kinds.plan_index`).
-            max_memory: index byte budget for ``auto``.
-            recall: recall@1 target the search parameter is tuned to (approximate kinds).
-            tuning_sample: held-out gallery rows used as tuning queries.
-            use_gpu: train IVF k-means on the GPU: None = when available.
-            block_size: vectors added per FAISS call.
-
-        Returns:
-            The index.
-        """
+    def build(cls, embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, *args: Any,
+              **options: Any) -> VectorIndex:
+        """Build an index over a gallery held in memory: ``embeddings`` (N, D), the N rows of
+        ``table`` describing them; ``metric`` and every option as in :meth:`build_blocks`."""
         if not isinstance(table, pd.DataFrame) or "id" not in getattr(table, "columns", ()):
             IdTable.from_table(table, 0)  # raises the usual message
         ids = table["id"].to_numpy()
@@ -135,8 +101,7 @@ class VectorIndex:
         if x.ndim == 2 and len(ids) != x.shape[0]:
             IdTable.from_table(table, x.shape[0])  # raises: wrong number of rows
         source = ArrayBlocks(embeddings, ids if np.issubdtype(ids.dtype, np.integer) else np.zeros(len(ids)))
-        return cls.build_blocks(source, table, metric, pca_dim, pca_variance, metadata, seed, kind,
-                                max_memory, recall, tuning_sample, use_gpu, block_size)
+        return cls.build_blocks(source, table, metric, *args, **options)
 
     @classmethod
     def build_blocks(
@@ -155,10 +120,30 @@ class VectorIndex:
         use_gpu: bool | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> VectorIndex:
-        """Build from vectors read block by block (see :meth:`build` for the arguments).
+        """Build from vectors read block by block; :meth:`build` is the same over an array in memory.
 
         Only the training sample, the tuning sample and one block are held beside the index:
         never a second full copy of the gallery.
+
+        Args:
+            source: the (N, D) gallery vectors, read block by block.
+            table: N rows with ``id`` (unique ints) and ``label``; ``group`` and ``path`` are kept
+                when present (else ``""``). Row i describes vector i.
+            metric: a :class:`Metric` or its name.
+            pca_dim: reduce to this many dimensions with PCA fitted on the gallery.
+            pca_variance: or keep this share of the gallery's variance (e.g. 0.95).
+            metadata: JSON-serialisable dict saved with the index.
+            seed: seed of every sample (PCA/IVF training, tuning queries) and of k-means.
+            kind: ``flat`` (default here), ``auto``, ``hnsw``, ``ivf``, ``ivfpq`` or a FAISS
+                factory string (see :func:`oneshot.index.kinds.plan_index`).
+            max_memory: index byte budget for ``auto``.
+            recall: recall@1 target the search parameter is tuned to (approximate kinds).
+            tuning_sample: held-out gallery rows used as tuning queries.
+            use_gpu: train IVF k-means on the GPU: None = when available.
+            block_size: vectors added per FAISS call.
+
+        Returns:
+            The index.
         """
         metric = get_metric(metric)
         if source.count == 0:

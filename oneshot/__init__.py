@@ -17,13 +17,12 @@ The public API in one place::
 
 Subpackages, bottom layer first: ``oneshot.data`` (image sources), ``oneshot.embedder`` (models,
 training, encoding) and ``oneshot.index`` (stores, vector search) side by side, then
-``oneshot.pipelines`` (jobs, evaluations, the CLI). ``oneshot.errors`` and ``oneshot.atomic`` sit
+``oneshot.pipelines`` (jobs, evaluations, engines, the report, the CLI). ``oneshot.errors`` and ``oneshot.atomic`` sit
 below them all. Names are imported on first use, so ``import oneshot`` stays cheap.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from oneshot.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -44,23 +43,23 @@ _API = {
     "write_embeddings": "oneshot.index.store",
     "VectorIndex": "oneshot.index.vector_index",
     "get_metric": "oneshot.index.metric",
-    "embed_gallery": "oneshot.pipelines.jobs",
-    "embed_to_store": "oneshot.pipelines.embedding",
-    "identify_job": "oneshot.pipelines.identify_job",
-    "remove_from_store": "oneshot.pipelines.store_jobs",
+    "embed_gallery": "oneshot.pipelines.jobs.embed",
+    "embed_to_store": "oneshot.pipelines.jobs.embed",
+    "identify_job": "oneshot.pipelines.jobs.identify",
+    "remove_from_store": "oneshot.pipelines.jobs.store",
     "DatasetStore": "oneshot.index.dataset_store",
     "migrate_store": "oneshot.index.dataset_store",
     "store_info": "oneshot.index.dataset_store",
     "InferenceModel": "oneshot.embedder.inference",
-    "build_index": "oneshot.pipelines.jobs",
-    "load_index": "oneshot.pipelines.jobs",
-    "identify_images": "oneshot.pipelines.jobs",
-    "verify_images": "oneshot.pipelines.jobs",
-    "evaluate_store": "oneshot.pipelines.jobs",
-    "cluster_store": "oneshot.pipelines.jobs",
-    "assign_images": "oneshot.pipelines.jobs",
-    "write_report": "oneshot.pipelines.report",
-    "evaluate": "oneshot.pipelines.evaluate",
+    "build_index": "oneshot.pipelines.jobs.index",
+    "load_index": "oneshot.pipelines.jobs.index",
+    "identify_images": "oneshot.pipelines.jobs.identify",
+    "verify_images": "oneshot.pipelines.jobs.verify",
+    "evaluate_store": "oneshot.pipelines.jobs.evaluate",
+    "cluster_store": "oneshot.pipelines.jobs.cluster",
+    "assign_images": "oneshot.pipelines.jobs.cluster",
+    "write_report": "oneshot.pipelines.reporting.report",
+    "evaluate": "oneshot.pipelines.evaluation.evaluate",
     "OneshotError": "oneshot.errors",
     "InvalidInputError": "oneshot.errors",
     "ImageReadError": "oneshot.errors",
@@ -72,14 +71,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'oneshot' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -16,9 +16,9 @@ from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
 from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.train import OBJECTIVES, TrainConfig, train
-from oneshot.pipelines.episodes import sample_episodes
-from oneshot.pipelines.oneshot import evaluate_episodes
-from oneshot.pipelines.validation import OneShotValidation
+from oneshot.pipelines.evaluation.episodes import sample_episodes
+from oneshot.pipelines.evaluation.prototypes import evaluate_episodes
+from oneshot.pipelines.evaluation.validation import OneShotValidation
 
 torch.set_num_threads(1)
 RECIPE = Recipe(size=16)

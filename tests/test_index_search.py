@@ -7,8 +7,8 @@ import pytest
 
 from oneshot.index.search import ExactSearch, Searcher
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.evaluate import knn_identification
-from oneshot.pipelines.identify import identify
+from oneshot.pipelines.evaluation.evaluate import knn_identification
+from oneshot.pipelines.evaluation.open_set import identify
 
 
 def gallery(n: int = 200, d: int = 12, classes: int = 20, seed: int = 0):

@@ -16,10 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 #: Layer of each installed package, bottom first. Siblings of one rank never import each other.
 LAYERS = {
     "oneshot.errors": 0,
-    "oneshot.atomic": 1, "oneshot.locks": 1, "oneshot.memory": 1,
+    "oneshot.atomic": 1, "oneshot.locks": 1, "oneshot.memory": 1, "oneshot.lazy": 1,
     "oneshot.data": 2,
     "oneshot.embedder": 3, "oneshot.index": 3,
     "oneshot.pipelines": 4,
+    # inside pipelines/, bottom first: the reader, scores from vectors, where batch work runs and
+    # the report, the jobs, the command line
+    "oneshot.pipelines.reading": 5,
+    "oneshot.pipelines.evaluation": 6,
+    "oneshot.pipelines.engines": 7, "oneshot.pipelines.reporting": 7,
+    "oneshot.pipelines.jobs": 8,
+    "oneshot.pipelines.cli": 9,
 }
 FOLDERS = {"data": "oneshot.data", "embedder": "oneshot.embedder", "index": "oneshot.index",
            "pipelines": "oneshot.pipelines", "oneshot": "oneshot"}
@@ -77,13 +84,33 @@ def test_no_module_imports_upward_or_sideways():
 
 
 @pytest.mark.parametrize("module, source", [
-    ("oneshot.embedder.train", "from oneshot.pipelines.episodes import sample_episodes"),
+    ("oneshot.embedder.train", "from oneshot.pipelines.evaluation.episodes import sample_episodes"),
     ("oneshot.embedder.train", "def f():\n    import oneshot.index.metric\n"),
     ("oneshot.index.store", "from oneshot.embedder import artifact"),
     ("oneshot.data.folders", "from oneshot.embedder.preprocess import Recipe"),
     ("oneshot.errors", "from oneshot.data.archive import ImageArchive"),
 ])
 def test_the_layer_check_catches_a_broken_rule(module, source):
+    assert layer_violations(module, source)
+
+
+def test_new_modules_never_import_through_an_alias():
+    """Aliases are for users; the package itself imports the new names (no warning at import)."""
+    from oneshot.pipelines import _moved
+
+    used = {name for path in installed_modules().values() for name in imported_modules(path.read_text())}
+    assert not used & set(_moved.MOVED), sorted(used & set(_moved.MOVED))
+
+
+@pytest.mark.parametrize("module, source", [
+    ("oneshot.pipelines.evaluation.knn", "from oneshot.pipelines.jobs.embed import embed_to_store"),
+    ("oneshot.pipelines.evaluation.episodes", "from oneshot.pipelines.engines.local import encode_source"),
+    ("oneshot.pipelines.reading", "from oneshot.pipelines.evaluation.metrics import accuracy"),
+    ("oneshot.pipelines.engines.local", "def f():\n    from oneshot.pipelines.reporting import report\n"),
+    ("oneshot.pipelines.reporting.report", "from oneshot.pipelines.jobs.store import load_store"),
+    ("oneshot.pipelines.jobs.embed", "from oneshot.pipelines.cli.options import rejects_for"),
+])
+def test_the_layer_check_catches_an_upward_import_inside_pipelines(module, source):
     assert layer_violations(module, source)
 
 
@@ -150,3 +177,28 @@ def test_the_wheel_holds_only_the_oneshot_package(tmp_path):
     for package in ("data", "embedder", "index", "pipelines"):
         assert f"oneshot/{package}/__init__.py" in names
     assert "oneshot/embedder/weights/default.safetensors" in names
+    missing = [name for name, path in installed_modules().items() if _wheel_path(name, path) not in names]
+    assert not missing, f"modules left out of the wheel (list their package in pyproject.toml): {missing}"
+
+
+def _wheel_path(module: str, path: Path) -> str:
+    """Where a module's file lies inside the wheel: ``oneshot/pipelines/jobs/embed.py``."""
+    return module.replace(".", "/") + ("/__init__.py" if path.name == "__init__.py" else ".py")
+
+
+def test_every_subfolder_is_a_package_with_a_docstring():
+    """A folder of modules is a package (an ``__init__.py`` saying what it holds), never a bare namespace."""
+    for folder in FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            init = path.parent / "__init__.py"
+            assert init.is_file(), f"{path.parent.relative_to(REPO)} has modules but no __init__.py"
+            assert ast.get_docstring(ast.parse(init.read_text())), f"{init.relative_to(REPO)} has no docstring"
+
+
+def test_source_checkout_resolves_oneshot_imports_through_links():
+    """``oneshot/<folder>`` links to the top-level folder, so editors and type checkers find ``oneshot.*``."""
+    for folder, package in FOLDERS.items():
+        if folder == "oneshot":
+            continue
+        link = REPO / "oneshot" / folder
+        assert link.is_symlink() and link.resolve() == (REPO / folder).resolve(), f"{link} should link to ../{folder}"

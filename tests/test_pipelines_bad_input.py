@@ -22,7 +22,7 @@ from oneshot.errors import ImageReadError, InvalidInputError
 from oneshot.index.store import read_embeddings
 from oneshot.pipelines.cli import main
 from oneshot.pipelines.jobs import embed_gallery
-from oneshot.pipelines.rejects import RejectPolicy, Rejects, TooManyRejectsError, parse_max_rejects, read_batch
+from oneshot.pipelines.reading import RejectPolicy, Rejects, TooManyRejectsError, parse_max_rejects, read_batch
 
 
 def run(*args):
@@ -271,12 +271,13 @@ def test_identify_lists_rejected_queries_beside_its_output(bad_gallery, tmp_path
 def test_index_build_leaves_out_rows_with_nan_vectors(tmp_path, synthetic_gallery, tiny_model_path):
     store = tmp_path / "g.parquet"
     embed_gallery(synthetic_gallery, store, tiny_model_path)
-    table = pq.read_table(store)
+    (shard,) = sorted(store.glob("*.parquet"))  # a store folder of one shard: 60 rows
+    table = pq.read_table(shard)
     vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
     vectors[3, 0] = np.nan
     column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
     table = table.set_column(table.schema.get_field_index("embedding"), table.schema.field("embedding"), column)
-    pq.write_table(table, store)
+    pq.write_table(table, shard)
     bad_path = table.column("path")[3].as_py()
     index = tmp_path / "g.faiss"
     result = run("index", "build", store, "--out", index)

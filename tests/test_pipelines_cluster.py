@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oneshot.pipelines.cluster import (
+from oneshot.pipelines.evaluation.cluster_scores import hungarian_accuracy
+from oneshot.pipelines.evaluation.cluster_thresholds import calibrate_cluster_threshold
+from oneshot.pipelines.evaluation.clustering import (
     choose_n_neighbors,
     cluster_groups,
     cluster_vectors,
@@ -13,8 +15,6 @@ from oneshot.pipelines.cluster import (
     neighbour_graph,
     summarize_clusters,
 )
-from oneshot.pipelines.cluster_calibration import calibrate_cluster_threshold
-from oneshot.pipelines.cluster_scores import hungarian_accuracy
 
 
 @pytest.fixture(autouse=True)
@@ -178,7 +178,7 @@ def test_bad_inputs():
 
 
 def test_sparse_eigen_solver_agrees_with_the_dense_one(monkeypatch):
-    import oneshot.pipelines.cluster as cluster
+    import oneshot.pipelines.evaluation.clustering as cluster
 
     x, _ = sphere_blobs(6, seed=7, sizes=[12] * 6)
     graph = neighbour_graph(x, "cosine", 5)

@@ -1,15 +1,17 @@
-"""Tests for pipelines.cluster_calibration: calibrated values and where a run takes them from."""
+"""Tests for pipelines.evaluation.cluster_thresholds and the cluster side of the one threshold resolver: calibrated values and where a run takes them from."""
 import numpy as np
 import pandas as pd
 import pytest
 
 from oneshot.embedder.artifact import read_model_config, save_model
-from oneshot.pipelines.cluster_calibration import (
-    DEFAULT_THRESHOLDS,
-    calibrate_cluster_threshold,
-    model_thresholds,
-    resolve_thresholds,
-)
+from oneshot.pipelines.evaluation.cluster_thresholds import DEFAULT_THRESHOLDS, calibrate_cluster_threshold
+from oneshot.pipelines.evaluation.thresholds import carried_threshold, resolve_cluster_thresholds
+
+
+def carried_cluster_thresholds(config: dict) -> dict:
+    """The clustering thresholds a model file's config carries, by kind (possibly none)."""
+    found = {key: carried_threshold(config.get("info"), key).get("value") for key in DEFAULT_THRESHOLDS}
+    return {key: value for key, value in found.items() if value is not None}
 
 
 def naive(x, labels):
@@ -46,12 +48,12 @@ def test_thresholds_come_from_given_then_model_then_default(tmp_path, tiny_model
     carried = save_model(model, tmp_path / "carrying.safetensors",
                          info={"thresholds": {"cluster_distance": 0.3, "cluster_radius": 0.4}})
     metadata = {"model_fingerprint": model.fingerprint}
-    assert model_thresholds(read_model_config(carried)) == {"cluster_distance": 0.3, "cluster_radius": 0.4}
-    values, source = resolve_thresholds(metadata, carried)
+    assert carried_cluster_thresholds(read_model_config(carried)) == {"cluster_distance": 0.3, "cluster_radius": 0.4}
+    values, source = resolve_cluster_thresholds(metadata, carried)
     assert values == {"cluster_distance": 0.3, "cluster_radius": 0.4} and "carried by the model file" in source
-    values, source = resolve_thresholds(metadata, carried, {"cluster_radius": 0.25, "cluster_distance": None})
-    assert values == {"cluster_distance": 0.3, "cluster_radius": 0.25} and "(given)" in source
-    values, source = resolve_thresholds(metadata)  # not the shipped model, nothing carried
+    values, source = resolve_cluster_thresholds(metadata, carried, {"cluster_radius": 0.25, "cluster_distance": None})
+    assert values == {"cluster_distance": 0.3, "cluster_radius": 0.25} and "(given on the command line)" in source
+    values, source = resolve_cluster_thresholds(metadata)  # not the shipped model, nothing carried
     assert values == DEFAULT_THRESHOLDS and "built-in default" in source
 
 
@@ -59,7 +61,7 @@ def test_a_store_of_the_shipped_model_reads_what_the_shipped_model_carries():
     from oneshot.embedder.artifact import DEFAULT_MODEL
 
     config = read_model_config(DEFAULT_MODEL)
-    values, source = resolve_thresholds({"model_fingerprint": config["fingerprint"]})
-    expected = model_thresholds(config) or DEFAULT_THRESHOLDS
+    values, source = resolve_cluster_thresholds({"model_fingerprint": config["fingerprint"]})
+    expected = carried_cluster_thresholds(config) or DEFAULT_THRESHOLDS
     assert values == {**DEFAULT_THRESHOLDS, **expected}
-    assert ("carried by the shipped model" in source) == bool(model_thresholds(config))
+    assert ("carried by the shipped model" in source) == bool(carried_cluster_thresholds(config))

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from oneshot.pipelines.cluster_scores import clustering_scores, contingency, hungarian_accuracy
+from oneshot.pipelines.evaluation.cluster_scores import clustering_scores, contingency, hungarian_accuracy
 
 
 def brute_force_accuracy(truth, predicted):

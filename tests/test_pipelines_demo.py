@@ -9,7 +9,7 @@ import pytest
 from oneshot.embedder.artifact import load_model
 from oneshot.index.store import read_embeddings
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.demo import format_summary, run_demo
+from oneshot.pipelines.jobs.demo import format_summary, run_demo
 
 SCORES = ("oneshot_accuracy", "knn_accuracy", "ari", "nmi")
 

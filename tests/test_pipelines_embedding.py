@@ -20,7 +20,8 @@ from oneshot.embedder.encode import encode
 from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.dataset_store import DatasetStore, path_ids
 from oneshot.index.store import read_embeddings
-from oneshot.pipelines.embedding import batch_plan, embed_to_store, stream_batches
+from oneshot.pipelines.engines.local import batch_plan, stream_batches
+from oneshot.pipelines.jobs.embed import embed_to_store
 
 
 @pytest.fixture()
@@ -209,7 +210,7 @@ def test_reembedding_a_store_with_another_model_reads_its_source_images(tmp_path
 
 
 def test_a_resumed_embed_keeps_the_rejects_of_the_interrupted_run(tmp_path, gallery, tiny_model_path, monkeypatch):
-    from oneshot.pipelines.rejects import Rejects
+    from oneshot.pipelines.reading import Rejects
 
     bad = sorted(gallery.rglob("*.png"))[0]  # in the first shard
     bad.write_bytes(b"<html>not a png</html>")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from oneshot.pipelines.episodes import sample_episodes
+from oneshot.pipelines.evaluation.episodes import sample_episodes
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from oneshot.data.lake_runs import read_lake_runs
-from oneshot.pipelines.evaluate import evaluate, lake_run_errors
+from oneshot.pipelines.evaluation.evaluate import evaluate, lake_run_errors
 
 N_GROUPS, CLASSES_PER_GROUP, ITEMS = 2, 10, 8
 
@@ -130,7 +130,7 @@ def test_lake_run_errors_constant_encoder_ties_count_as_errors(tmp_path):
 
 
 def test_pair_verification_separates_separated_classes_and_not_random_ones():
-    from oneshot.pipelines.evaluate import pair_verification
+    from oneshot.pipelines.evaluation.evaluate import pair_verification
 
     table = labelled_table()
     rng = np.random.default_rng(2)

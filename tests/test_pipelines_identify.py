@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.identify import calibrate_unknown_threshold, identify, open_set_report
+from oneshot.pipelines.evaluation.open_set import calibrate_unknown_threshold, identify, open_set_report
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import pytest
 
 from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.embedding import embed_to_store
-from oneshot.pipelines.identify_job import MANIFEST_NAME, identify_job, top_candidates
+from oneshot.pipelines.engines.local import top_candidates
+from oneshot.pipelines.jobs.embed import embed_to_store
+from oneshot.pipelines.jobs.identify import MANIFEST_NAME, identify_job
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 
 from oneshot.index.metric import get_metric
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.knn import knn_accuracy, knn_classify, split_gallery_queries
+from oneshot.pipelines.evaluation.knn import knn_accuracy, knn_classify, split_gallery_queries
 
 
 def make_index(x, labels, metric="cosine", ids=None):

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from oneshot.index.metric import METRIC_NAMES, get_metric
-from oneshot.pipelines.episodes import Episode, sample_episodes
-from oneshot.pipelines.metrics import confidence_interval95
-from oneshot.pipelines.oneshot import evaluate_episodes, evaluate_runs, prototypes
+from oneshot.pipelines.evaluation.episodes import Episode, sample_episodes
+from oneshot.pipelines.evaluation.metrics import confidence_interval95
+from oneshot.pipelines.evaluation.prototypes import evaluate_episodes, evaluate_runs, prototypes
 
 
 def clusters(n_classes=8, per_class=5, d=12, spread=0.05, seed=0):

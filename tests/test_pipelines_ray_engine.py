@@ -22,10 +22,11 @@ from oneshot.index.pca import training_sample
 from oneshot.index.shard_build import build_from_shards, local_map
 from oneshot.index.store import read_embeddings
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.embedding import embed_to_store
-from oneshot.pipelines.identify_job import identify_job
-from oneshot.pipelines.ray_engine import RayEngine, decode_batch
-from oneshot.pipelines.ray_index import build_index_on_ray, ray_map_parts
+from oneshot.pipelines.engines.ray import RayEngine
+from oneshot.pipelines.engines.ray_decode import decode_batch
+from oneshot.pipelines.engines.ray_index import build_index_on_ray, ray_map_parts
+from oneshot.pipelines.jobs.embed import embed_to_store
+from oneshot.pipelines.jobs.identify import identify_job
 
 VOLATILE = {"created", "updated"}
 
@@ -188,7 +189,7 @@ def test_modules_import_and_the_cli_explains_without_ray(tmp_path):
     import sys
 
     code = ("import sys; sys.modules['ray'] = None\n"
-            "import oneshot.pipelines.ray_engine, oneshot.pipelines.ray_index, oneshot.index.shard_build\n"
+            "import oneshot.pipelines.engines.ray, oneshot.pipelines.engines.ray_index, oneshot.index.shard_build\n"
             "from oneshot.pipelines.cli import main\n"
             "main(['index', 'build', sys.argv[1], '--out', sys.argv[2], '--engine', 'ray'])\n")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tmp_path / "x.faiss")],

@@ -14,7 +14,7 @@ import pytest
 
 from oneshot.embedder.artifact import load_model
 from oneshot.pipelines.jobs import embed_gallery
-from oneshot.pipelines.report import build_report, write_report
+from oneshot.pipelines.reporting.report import build_report, write_report
 
 IMG = re.compile(r"<img\b[^>]*\bsrc=\"([^\"]*)\"")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -109,14 +109,14 @@ def test_report_loads_in_headless_chromium_with_every_image_decoded(report, tmp_
 
 
 def test_thumbnails_keep_the_aspect_of_wide_images():
-    from oneshot.pipelines.report import THUMB, _thumb
+    from oneshot.pipelines.reporting.thumbnails import THUMB, thumbnail
 
     signature = np.full((40, 120), 255, np.uint8)
     signature[10:30, 5:115] = 0  # one wide dark stroke on white paper
-    thumb = _thumb(signature)
+    thumb = thumbnail(signature)
     assert thumb.shape == (THUMB, THUMB)
     dark_rows = (thumb < 128).any(axis=1).sum()
     assert dark_rows <= 8  # 20 of 40 rows, shrunk by the same third as the width (a squashed copy keeps 20)
     assert (thumb[:12] == 255).all() and (thumb[-12:] == 255).all()  # paper above and below
     assert (thumb[THUMB // 2] < 128).sum() >= THUMB - 4  # the stroke still spans the width
-    assert _thumb(np.zeros((30, 30, 3), np.uint8)).shape == (THUMB, THUMB)
+    assert thumbnail(np.zeros((30, 30, 3), np.uint8)).shape == (THUMB, THUMB)

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oneshot.index.metric import METRIC_NAMES, get_metric
-from oneshot.pipelines.metrics import best_threshold
-from oneshot.pipelines.verify import (
+from oneshot.pipelines.evaluation.metrics import best_threshold
+from oneshot.pipelines.evaluation.verification import (
     calibrate_threshold,
     equal_error_rate,
     pair_scores,

@@ -70,7 +70,7 @@ def _table(n_classes=10, per_class=5, groups=None):
 
 
 def test_hold_out_defaults_whole_classes_then_whole_groups_then_images():
-    from oneshot.pipelines.training import hold_out
+    from oneshot.pipelines.jobs.train import hold_out
 
     table = _table()
     held, why = hold_out(table, seed=0)
@@ -88,7 +88,7 @@ def test_hold_out_defaults_whole_classes_then_whole_groups_then_images():
 
 
 def test_eval_calibration_split_is_disjoint():
-    from oneshot.pipelines.evaluate import calibration_split
+    from oneshot.pipelines.evaluation.evaluate import calibration_split
 
     labels = np.repeat(np.arange(8), 4).astype(str)
     mask, why = calibration_split(labels, seed=1)
@@ -96,13 +96,13 @@ def test_eval_calibration_split_is_disjoint():
 
 
 def test_resolve_threshold_says_where_it_came_from():
-    from oneshot.pipelines.thresholds import resolve_threshold
+    from oneshot.pipelines.evaluation.thresholds import resolve_threshold
 
     class Model:
         info = {"thresholds": {"unknown": {"value": 0.7, "calibrated_on": "held-out X", "rule": "r"},
                                "verification": {"value": None, "not_calibrated": "too few classes"}}}
 
-    assert resolve_threshold(Model(), "unknown") == (0.7, "the model's unknown threshold, calibrated on held-out X (r)")
+    assert resolve_threshold(Model(), "unknown") == (0.7, "carried by the model, calibrated on held-out X (r)")
     assert resolve_threshold(Model(), "unknown", 0.5) == (0.5, "given on the command line")
     assert resolve_threshold(Model(), "unknown", "none")[0] is None
     value, why = resolve_threshold(Model(), "verification")
@@ -174,7 +174,7 @@ def test_wide_canvas_keeps_the_ink_large():
 
 
 def test_gallery_step_budget_follows_the_canvas_area():
-    from oneshot.pipelines.training import GALLERY_DEFAULTS, gallery_defaults
+    from oneshot.pipelines.jobs.train import GALLERY_DEFAULTS, gallery_defaults
 
     assert gallery_defaults(Recipe(size=28, crop_to_ink=True))["steps"] == GALLERY_DEFAULTS["steps"]
     assert gallery_defaults(Recipe(size=32, kind="photo", channels=3))["steps"] == GALLERY_DEFAULTS["steps"]

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from oneshot.embedder.artifact import DEFAULT_MODEL, load_model, read_model_config
-from oneshot.pipelines.training import lake_errors
+from oneshot.pipelines.jobs.train import lake_errors
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STATED = re.compile(r"shipped model's error on Lake's 20 official runs: \*\*([0-9.]+)%\*\*")

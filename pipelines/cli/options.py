@@ -1,0 +1,52 @@
+"""Options shared by several commands: the reject policy, the engine, the rows to remove."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def reject_options(command):
+    """``--on-error`` and ``--max-rejects``, shared by every bulk command (issue 8)."""
+    command = click.option("--max-rejects", default=None, metavar="N|P%",
+                           help="Exit 1 (after writing the output) when more files than this are rejected: "
+                                "a count (10) or a share (1%).")(command)
+    return click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+                        help="skip: leave bad files out and list them (path, reason) in a CSV beside the output "
+                             "(<out>.rejects.csv; OUT/rejects.csv for train); fail: stop at the first one, "
+                             "writing nothing.")(command)
+
+
+def rejects_for(on_error: str, max_rejects: str | None):
+    from oneshot.errors import InvalidInputError
+    from oneshot.pipelines.reading import RejectPolicy, Rejects
+
+    try:
+        return Rejects(RejectPolicy.parse(on_error, max_rejects))
+    except InvalidInputError as error:
+        raise click.UsageError(str(error)) from error
+
+
+def engine_options(command):
+    """``--engine local|ray`` and ``--ray-address`` (embed, index build, identify)."""
+    command = click.option("--ray-address", default=None,
+                           help="Ray cluster for --engine ray (auto, head:6379, ray://head:10001); "
+                                "default: $RAY_ADDRESS, else Ray started on this machine.")(command)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Run here, or spread the work over Ray (pip install 'oneshot[ray]').")(command)
+
+
+def removal_options(command):
+    """``--id``, ``--label`` and ``--paths``: the rows ``store remove`` and ``index remove`` take out."""
+    command = click.option("--paths", "paths_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                           help="Text file of image paths (as in the store's path column), one per line.")(command)
+    command = click.option("--label", "labels", multiple=True,
+                           help="Remove every row of this label (a person leaves); repeatable.")(command)
+    return click.option("--id", "ids", type=int, multiple=True, help="Row id to remove; repeatable.")(command)
+
+
+def read_paths_file(path: str | None) -> list[str] | None:
+    """The image paths listed in a ``--paths`` file, one per line (blank lines skipped); None without one."""
+    if not path:
+        return None
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,150 @@
+"""``oneshot train``, ``oneshot calibrate`` and ``oneshot lake``: making and scoring models."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from oneshot.pipelines.cli.app import friendly, main
+from oneshot.pipelines.cli.options import reject_options, rejects_for
+
+
+@main.command("train")
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="Omniglot folder, gallery folder, zip, list file or MNIST IDX file; default: $OMNIGLOT_DIR.")
+@click.option("--split", default=None, type=click.Choice(["background", "small1", "small2", "train"]),
+              help="Omniglot training split (default background) or MNIST 'train'.")
+@click.option("--synthetic", is_flag=True, help="Train on the built-in synthetic alphabets.")
+@click.option("--val-groups", "--val-alphabets", "val_groups", default=None,
+              help="Comma-separated groups (alphabets) held out for validation.")
+@click.option("--val-classes", default=None,
+              help="Comma-separated classes held out for validation, or a number of classes drawn with the seed.")
+@click.option("--val-split", type=click.Choice(["classes", "images"]), default="classes", show_default=True,
+              help="Hold out whole classes/groups (one-shot on new classes) or images of every class (closed set).")
+@click.option("--recipe", type=click.Choice(["handwriting", "photo", "photo-colour"]), default=None,
+              help="Preprocessing; default: inferred from the images' pixels and printed.")
+@click.option("--augment", type=click.Choice(["handwriting", "photo", "none"]), default=None,
+              help="Augmentation preset; default: the recipe's.")
+@click.option("--rotations/--no-rotations", default=None, help="90-degree rotations as new classes (handwriting only; off by default).")
+@click.option("--init", default=None, help="Start from 'default' (the shipped model), a model file (fine-tuning), or 'none' (from scratch). Default: the shipped model for handwriting galleries, else scratch.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this much training time (galleries default to 8).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (model, checkpoint, curves).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON file of training options (see embedder.train.TrainConfig).")
+@click.option("--objective", type=click.Choice(["siamese", "contrastive", "triplet", "prototypical", "normsoftmax"]), default=None)
+@click.option("--mining", type=click.Choice(["all", "hard", "semihard"]), default=None, help="Triplet mining.")
+@click.option("--backbone", default=None, help="conv4, conv, resnet-small or koch.")
+@click.option("--size", type=click.IntRange(min=8), default=None, help="Input side in pixels.")
+@click.option("--dim", type=click.IntRange(min=2), default=None, help="Embedding dimension.")
+@click.option("--steps", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
+@reject_options
+@friendly
+def train_command(data, split, synthetic, val_groups, val_classes, val_split, recipe, augment, rotations, init,
+                  max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, resume,
+                  on_error, max_rejects):
+    """Train an embedder on any gallery; keeps the best model by validation accuracy and stores its
+    verification and "unknown" thresholds, calibrated on the validation split.
+
+    \b
+    Examples:
+      oneshot train --data my_gallery/ --out runs/mine
+      oneshot train --data ../shared/data/mnist --val-split images --out runs/mnist
+      oneshot train --data ../shared/data/omniglot --out runs/train
+      oneshot train --synthetic --steps 300 --out runs/synth
+      oneshot train --data ../shared/data/omniglot --objective triplet --mining semihard --out runs/triplet
+    """
+    from oneshot.pipelines.jobs.train import train_from_cli
+
+    options = _read_config(config_file) if config_file else {}
+    overrides = dict(objective=objective, mining=mining, backbone=backbone, dim=dim, steps=steps, lr=lr, seed=seed)
+    overrides.update(rotations=rotations, max_seconds=None if max_minutes is None else 60.0 * max_minutes)
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    if size is not None:
+        options["recipe"] = {**options.get("recipe", {}), "size": size}
+    command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    rejects = rejects_for(on_error, max_rejects)
+    result = train_from_cli(out, options, data=data, split=split, synthetic=synthetic,
+                            val_alphabets=val_groups.split(",") if val_groups else None,
+                            val_classes=val_classes.split(",") if val_classes else None, val_split=val_split,
+                            recipe=recipe, augment=augment, init=init, from_config_file=bool(config_file),
+                            resume=resume, command=command, on_recipe=click.echo, rejects=rejects)
+    click.echo(rejects.summary(rejects.kept, "read"), err=True)
+    rejects.check(rejects.kept + len(rejects))
+    way = result.model.info.get("train_config", {}).get("val_way", 20)
+    click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}; "
+               f"{result.seconds:.0f} s; model: {result.model_path}")
+    for kind, found in result.model.info.get("thresholds", {}).items():
+        value = found.get("value")
+        click.echo(f"{kind} threshold " + (f"{value:.4f}" if value is not None else f"none ({found.get('not_calibrated')})")
+                   + f", calibrated on {found.get('calibrated_on')}")
+
+
+def _read_config(path: str) -> dict:
+    """A ``--config`` file: one JSON object of training options."""
+    try:
+        options = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise click.ClickException(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(options, dict):
+        raise click.ClickException(f"{path}: expected a JSON object of training options, got {type(options).__name__}")
+    return options
+
+
+@main.command("calibrate")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--data", type=click.Path(exists=True), required=True,
+              help="Labelled images the model never trained on and you will not report on.")
+@click.option("--split", default=None, help="Omniglot or MNIST split of --data.")
+@click.option("--val-groups", "--group", "groups", default=None, help="Comma-separated groups of --data to use.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Model file to write (default: in place).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly
+def calibrate_command(model, data, split, groups, out, seed):
+    """Calibrate a model's verification, "unknown" and clustering thresholds on held-out labelled data and store
+    them in the model file (weights and fingerprint unchanged).
+
+    \b
+    Example:
+      oneshot calibrate runs/mine/model.safetensors --data held_out_gallery/
+    """
+    from oneshot.pipelines.jobs.calibrate import calibrate_model_file
+
+    command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    thresholds = calibrate_model_file(model, data, out, groups.split(",") if groups else None, split, seed, command)
+    for kind, found in thresholds.items():
+        if kind == "cluster" and "cluster_distance" in found:
+            click.echo(f"cluster_distance {found['cluster_distance']:.4f}, cluster_radius {found['cluster_radius']:.4f} "
+                       f"({found['classes']} classes, {found['images']} images)")
+        else:
+            click.echo(f"{kind} threshold {found.get('value')} ({found.get('rule', found.get('not_calibrated'))})")
+
+
+@main.command("lake")
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="all_runs.zip, its folder, or the Omniglot folder (default: $OMNIGLOT_DIR).")
+@click.option("--model", type=click.Path(exists=True), default=None, help="Model file (default: shipped).")
+@click.option("--tta", is_flag=True, help="Average embeddings over shifted views.")
+@friendly
+def lake_command(data, model, tta):
+    """Error on Lake's 20 official 20-way within-alphabet one-shot runs.
+
+    \b
+    Example:
+      oneshot lake --data ../shared/data/omniglot
+    """
+    from oneshot.pipelines.jobs.train import lake_errors
+
+    table = lake_errors(data, model, tta)
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"mean error {table['error_rate'].mean():.4f} over {table['trials'].sum()} trials")
+
+
+if __name__ == "__main__":
+    main()

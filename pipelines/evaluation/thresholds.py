@@ -1,0 +1,224 @@
+"""Thresholds a model carries: 1:1 verification and 1:K "unknown", calibrated out of sample.
+
+A trained model's thresholds are calibrated on its validation split (images and, by default,
+classes it never trained on) and stored in the model file's info::
+
+    info["thresholds"] = {"verification": {"value", "metric", "calibrated_on", "rule", "n_pairs"},
+                          "unknown": {"value", "metric", "calibrated_on", "rule", ...}}
+
+``identify``, ``verify``, ``cluster`` and the report use them unless given another threshold, and
+say which one they used: :func:`resolve_threshold` is the one resolver of every kind (the
+clustering thresholds of :mod:`~oneshot.pipelines.evaluation.cluster_thresholds` included).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+
+from oneshot.errors import InvalidInputError
+from oneshot.index.metric import get_metric
+
+log = logging.getLogger(__name__)
+KINDS = ("verification", "unknown")
+ALL_KINDS = KINDS + ("cluster_distance", "cluster_radius")
+
+
+def _forgery_pairs(labels: np.ndarray, forged: np.ndarray, n_pairs: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(genuine of a writer, forgery of the same writer) row pairs."""
+    writers = [w for w in np.unique(labels[forged]) if ((labels == w) & ~forged).any()]
+    if not writers:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    chosen = rng.choice(len(writers), n_pairs)
+    a = np.array([rng.choice(np.flatnonzero((labels == writers[c]) & ~forged)) for c in chosen], np.int64)
+    b = np.array([rng.choice(np.flatnonzero((labels == writers[c]) & forged)) for c in chosen], np.int64)
+    return a, b
+
+
+# The calibrations import their pipelines (and through them scikit-learn) when they run, so that
+# reading a model's thresholds (``identify``, ``verify``) starts fast.
+
+
+def calibrate_verification(embeddings: np.ndarray, labels: np.ndarray, metric, described: str,
+                           n_pairs: int = 2000, seed: int = 0, forged: np.ndarray | None = None) -> dict:
+    """The accuracy-maximising 1:1 threshold on balanced pairs of ``embeddings`` (N, D).
+
+    With ``forged`` (N,) bool, a third of the negatives are (genuine, forgery of the same writer).
+    """
+    from oneshot.pipelines.evaluation.verification import calibrate_threshold, pair_scores, sample_pairs
+
+    labels = np.asarray(labels, dtype=object).astype(str)
+    forged = np.zeros(len(labels), bool) if forged is None else np.asarray(forged, bool)
+    genuine = np.flatnonzero(~forged)
+    a, b, same = sample_pairs(labels[genuine], n_pairs, seed)
+    a, b = genuine[a], genuine[b]
+    rule = "accuracy-maximising on balanced same/different-class pairs"
+    if forged.any():
+        rng = np.random.default_rng(seed + 7)
+        fa, fb = _forgery_pairs(labels, forged, max(1, int(same.sum()) // 2), rng)
+        a, b, same = np.concatenate([a, fa]), np.concatenate([b, fb]), np.concatenate([same, np.zeros(len(fa), bool)])
+        rule += " plus genuine-vs-forgery pairs as negatives"
+    scores = pair_scores(embeddings, a, b, metric)
+    value = calibrate_threshold(scores, same)
+    return {"value": float(value), "metric": get_metric(metric).name, "calibrated_on": described, "rule": rule,
+            "n_pairs": int(len(same))}
+
+
+def calibrate_unknown(embeddings: np.ndarray, labels: np.ndarray, metric, described: str, seed: int = 0) -> dict:
+    """The "unknown" threshold of 1:K identification: half the classes (seeded) are known, one
+    image each in the gallery and the rest as known queries; every image of the other half is an
+    unknown query; the threshold maximises open-set accuracy."""
+    from oneshot.index.search import ExactSearch
+    from oneshot.pipelines.evaluation.open_set import calibrate_unknown_threshold
+
+    labels = np.asarray(labels, dtype=object).astype(str)
+    classes = np.unique(labels)
+    if len(classes) < 4:
+        raise InvalidInputError(f"need at least 4 classes to calibrate the unknown threshold, got {len(classes)}")
+    rng = np.random.default_rng(seed)
+    known_classes = set(rng.choice(classes, len(classes) // 2, replace=False))
+    known = np.isin(labels, list(known_classes))
+    first = pd.Series(np.arange(len(labels)))[known].groupby(labels[known]).first().to_numpy()
+    in_gallery = np.zeros(len(labels), bool)
+    in_gallery[first] = True
+    queries = known & ~in_gallery
+    if not queries.any():
+        raise InvalidInputError("known classes need 2 or more images each to calibrate the unknown threshold")
+    table = pd.DataFrame({"id": np.flatnonzero(in_gallery), "path": "", "label": labels[in_gallery], "group": ""})
+    index = ExactSearch(embeddings[in_gallery], table, metric)
+    value = calibrate_unknown_threshold(index, embeddings[queries], labels[queries], embeddings[~known])
+    return {"value": float(value), "metric": get_metric(metric).name, "calibrated_on": described,
+            "rule": "open-set accuracy: half the classes known (1 image each in the gallery), half unknown",
+            "gallery_per_class": 1, "n_known_queries": int(queries.sum()), "n_unknown_queries": int((~known).sum())}
+
+
+def calibrate_thresholds(embeddings: np.ndarray, labels: np.ndarray, metric, described: str, seed: int = 0,
+                         forged: np.ndarray | None = None, groups: np.ndarray | None = None) -> dict:
+    """Every threshold a model carries; a kind that cannot be calibrated records why instead of a value.
+
+    ``verification`` and ``unknown`` (see above) and ``cluster`` (``cluster_distance`` and
+    ``cluster_radius`` of :func:`oneshot.pipelines.evaluation.cluster_thresholds.calibrate_cluster_threshold`,
+    within ``groups`` when given), all on the same held-out images.
+    """
+    from oneshot.pipelines.evaluation.cluster_thresholds import calibrate_cluster_threshold
+
+    genuine = ~np.asarray(forged, bool) if forged is not None else np.ones(len(labels), dtype=bool)
+    labels = np.asarray(labels)
+    table = pd.DataFrame({"label": labels[genuine].astype(str),
+                          "group": (np.asarray(groups)[genuine].astype(str) if groups is not None else "")})
+    out = {}
+    for kind, fn in (("verification", lambda: calibrate_verification(embeddings, labels, metric, described,
+                                                                     seed=seed, forged=forged)),
+                     ("unknown", lambda: calibrate_unknown(embeddings[genuine], labels[genuine], metric, described,
+                                                           seed)),
+                     ("cluster", lambda: {**calibrate_cluster_threshold(embeddings[genuine], table, metric),
+                                          "calibrated_on": described})):
+        try:
+            out[kind] = fn()
+        except InvalidInputError as error:
+            out[kind] = {"value": None, "calibrated_on": described, "not_calibrated": str(error)}
+            log.warning("%s threshold not calibrated: %s", kind, error)
+    return out
+
+
+def carried_threshold(info: dict | None, kind: str) -> dict:
+    """What a model's ``info`` carries for ``kind`` (``{}`` when nothing): ``{"value", "calibrated_on", "rule", ...}``.
+
+    ``verification`` and ``unknown`` live at ``info["thresholds"][kind]``; the clustering thresholds
+    at ``info["thresholds"]["cluster"][kind]`` (where training and ``oneshot calibrate`` put them),
+    or directly under ``info["thresholds"]`` in older files.
+    """
+    thresholds = (info or {}).get("thresholds") or {}
+    if kind in KINDS:
+        return thresholds.get(kind) or {}
+    for holder in (thresholds.get("cluster"), thresholds):
+        if (holder or {}).get(kind) is not None:
+            return {"value": float(holder[kind]), "calibrated_on": holder.get("calibrated_on"),
+                    "rule": holder.get("rule")}
+    return {}
+
+
+def resolve_threshold(model, kind: str, given: float | str | None = "model", owner: str = "the model",
+                      default: tuple[float, str] | None = None) -> tuple[float | None, str]:
+    """The threshold to use and the one sentence that says where it came from.
+
+    Args:
+        model: an ``Embedder`` (its ``info``), a model file's config (its ``"info"``), or None.
+        kind: ``"verification"``, ``"unknown"``, ``"cluster_distance"`` or ``"cluster_radius"``.
+        given: a number (used as is), ``None``/``"none"`` (no threshold), or ``"model"`` (the
+            model's own calibrated threshold, if it has one).
+        owner: how the sentence names the model (e.g. ``"the shipped model default.safetensors"``).
+        default: (value, where it came from) to use when the model carries none.
+    Returns:
+        (value or None, a sentence for the user).
+    """
+    if kind not in ALL_KINDS:
+        raise InvalidInputError(f"threshold kind must be one of {ALL_KINDS}, got {kind!r}")
+    if given is None or (isinstance(given, str) and given.lower() == "none"):
+        return None, "no threshold (every answer accepted)"
+    if isinstance(given, str) and given.lower() != "model":
+        try:
+            given = float(given)
+        except ValueError:
+            raise InvalidInputError(f"threshold must be a number, 'model' or 'none', got {given!r}") from None
+    if not isinstance(given, str):
+        return float(given), "given on the command line"
+    if isinstance(model, dict):  # a model file's config; older files kept thresholds at its top level
+        stored = carried_threshold(model.get("info"), kind) or carried_threshold(model, kind)
+    else:
+        stored = carried_threshold(getattr(model, "info", None), kind)
+    if stored.get("value") is None:
+        if default is not None:
+            return float(default[0]), default[1]
+        why = stored.get("not_calibrated", "the model file carries none")
+        return None, f"no threshold: {why}"
+    calibrated = f", calibrated on {stored['calibrated_on']}" if stored.get("calibrated_on") else ""
+    rule = f" ({stored['rule']})" if stored.get("rule") else ""
+    return float(stored["value"]), f"carried by {owner}{calibrated}{rule}"
+
+
+def resolve_cluster_thresholds(store_metadata: dict | None = None, model: str | os.PathLike | None = None,
+                               given: dict | None = None) -> tuple[dict, str]:
+    """The clustering thresholds to use (:func:`resolve_threshold` for each) and where they came from.
+
+    Args:
+        store_metadata: the store's metadata (its ``model_fingerprint`` picks the shipped model).
+        model: a model file whose ``info["thresholds"]`` to read.
+        given: values set by the caller (``None`` entries ignored).
+
+    Returns:
+        ``({"cluster_distance", "cluster_radius"}, source)``; thresholds from the same place share
+        one sentence.
+    """
+    from oneshot.embedder.artifact import DEFAULT_MODEL, read_model_config
+    from oneshot.pipelines.evaluation.cluster_thresholds import (
+        DEFAULT_FINGERPRINT,
+        DEFAULT_SOURCE,
+        DEFAULT_THRESHOLDS,
+        THRESHOLD_KEYS,
+    )
+
+    given = {k: float(v) for k, v in (given or {}).items() if v is not None}
+    fingerprint = (store_metadata or {}).get("model_fingerprint")
+    config, owner = None, "the model"
+    if model is not None:
+        config = read_model_config(model if not os.path.isdir(model) else os.path.join(model, "model.safetensors"))
+        if fingerprint and config.get("fingerprint") != fingerprint:
+            log.warning("the store was made with model %s but --model is %s", fingerprint, config.get("fingerprint"))
+        owner = f"the model file {model}"
+    elif fingerprint:
+        shipped = read_model_config(DEFAULT_MODEL)
+        if shipped.get("fingerprint") == fingerprint:
+            config, owner = shipped, f"the shipped model {DEFAULT_MODEL.name}"
+    values, sources = {}, {}
+    for key in THRESHOLD_KEYS:
+        values[key], source = resolve_threshold(config, key, given.get(key, "model"), owner,
+                                                default=(DEFAULT_THRESHOLDS[key], DEFAULT_SOURCE))
+        if source == DEFAULT_SOURCE and fingerprint and fingerprint != DEFAULT_FINGERPRINT:
+            log.warning("%s: the default was calibrated for model %s, this store comes from model %s; calibrate "
+                        "with pipelines.evaluation.cluster_thresholds.calibrate_cluster_threshold",
+                        key, DEFAULT_FINGERPRINT, fingerprint)
+        sources.setdefault(source, []).append(f"{key}={values[key]:.4f}")
+    return values, "; ".join(f"{', '.join(keys)} ({source})" for source, keys in sources.items())

@@ -1,0 +1,54 @@
+"""Calibrate a model file's thresholds on a labelled source and store them in its info (weights untouched).
+
+Used for the shipped model (Omniglot background validation alphabets) and for any model a user
+wants to calibrate on their own held-out data (never on what they report on).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from oneshot.data.forgeries import has_forgeries
+from oneshot.data.source import describe_source, open_source, read_images
+from oneshot.embedder.artifact import load_model, save_model
+from oneshot.embedder.encode import encode
+from oneshot.errors import InvalidInputError, ModelMismatchError
+from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds
+
+
+def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None,
+                         groups: list[str] | None = None, split: str | None = None, seed: int = 0,
+                         command: str | None = None) -> dict:
+    """Calibrate ``model_path``'s verification, "unknown" and clustering thresholds on ``data`` (only ``groups``
+    of it, if given) and write the model with them to ``out`` (default: in place).
+
+    Returns:
+        The thresholds stored (``info["thresholds"]``).
+    """
+    model = load_model(model_path)
+    fingerprint = model.fingerprint
+    source = open_source(data, split=split)
+    table = source.table
+    if groups:
+        missing = sorted(set(groups) - set(table["group"]))
+        if missing:
+            raise InvalidInputError(f"{describe_source(source)}: groups not in the data: {missing}")
+        table = table[table["group"].isin(groups)].reset_index(drop=True)
+    from oneshot.data.omniglot import OmniglotSplit
+
+    name = f"omniglot/{split or 'background'}" if isinstance(source, OmniglotSplit) else describe_source(source)
+    described = name + (f" (split {split})" if split and not isinstance(source, OmniglotSplit) else "") + \
+        (f", groups {sorted(groups)}" if groups else "")
+    images = read_images(source, list(table["path"]), color=model.recipe.channels == 3)
+    embeddings = encode(model, images, batch_size=512, show_progress=False)
+    forged = table["forged"].astype(bool).to_numpy() if has_forgeries(table) else None
+    thresholds = calibrate_thresholds(embeddings, table["label"].to_numpy(), model.metric, described, seed, forged,
+                                      groups=table["group"].to_numpy())
+    for found in thresholds.values():
+        found["command"] = command
+    info = {**model.info, "thresholds": thresholds}
+    target = Path(out) if out is not None else Path(model_path)
+    save_model(model, target, info)
+    if load_model(target).fingerprint != fingerprint:
+        raise ModelMismatchError(f"{target}: fingerprint changed while storing thresholds (a bug)")
+    return thresholds

@@ -1,0 +1,383 @@
+"""Glue between data sources and the training loop, used by ``oneshot train`` and the benchmarks.
+
+Any source :func:`~oneshot.data.source.open_source` reads can be trained on. Validation holds out,
+by default, whole groups when the data has several, else whole classes (the product is for classes
+never seen in training); ``val_split="images"`` holds out images of every class instead (closed
+set). After training, the best model's verification and "unknown" thresholds are calibrated on the
+validation split and stored in the model file (:mod:`oneshot.pipelines.evaluation.thresholds`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from oneshot.data.augment import AugmentConfig
+from oneshot.data.forgeries import has_forgeries
+from oneshot.data.lake_runs import read_lake_runs
+from oneshot.data.omniglot import OmniglotSplit, omniglot_root
+from oneshot.data.source import ImageSource, describe_source, open_source, read_images
+from oneshot.data.synthetic import SyntheticSet, make_alphabets
+from oneshot.embedder.artifact import DEFAULT_MODEL, as_model, load_model, read_model_config, save_model
+from oneshot.embedder.dataset import LabelledImages
+from oneshot.embedder.encode import encode
+from oneshot.embedder.model import Embedder
+from oneshot.embedder.preprocess import Recipe
+from oneshot.embedder.recipes import SIZES, infer_recipe, recipe_for, with_canvas, with_normalisation
+from oneshot.embedder.train import TrainConfig, TrainResult, train
+from oneshot.errors import InvalidInputError
+from oneshot.locks import exclusive_lock
+from oneshot.pipelines.evaluation.evaluate import lake_run_errors
+from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds
+from oneshot.pipelines.evaluation.validation import OneShotValidation
+from oneshot.pipelines.reading import Rejects, scan_source
+
+log = logging.getLogger(__name__)
+
+#: Background alphabets held out for validation (never trained on), per Omniglot split.
+VALIDATION_ALPHABETS = {
+    "background": ("Bengali", "Futurama", "Greek", "Japanese_(katakana)"),
+    "small1": ("Greek",),
+    "small2": ("Greek",),
+}
+VAL_SPLITS = ("classes", "images")
+VAL_SHARE = 0.2   # share of groups, classes or images held out by default
+RECIPE_SAMPLE = 200
+
+#: Learning rate of a run that starts from another model (``--init``), when none is given: a
+#: quarter of the from-scratch rate, so the first steps do not wash out what the model knows.
+FINE_TUNE_LR = TrainConfig.lr / 4
+#: Training options a user gallery gets when neither ``--config`` nor a flag sets them: a run that
+#: ends within about 10 minutes on two CPU cores, whatever the gallery. 3,000 steps took 3-7.8 minutes
+#: on the quiet 2-core development machine (so the step count, not the clock, ends the run there
+#: and it is reproducible); the 8-minute cap ends it on a slower or busier machine.
+GALLERY_DEFAULTS = dict(steps=3000, max_seconds=480.0, classes_per_batch=40, items_per_class=4, val_every=100,
+                        warmup_steps=50)
+
+
+def gallery_defaults(recipe: Recipe) -> dict:
+    """:data:`GALLERY_DEFAULTS` for a recipe. The step budget is for the kind's square canvas
+    (28x28 handwriting, 32x32 photos); a larger canvas, such as a signature's 28x96, gets
+    proportionally fewer steps (about the same pixels, so about the same time), in whole
+    validation intervals."""
+    side = SIZES[recipe.kind]
+    height, width = recipe.shape
+    interval = GALLERY_DEFAULTS["val_every"]
+    steps = GALLERY_DEFAULTS["steps"] * side * side / (height * width)
+    return {**GALLERY_DEFAULTS, "steps": int(max(1, math.ceil(steps / interval)) * interval)}
+
+
+SYNTHETIC_BACKGROUND = dict(n_alphabets=16, characters_per_alphabet=20)
+
+
+def synthetic_background(seed: int):
+    """The synthetic training alphabets and the three held out for validation: (SyntheticSet, names)."""
+    source = make_alphabets(**SYNTHETIC_BACKGROUND, seed=seed, prefix="background")
+    return source, tuple(sorted(source.table["group"].unique())[-3:])
+
+
+def _pick(values, share: float, minimum: int, seed: int) -> list:
+    values = sorted(values)
+    count = min(len(values) - 1, max(minimum, int(round(share * len(values)))))
+    return sorted(np.random.default_rng(seed).choice(values, count, replace=False).tolist())
+
+
+def hold_out(table: pd.DataFrame, val_groups: list[str] | tuple[str, ...] | None = None,
+             val_classes: list[str] | int | None = None, val_split: str = "classes",
+             seed: int = 0) -> tuple[np.ndarray, str]:
+    """Which rows validation holds out: (bool mask (N,), a description for the model file).
+
+    Order of choice: ``val_split="images"`` (a seeded share of every class's images), the named
+    ``val_groups``, ``val_classes`` (names, or a count drawn with ``seed``), else a seeded share of
+    the groups when there are three or more, else a seeded share of the classes.
+    """
+    if val_split not in VAL_SPLITS:
+        raise InvalidInputError(f"val_split must be one of {VAL_SPLITS}, got {val_split!r}")
+    labels = table["label"].astype(str).to_numpy()
+    groups = table["group"].astype(str).to_numpy()
+    if val_split == "images":
+        if val_groups or val_classes:
+            raise InvalidInputError("--val-split images holds out images of every class; drop --val-groups/--val-classes")
+        rng = np.random.default_rng(seed)
+        held = np.zeros(len(table), bool)
+        for rows in pd.Series(np.arange(len(table))).groupby(labels):
+            rows = rows[1].to_numpy()
+            if len(rows) >= 3:
+                held[rng.choice(rows, max(1, int(round(VAL_SHARE * len(rows)))), replace=False)] = True
+        if not held.any():
+            raise InvalidInputError("--val-split images needs classes with 3 or more images")
+        return held, f"{held.sum()} images ({VAL_SHARE:.0%} of each class with 3 or more, seed {seed}) of classes also trained on"
+    if val_groups:
+        missing = sorted(set(val_groups) - set(groups))
+        if missing:
+            raise InvalidInputError(f"validation groups not in the data: {missing}")
+        held = np.isin(groups, list(val_groups))
+        described = f"held-out groups {sorted(val_groups)}"
+    elif val_classes:
+        if isinstance(val_classes, int) or (len(val_classes) == 1 and str(val_classes[0]).isdigit()):
+            count = int(val_classes if isinstance(val_classes, int) else val_classes[0])
+            chosen = sorted(np.random.default_rng(seed).choice(np.unique(labels), count, replace=False).tolist()) \
+                if count < len(np.unique(labels)) else list(np.unique(labels))
+        else:
+            chosen = list(val_classes)
+            missing = sorted(set(chosen) - set(labels))
+            if missing:
+                raise InvalidInputError(f"validation classes not in the data: {missing[:5]}")
+        held = np.isin(labels, chosen)
+        described = f"{len(chosen)} held-out classes"
+    else:
+        named_groups = sorted(set(groups) - {""})
+        if len(named_groups) >= 3 and (groups != "").all():
+            chosen = _pick(named_groups, VAL_SHARE, 1, seed)
+            held = np.isin(groups, chosen)
+            described = f"held-out groups {chosen} (seeded default, seed {seed})"
+        else:
+            classes = np.unique(labels)
+            if len(classes) < 4:
+                raise InvalidInputError(f"only {len(classes)} classes: too few to hold whole classes out for "
+                                        "validation; use --val-split images")
+            chosen = _pick(classes, VAL_SHARE, 4 if len(classes) >= 10 else 2, seed)
+            held = np.isin(labels, chosen)
+            described = f"{len(chosen)} held-out classes (seeded default, seed {seed}): never trained on"
+    if held.all() or not held.any():
+        raise InvalidInputError("validation must hold out some, but not all, of the data")
+    return held, described
+
+
+def _training_labels(table: pd.DataFrame) -> pd.DataFrame:
+    """Forgeries become negatives: a label of their own for the loss only (``writer/forged``, never
+    a gallery or validation class), so training pushes them away from the writer's genuine images."""
+    if "forged" not in table:
+        return table
+    out = table.copy()
+    forged = out["forged"].astype(bool).to_numpy()
+    out["group"] = out["label"].astype(str)
+    out.loc[forged, "label"] = out.loc[forged, "label"].astype(str) + "/forged"
+    return out
+
+
+def training_sets(table: pd.DataFrame, read, recipe: Recipe, validation: tuple[str, ...] | np.ndarray,
+                  rotations: bool) -> tuple[LabelledImages, LabelledImages]:
+    """Split a table into (training, validation) image sets, by held-out groups or a row mask."""
+    if isinstance(validation, np.ndarray) and validation.dtype == bool:
+        held = validation
+    else:
+        held, _ = hold_out(table, val_groups=list(validation))
+    train_table = _training_labels(table[~held])
+    val_table = table[held]
+    return (LabelledImages.from_table(train_table, read, recipe, rotations),
+            LabelledImages.from_table(val_table, read, recipe))
+
+
+@dataclass
+class TrainingData:
+    """What ``oneshot train`` trains on: the source, the validation rows and descriptions."""
+
+    source: ImageSource
+    held: np.ndarray
+    described_source: str
+    described_validation: str
+
+
+def training_source(data: str | os.PathLike | ImageSource | None = None, split: str | None = None,
+                    synthetic: bool = False, seed: int = 0, val_groups: list[str] | None = None,
+                    strict: bool = True) -> tuple[ImageSource, tuple[str, ...], str]:
+    """Where training images come from and which groups validation holds out (group validation only).
+
+    Omniglot keeps its four validation alphabets, the synthetic set its last three; other sources
+    need ``val_groups`` here (use :func:`training_data` for the seeded class/group defaults).
+    """
+    if synthetic:
+        source, held_out = synthetic_background(seed)
+        return source, tuple(val_groups or held_out), "synthetic"
+    source = open_source(data if data is not None else omniglot_root(), split=split, strict=strict)
+    if isinstance(source, OmniglotSplit):
+        name = split or "background"
+        return source, tuple(val_groups or VALIDATION_ALPHABETS.get(name, ())), f"omniglot/{name}"
+    if not val_groups:
+        raise InvalidInputError(f"{describe_source(source)}: name the groups held out for validation (--val-groups)")
+    return source, tuple(val_groups), describe_source(source)
+
+
+def training_data(data=None, split: str | None = None, synthetic: bool = False, seed: int = 0,
+                  val_groups: list[str] | None = None, val_classes=None, val_split: str = "classes",
+                  rejects: Rejects | None = None) -> TrainingData:
+    """Open the training source, scan it for bad files and choose the validation rows (see :func:`hold_out`).
+
+    The scan decodes every image once: files that cannot be used are left out and recorded in
+    ``rejects`` under its policy (default: skip them; ``fail`` stops at the first).
+    """
+    rejects = rejects if rejects is not None else Rejects()
+    strict = rejects.policy.fail
+    if synthetic or (data is None and not val_classes and val_split == "classes"):
+        source, groups, described = training_source(data, split, synthetic, seed, val_groups, strict=strict)
+        source = scan_source(source, rejects)
+        held, why = hold_out(source.table, val_groups=groups)
+        return TrainingData(source, held, described, why)
+    source = scan_source(open_source(data if data is not None else omniglot_root(), split=split, strict=strict),
+                         rejects)
+    if isinstance(source, OmniglotSplit):
+        described = f"omniglot/{split or 'background'}"
+        if not val_groups and not val_classes and val_split == "classes":
+            val_groups = list(VALIDATION_ALPHABETS.get(split or "background", ()))
+    else:
+        described = describe_source(source)
+    held, why = hold_out(source.table, val_groups, val_classes, val_split, seed)
+    return TrainingData(source, held, described, why)
+
+
+def choose_recipe(source: ImageSource, rows: np.ndarray, recipe: str | dict | None, seed: int = 0) -> tuple[Recipe, str]:
+    """The recipe to train with: given (``handwriting``, ``photo``, ``photo-colour``, or a dict),
+    or inferred from a seeded sample of the training images' pixels. Photos get per-channel
+    mean/std measured on that sample. Returns (recipe, how it was chosen)."""
+    size = None
+    if isinstance(recipe, dict):
+        if set(recipe) - {"size"}:
+            return Recipe.from_dict(recipe), "given in the training options"
+        size, recipe = recipe.get("size"), None
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(rows, min(RECIPE_SAMPLE, len(rows)), replace=False)
+    paths = list(source.table["path"].to_numpy()[np.sort(sample)])
+    images = read_images(source, paths, color=True)
+    if recipe is None:
+        chosen, reason = infer_recipe(images, size)
+        reason = "inferred: " + reason
+    else:
+        kind, _, colour = str(recipe).partition("-")
+        chosen, reason = recipe_for(kind, colour == "colour", size), f"given (--recipe {recipe})"
+    chosen, canvas = with_canvas(chosen, images)
+    return with_normalisation(chosen, images), reason + (f"; {canvas}" if canvas else "")
+
+
+def _starting_model(init: str | None, recipe: Recipe, options: dict, keep_defaults: bool) -> tuple[str | None, str]:
+    """The model a run starts from, and why: ``--init`` as given (``none``: from scratch); else, for
+    a gallery of handwriting with the shipped model's architecture, the shipped model, which was
+    trained on handwriting with the same recipe. Omniglot, the synthetic set and ``--config`` runs
+    start from scratch unless told otherwise."""
+    if init == "none":
+        return None, "from scratch (--init none)"
+    if init is not None:
+        return init, f"from {init!r} (--init)"
+    if keep_defaults or recipe.kind != "handwriting" or recipe.channels != 1:
+        return None, ""
+    shipped = read_model_config(DEFAULT_MODEL)["model"]
+    probe = TrainConfig.from_dict({k: v for k, v in options.items() if k in TrainConfig.__dataclass_fields__})
+    if (probe.backbone, probe.dim, probe.backbone_options) != (shipped["backbone"], shipped["dim"],
+                                                               shipped.get("backbone_options", {})):
+        return None, ""
+    return "default", ("from the shipped handwriting model (the default for handwriting galleries; the best of "
+                       "it and each validated step is kept; --init none trains from scratch)")
+
+
+def _init_model(init: str | None) -> Embedder | None:
+    if init is None:
+        return None
+    return load_model(DEFAULT_MODEL if init == "default" else init)
+
+
+def calibrate_model_thresholds(model: Embedder, val_set: LabelledImages, forged: np.ndarray | None,
+                               described: str, seed: int = 0) -> dict:
+    """The model's thresholds on its (already preprocessed) validation images."""
+    embeddings = encode(model, val_set.images, batch_size=512, show_progress=False)
+    return calibrate_thresholds(embeddings, val_set.labels, model.metric, described, seed=seed, forged=forged,
+                                groups=val_set.groups)
+
+
+def _validation_way(val_set: LabelledImages, wanted: int) -> tuple[int, bool]:
+    """N-way of validation episodes: the configured N, or fewer when validation has fewer classes."""
+    table = pd.DataFrame({"label": val_set.labels, "group": val_set.groups})
+    counts = table.groupby("label").size()
+    eligible = table[table["label"].isin(counts[counts >= 2].index)]
+    per_group = eligible.groupby("group")["label"].nunique()
+    total = eligible["label"].nunique()
+    if total < 2:
+        raise InvalidInputError("validation has fewer than 2 classes with 2 images each; hold out more "
+                                "(--val-classes N) or use --val-split images")
+    if per_group.max() >= min(wanted, total):
+        return min(wanted, int(per_group.max())), True
+    return min(wanted, total), False
+
+
+def train_from_cli(out: str | os.PathLike, options: dict, data: str | None = None, split: str | None = None,
+                   synthetic: bool = False, val_alphabets: list[str] | None = None, resume: bool = True,
+                   command: str | None = None, show_progress: bool | None = None, val_classes=None,
+                   val_split: str = "classes", recipe: str | None = None, augment: str | None = None,
+                   init: str | None = None, from_config_file: bool = False, on_recipe=None,
+                   rejects: Rejects | None = None) -> TrainResult:
+    """Train on any image source (``data`` or ``$OMNIGLOT_DIR``) or, with ``synthetic``, the synthetic alphabets.
+
+    Options not given take defaults suited to the data: the recipe from its pixels (printed and
+    stored), the augmentation preset of that recipe, no 90-degree rotations unless asked, and for
+    galleries other than Omniglot and the synthetic set (without ``--config``) a short run
+    (:func:`gallery_defaults`). Files that cannot be read are left out and listed in
+    ``out/rejects.csv`` under ``rejects``' policy; a lock refuses a second run writing ``out``.
+    """
+    rejects = rejects if rejects is not None else Rejects()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out):
+        return _train(out, dict(options), data, split, synthetic, val_alphabets, resume, command, show_progress,
+                      val_classes, val_split, recipe, augment, init, from_config_file, on_recipe, rejects)
+
+
+def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, command, show_progress, val_classes,
+           val_split, recipe, augment, init, from_config_file, on_recipe, rejects: Rejects) -> TrainResult:
+    found = training_data(data, split, synthetic, options.get("seed", 0), val_alphabets, val_classes, val_split,
+                          rejects)
+    rejects.write(Path(out) / "rejects.csv")
+    source, table = found.source, found.source.table
+    chosen, how = choose_recipe(source, np.flatnonzero(~found.held), options.pop("recipe", None) if recipe is None else recipe,
+                                options.get("seed", 0))
+    log.info("recipe: %s -> %s", how, chosen.to_dict())
+    if on_recipe is not None:
+        on_recipe(f"recipe {how}")
+    options["recipe"] = chosen.to_dict()
+    if augment is not None or "augment" not in options:
+        preset = augment or ("photo" if chosen.kind == "photo" else "handwriting")
+        options["augment"] = AugmentConfig.preset(preset).to_dict()
+    options.setdefault("rotations", False)
+    if options["rotations"] and chosen.kind != "handwriting":
+        raise InvalidInputError("90-degree rotations as new classes are for handwriting only; drop --rotations")
+    standard = synthetic or isinstance(source, (OmniglotSplit, SyntheticSet))
+    if not from_config_file and not standard:
+        for key, value in gallery_defaults(chosen).items():
+            options.setdefault(key, value)
+    init, init_reason = _starting_model(init, chosen, options, standard or from_config_file)
+    if init is not None and not from_config_file:
+        options.setdefault("lr", FINE_TUNE_LR)
+    if on_recipe is not None and init_reason:
+        on_recipe(f"start {init_reason}")
+    n_train_classes = table.loc[~found.held, "label"].nunique()
+    options.setdefault("classes_per_batch", TrainConfig.classes_per_batch)
+    options["classes_per_batch"] = max(2, min(options["classes_per_batch"], n_train_classes))
+    read = lambda paths: read_images(source, paths, color=chosen.channels == 3)  # noqa: E731
+    config_probe = TrainConfig.from_dict(options)
+    train_set, val_set = training_sets(table, read, chosen, found.held, config_probe.rotations)
+    forged = table.loc[found.held, "forged"].astype(bool).to_numpy() if has_forgeries(table) else None
+    genuine_val = val_set if forged is None else LabelledImages(val_set.images[~forged], val_set.labels[~forged],
+                                                                val_set.groups[~forged])
+    way, within = _validation_way(genuine_val, config_probe.val_way)
+    options["val_way"] = way
+    config = TrainConfig.from_dict(options)
+    info = {"command": command, "data": found.described_source, "validation": found.described_validation,
+            "recipe_choice": how, "init": init, "init_choice": init_reason, "validation_within_group": within}
+    if isinstance(source, OmniglotSplit) or synthetic:
+        info["validation_alphabets"] = sorted(set(table.loc[found.held, "group"]))
+    validate = OneShotValidation(genuine_val, config.val_way, config.val_episodes, config.seed + 1, within_group=within)
+    result = train(config, train_set, validate, out, resume=resume, show_progress=show_progress, info=info,
+                   init=_init_model(init))
+    thresholds = calibrate_model_thresholds(result.model, val_set, forged, f"the validation split ({found.described_validation})",
+                                            config.seed)
+    save_model(result.model, result.model_path, {**result.model.info, "thresholds": thresholds})
+    return result
+
+
+def lake_errors(data: str | os.PathLike | None = None, model=None, tta: bool = False) -> pd.DataFrame:
+    """Per-run error of a model (file, ``Embedder`` or ``None`` for the shipped one) on Lake's runs."""
+    model = as_model(model)
+    runs = read_lake_runs(data if data is not None else omniglot_root())
+    return lake_run_errors(runs, lambda images: encode(model, images, tta=tta, show_progress=False), model.metric)
