@@ -185,3 +185,11 @@ def read_images(source: ImageSource, paths: Sequence[str], color: bool = False) 
         if "color" in inspect.signature(source.read).parameters:
             return source.read(paths, color=True)
     return source.read(paths)
+
+
+def rows_of_groups(table: pd.DataFrame, groups: Sequence[str], where: str) -> np.ndarray:
+    """(N,) bool: the rows of ``table`` in ``groups``; a group with no row raises, naming ``where`` it was looked for."""
+    missing = sorted(set(groups) - set(table["group"]))
+    if missing:
+        raise InvalidInputError(f"groups not in {where}: {missing}")
+    return table["group"].isin(groups).to_numpy()

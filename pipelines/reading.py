@@ -240,22 +240,6 @@ def read_batch(source, paths: Sequence[str], rejects: Rejects,
     return images, kept
 
 
-def read_source(source, rejects: Rejects, batch_size: int = 1024) -> tuple["pd.DataFrame", dict[str, np.ndarray]]:
-    """Read every image of a source once, leaving out the bad ones (e.g. training's data scan).
-
-    Returns:
-        (the source's table without rejected rows, ``{path: image}`` for the rows kept).
-    """
-    rejects.extend(getattr(source, "rejects", None) or [])
-    paths = list(source.table["path"])
-    images: dict[str, np.ndarray] = {}
-    for start in range(0, len(paths), batch_size):
-        batch, good = read_batch(source, paths[start : start + batch_size], rejects)
-        images.update(zip(good, batch))
-    table = source.table[source.table["path"].isin(images.keys())].reset_index(drop=True)
-    return table, images
-
-
 def scan_source(source, rejects: Rejects, batch_size: int = 1024):
     """Decode every image of a source once (training's data scan), keeping none in memory.
 

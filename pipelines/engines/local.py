@@ -28,7 +28,7 @@ from oneshot.errors import InvalidInputError
 from oneshot.index.dataset_store import HASH_COLUMN
 from oneshot.index.vector_index import VectorIndex
 from oneshot.pipelines.evaluation.knn import knn_classify
-from oneshot.pipelines.evaluation.open_set import UNKNOWN
+from oneshot.pipelines.evaluation.open_set import decide
 from oneshot.pipelines.reading import RejectPolicy, Rejects, finite_rows, read_batch
 
 
@@ -239,17 +239,10 @@ def answer_batch(index: VectorIndex, batch: QueryBatch, threshold: float | None,
         score = np.array([c[0]["score"] if c else np.nan for c in candidates], dtype=np.float32)
     else:
         candidate, score = knn_classify(index, batch.vectors, k=k)
-        score = np.asarray(score, dtype=np.float32)
-    known = ~np.isnan(score) if threshold is None else score >= np.float32(threshold)
     rows = batch.rows
-    answer = pd.DataFrame({
-        "query_id": rows["id"].to_numpy(dtype=np.int64),
-        "path": rows["path"].astype(str).to_numpy(),
-        "label": np.where(known, candidate, UNKNOWN).astype(object),
-        "score": score,
-        "known": known,
-        "candidate": candidate,
-    })
+    answer = decide(candidate, score, threshold)
+    answer.insert(0, "path", rows["path"].astype(str).to_numpy())
+    answer.insert(0, "query_id", rows["id"].to_numpy(dtype=np.int64))
     if "label" in rows and (rows["label"].astype(str) != "").all():
         answer["true_label"] = rows["label"].astype(str).to_numpy()
     answer["candidates"] = candidates

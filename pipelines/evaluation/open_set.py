@@ -47,6 +47,20 @@ def identify(
         ``candidate`` (the best gallery label, even when rejected).
     """
     candidate, score = _predict(index, queries, int(k))
+    return decide(candidate, score, threshold, unknown_label)
+
+
+def decide(candidate: np.ndarray, score: np.ndarray, threshold: float | None,
+           unknown_label: str | None = UNKNOWN) -> pd.DataFrame:
+    """The answer for each query from its best candidate and score: the candidate, or unknown below ``threshold``.
+
+    Args:
+        candidate: (Q,) best gallery label per query.
+        score: (Q,) its similarity (NaN: no neighbour, never known).
+        threshold: None accepts every query that has a neighbour.
+    Returns:
+        Q rows: ``label``, ``score`` (float32), ``known``, ``candidate``.
+    """
     score = np.asarray(score, dtype=np.float32)
     if threshold is None:
         known = ~np.isnan(score)
@@ -63,6 +77,7 @@ def _scores_for_calibration(
     unknown_queries: np.ndarray,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Qk,) right label or not, (Qk,) best scores of the known queries, (Qu,) of the unknown ones."""
     known_labels = np.asarray(known_labels, dtype=object)
     candidate, known_score = _predict(index, known_queries, k)
     if known_labels.shape != candidate.shape:
@@ -70,6 +85,8 @@ def _scores_for_calibration(
             f"known_labels: expected shape {candidate.shape}, got {known_labels.shape}"
         )
     _, unknown_score = _predict(index, unknown_queries, k)
+    if known_score.size == 0 or unknown_score.size == 0:
+        raise InvalidInputError(f"need known and unknown queries, got {known_score.size} and {unknown_score.size}")
     correct = candidate.astype(str) == known_labels.astype(str)
     return correct, np.asarray(known_score, np.float64), np.asarray(unknown_score, np.float64)
 
@@ -106,8 +123,6 @@ def calibrate_unknown_threshold(
         index, known_queries, known_labels, unknown_queries, int(k)
     )
     n_known, n_unknown = known_score.size, unknown_score.size
-    if n_known == 0 or n_unknown == 0:
-        raise InvalidInputError(f"need known and unknown queries, got {n_known} and {n_unknown}")
     positive = known_score[correct & np.isfinite(known_score)]
     negative = unknown_score[np.isfinite(unknown_score)]
     if target == "accuracy":
@@ -144,8 +159,6 @@ def open_set_report(
         index, known_queries, known_labels, unknown_queries, int(k)
     )
     n_known, n_unknown = known_score.size, unknown_score.size
-    if n_known == 0 or n_unknown == 0:
-        raise InvalidInputError(f"need known and unknown queries, got {n_known} and {n_unknown}")
     t = -np.inf if threshold is None else np.float32(threshold)
     known_accepted = np.float32(known_score) >= t
     unknown_rejected = ~(np.float32(unknown_score) >= t)

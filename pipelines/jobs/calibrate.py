@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 
 from oneshot.data.forgeries import has_forgeries
-from oneshot.data.source import describe_source, open_source, read_images
+from oneshot.data.source import describe_source, open_source, read_images, rows_of_groups
 from oneshot.embedder.artifact import load_model, save_model
 from oneshot.embedder.encode import encode
-from oneshot.errors import InvalidInputError, ModelMismatchError
+from oneshot.errors import ModelMismatchError
 from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds
 
 
@@ -30,10 +30,7 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
     source = open_source(data, split=split)
     table = source.table
     if groups:
-        missing = sorted(set(groups) - set(table["group"]))
-        if missing:
-            raise InvalidInputError(f"{describe_source(source)}: groups not in the data: {missing}")
-        table = table[table["group"].isin(groups)].reset_index(drop=True)
+        table = table[rows_of_groups(table, groups, f"the data {describe_source(source)}")].reset_index(drop=True)
     from oneshot.data.omniglot import OmniglotSplit
 
     name = f"omniglot/{split or 'background'}" if isinstance(source, OmniglotSplit) else describe_source(source)

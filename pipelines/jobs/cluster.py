@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from oneshot.atomic import atomic_folder
-from oneshot.data.source import ImageSource
+from oneshot.data.source import ImageSource, rows_of_groups
 from oneshot.embedder.artifact import as_model
 from oneshot.embedder.model import Embedder
 from oneshot.errors import InvalidInputError, ModelMismatchError
@@ -116,10 +116,7 @@ def assign_new(embeddings: np.ndarray, centre_table: pd.DataFrame, centres: np.n
     metric = get_metric(metric)
     keep = np.ones(len(centre_table), dtype=bool)
     if groups:
-        missing = sorted(set(groups) - set(centre_table["group"]))
-        if missing:
-            raise InvalidInputError(f"groups not in the clustering: {missing}")
-        keep = centre_table["group"].isin(groups).to_numpy()
+        keep = rows_of_groups(centre_table, groups, "the clustering")
     table, centres = centre_table[keep].reset_index(drop=True), centres[keep]
     if len(table) == 0:
         raise InvalidInputError("no clusters to assign to")

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from oneshot.data.source import rows_of_groups
 from oneshot.errors import InvalidInputError
 from oneshot.index.dataset_store import DatasetStore
 from oneshot.index.store import EmbeddingSet, read_embeddings
@@ -35,9 +36,6 @@ def load_store(store: str | os.PathLike | EmbeddingSet, groups: list[str] | None
     stored = store if isinstance(store, EmbeddingSet) else read_embeddings(store)
     if not groups:
         return stored
-    missing = sorted(set(groups) - set(stored.table["group"]))
-    if missing:
-        raise InvalidInputError(f"groups not in the store: {missing}")
-    keep = stored.table["group"].isin(groups).to_numpy()
+    keep = rows_of_groups(stored.table, groups, "the store")
     return EmbeddingSet(stored.table[keep].reset_index(drop=True), np.ascontiguousarray(stored.embeddings[keep]),
                         stored.metadata)
