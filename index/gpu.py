@@ -4,9 +4,10 @@ The CPU index is always the one built, saved and loaded; a GPU only (a) runs the
 quantizer's k-means during training and (b) answers searches from a clone. Everything here is a
 no-op with a CPU-only FAISS build or without a visible device, so the same code runs everywhere.
 
-A FAISS GPU build that has no kernels for the GPU at hand (the ``faiss-gpu-cu12`` wheels hold
-sm_70 and sm_80 code only, so an H100 fails: faiss-wheels issue 151) aborts the whole process at
-its first GPU call, which no ``try`` catches. So the first use runs one tiny GPU search in a
+The ``gpu`` extra installs Meta's ``faiss-gpu`` (1.15.1 and later carry sm_90 code, for Hopper).
+A FAISS GPU build that has no kernels for the GPU at hand (the older ``faiss-gpu-cu12`` wheels
+hold sm_70 and sm_80 code only, so an H100 fails: faiss-wheels issue 151) aborts the whole
+process at its first GPU call, which no ``try`` catches. So the first use runs one tiny GPU search in a
 subprocess, once per process, and falls back to the CPU with a warning when it fails.
 """
 from __future__ import annotations
@@ -21,15 +22,50 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: the PyPI distributions that install the one ``faiss`` module
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11")
+SWAP = ("pip uninstall -y faiss-cpu && pip install --force-reinstall --no-deps 'faiss-gpu>=1.15.1'")
+
 _PROBE = ("import faiss, numpy as np\n"
           "index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(8))\n"
           "index.add(np.ones((2, 8), 'float32'))\n"
           "index.search(np.ones((1, 8), 'float32'), 1)\n")
 
 
+def installed_faiss() -> list[str]:
+    """The FAISS distributions installed here, e.g. ``["faiss-cpu"]``; they all write one ``faiss`` module."""
+    from importlib import metadata
+
+    found = []
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def check_faiss_install() -> str | None:
+    """A warning (logged once) when several FAISS builds share the ``faiss`` module, else None.
+
+    ``pip install 'oneshot[gpu]'`` adds ``faiss-gpu`` beside the required ``faiss-cpu``; whichever
+    was installed last owns the module's files, so the README's swap (:data:`SWAP`) removes
+    ``faiss-cpu`` and reinstalls ``faiss-gpu`` over the files that removal took.
+    """
+    found = installed_faiss()
+    if len(found) < 2:
+        return None
+    message = (f"{' and '.join(found)} are both installed and share one faiss module; to use the GPU build: {SWAP}")
+    logger.warning(message)
+    return message
+
+
 def gpu_count() -> int:
     """Number of GPUs FAISS can use: 0 with a CPU-only FAISS build, no visible device, or a GPU
     build that cannot run on the device (see the module docstring)."""
+    check_faiss_install()
     if not hasattr(faiss, "StandardGpuResources"):
         return 0
     visible = int(faiss.get_num_gpus())

@@ -248,3 +248,30 @@ def test_search_uses_the_gpu_clone_when_available(gallery, monkeypatch):
     vi.search(queries, 3)
     assert len(cloned) == 1 and cloned[0].calls == 3 + 1
     np.testing.assert_array_equal(got.ids, expected.ids)
+
+
+def test_two_faiss_builds_in_one_environment_are_named_with_the_swap(monkeypatch, caplog):
+    from importlib import metadata
+
+    from oneshot.index import gpu
+
+    installed = {"faiss-cpu": "1.15.1", "faiss-gpu": "1.15.1"}
+
+    def version(name):
+        if name not in installed:
+            raise metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(metadata, "version", version)
+    gpu.check_faiss_install.cache_clear()
+    try:
+        assert gpu.installed_faiss() == ["faiss-cpu", "faiss-gpu"]
+        with caplog.at_level("WARNING", logger="oneshot.index.gpu"):
+            message = gpu.check_faiss_install()
+        assert "pip uninstall -y faiss-cpu" in message and "--force-reinstall --no-deps" in message
+        assert message in caplog.text
+        del installed["faiss-gpu"]
+        gpu.check_faiss_install.cache_clear()
+        assert gpu.check_faiss_install() is None  # one build: nothing to say
+    finally:
+        gpu.check_faiss_install.cache_clear()
