@@ -1,4 +1,4 @@
-"""Tests for pipelines.cluster: spectral clustering per group, the eigengap estimate of K, KMeans."""
+"""Tests for pipelines.evaluation.clustering and kmeans: spectral clustering per group, the eigengap estimate of K, KMeans."""
 import faiss
 import numpy as np
 import pandas as pd

@@ -1,4 +1,4 @@
-"""Tests for pipelines.cluster_scores: Hungarian accuracy against a brute-force search."""
+"""Tests for pipelines.evaluation.cluster_scores: Hungarian accuracy against a brute-force search."""
 import itertools
 
 import numpy as np

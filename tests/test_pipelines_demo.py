@@ -1,4 +1,4 @@
-"""Tests for pipelines.demo: the whole job on the synthetic default, and its summary table."""
+"""Tests for pipelines.jobs.demo: the whole job on the synthetic default, and its summary table."""
 from __future__ import annotations
 
 import json

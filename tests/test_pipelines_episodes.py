@@ -1,4 +1,4 @@
-"""Tests for pipelines.episodes: label-only N-way k-shot sampling."""
+"""Tests for pipelines.evaluation.episodes: label-only N-way k-shot sampling."""
 import numpy as np
 import pytest
 

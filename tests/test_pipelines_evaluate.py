@@ -1,4 +1,4 @@
-"""Tests for pipelines.evaluate: the demo's pipelines and Lake's runs on vectors with known answers."""
+"""Tests for pipelines.evaluation.evaluate: the demo's pipelines and Lake's runs on vectors with known answers."""
 from __future__ import annotations
 
 import cv2

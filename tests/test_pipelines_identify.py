@@ -1,4 +1,4 @@
-"""Tests for pipelines.identify: 1:K identification with an unknown answer."""
+"""Tests for pipelines.evaluation.open_set: 1:K identification with an unknown answer."""
 import numpy as np
 import pandas as pd
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for pipelines.knn: voting, tie breaks, leave-one-out, gallery/query split."""
+"""Tests for pipelines.evaluation.knn: voting, tie breaks, leave-one-out, gallery/query split."""
 import numpy as np
 import pandas as pd
 import pytest

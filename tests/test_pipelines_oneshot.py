@@ -1,4 +1,4 @@
-"""Tests for pipelines.oneshot: prototype accuracy, strict ties, Lake-style runs."""
+"""Tests for pipelines.evaluation.prototypes: prototype accuracy, strict ties, Lake-style runs."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Tests for pipelines.report: one self-contained HTML file, checked in a real browser (headless Chromium)."""
+"""Tests for pipelines.reporting.report: one self-contained HTML file, checked in a real browser (headless Chromium)."""
 from __future__ import annotations
 
 import base64

@@ -1,4 +1,4 @@
-"""Tests for pipelines.verify: pair sampling, vectorised scores, thresholds, report."""
+"""Tests for pipelines.evaluation.verification: pair sampling, vectorised scores, thresholds, report."""
 import numpy as np
 import pytest
 from hypothesis import given, settings

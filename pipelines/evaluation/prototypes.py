@@ -80,7 +80,7 @@ def evaluate_episodes(
 
     Args:
         embeddings: (N, D) vectors; episodes index their rows.
-        episodes: from :func:`pipelines.episodes.sample_episodes`.
+        episodes: from :func:`oneshot.pipelines.evaluation.episodes.sample_episodes`.
         metric: the similarity.
 
     Returns:
