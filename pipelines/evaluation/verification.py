@@ -30,6 +30,17 @@ def _distinct_positions(rng: np.random.Generator, sizes: np.ndarray) -> tuple[np
     return i, j + (j >= i)
 
 
+def _pairs_within(rng: np.random.Generator, counts: np.ndarray, order: np.ndarray, starts: np.ndarray, n: int,
+                  none_message: str) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` pairs of two distinct members of one bucket (of a CSR grouping), buckets with 2+ members drawn uniformly."""
+    eligible = np.flatnonzero(counts >= 2)
+    if eligible.size == 0:
+        raise InvalidInputError(none_message)
+    bucket = eligible[rng.integers(eligible.size, size=n)]
+    i, j = _distinct_positions(rng, counts[bucket])
+    return order[starts[bucket] + i], order[starts[bucket] + j]
+
+
 def sample_pairs(
     labels: np.ndarray,
     n_pairs: int,
@@ -68,13 +79,8 @@ def sample_pairs(
     n_diff = int(n_pairs) - n_same
 
     # Same-class pairs.
-    eligible = np.flatnonzero(counts >= 2)
-    if eligible.size == 0:
-        raise InvalidInputError("no class has 2 or more rows: cannot make same-class pairs")
-    c = eligible[rng.integers(eligible.size, size=n_same)]
-    i, j = _distinct_positions(rng, counts[c])
-    same_a = order[starts[c] + i]
-    same_b = order[starts[c] + j]
+    same_a, same_b = _pairs_within(rng, counts, order, starts, n_same,
+                                   "no class has 2 or more rows: cannot make same-class pairs")
 
     # Different-class pairs, as pairs of distinct classes.
     if same_group_negatives:
@@ -90,13 +96,8 @@ def sample_pairs(
             class_group[code] = found[0]
         g_keys, g_codes, g_order, g_starts = _csr(class_group.astype(str))
         g_counts = np.bincount(g_codes, minlength=g_keys.size)
-        g_eligible = np.flatnonzero(g_counts >= 2)
-        if g_eligible.size == 0:
-            raise InvalidInputError("no group has 2 or more classes: cannot make same-group negatives")
-        g = g_eligible[rng.integers(g_eligible.size, size=n_diff)]
-        p, q = _distinct_positions(rng, g_counts[g])
-        c1 = g_order[g_starts[g] + p]
-        c2 = g_order[g_starts[g] + q]
+        c1, c2 = _pairs_within(rng, g_counts, g_order, g_starts, n_diff,
+                               "no group has 2 or more classes: cannot make same-group negatives")
     else:
         if classes.size < 2:
             raise InvalidInputError("only one class: cannot make different-class pairs")
