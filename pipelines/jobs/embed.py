@@ -91,7 +91,7 @@ class EmbedResult:
     store: DatasetStore
     encoded: int
     kept: int
-    action: str  # "created", "resumed", "appended"
+    action: str  # "created", "resumed", "appended", or "kept" (already complete, read as it is)
     inference_mode: str
 
 
