@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oneshot.errors import InvalidInputError
+from oneshot.pipelines.evaluation.metrics import label_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +89,9 @@ def sample_episodes(
     n_episodes = _check_positive_int("n_episodes", n_episodes)
     if n_way < 2:
         raise InvalidInputError(f"n_way must be >= 2, got {n_way}")
-    labels = np.asarray(labels, dtype=object)
-    if labels.ndim != 1:
-        raise InvalidInputError(f"labels: expected a 1-D array, got shape {labels.shape}")
+    labels, groups = label_arrays(labels, groups)
     if within_group and groups is None:
         raise InvalidInputError("within_group=True needs groups")
-    if groups is not None:
-        groups = np.asarray(groups, dtype=object)
-        if groups.shape != labels.shape:
-            raise InvalidInputError(f"groups: expected shape {labels.shape}, got {groups.shape}")
 
     classes, first, inverse = np.unique(
         labels.astype(str), return_index=True, return_inverse=True

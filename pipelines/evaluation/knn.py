@@ -7,7 +7,7 @@ import numpy as np
 
 from oneshot.errors import InvalidInputError
 from oneshot.index.search import Searcher
-from oneshot.pipelines.evaluation.metrics import accuracy
+from oneshot.pipelines.evaluation.metrics import accuracy, label_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +152,7 @@ def split_gallery_queries(
     """
     if not 0.0 < gallery_fraction < 1.0:
         raise InvalidInputError(f"gallery_fraction must be in (0, 1), got {gallery_fraction}")
-    labels = np.asarray(labels, dtype=object)
-    if labels.ndim != 1:
-        raise InvalidInputError(f"labels: expected a 1-D array, got shape {labels.shape}")
+    labels, _ = label_arrays(labels)
     classes, inverse, counts = np.unique(
         labels.astype(str), return_inverse=True, return_counts=True
     )

@@ -131,3 +131,15 @@ def threshold_between(low: float, high: float | None) -> float:
     if threshold > low and np.float32(threshold) > np.float32(low):
         return threshold
     return float(high)
+
+
+def label_arrays(labels, groups=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``labels`` as a (N,) object array and ``groups`` (when given) as one of the same shape; other shapes raise."""
+    labels = np.asarray(labels, dtype=object)
+    if labels.ndim != 1:
+        raise InvalidInputError(f"labels: expected a 1-D array, got shape {labels.shape}")
+    if groups is not None:
+        groups = np.asarray(groups, dtype=object)
+        if groups.shape != labels.shape:
+            raise InvalidInputError(f"groups: expected shape {labels.shape}, got {groups.shape}")
+    return labels, groups

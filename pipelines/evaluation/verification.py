@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from oneshot.errors import InvalidInputError
 from oneshot.index.metric import Metric, as_matrix, get_metric
-from oneshot.pipelines.evaluation.metrics import best_threshold, threshold_between
+from oneshot.pipelines.evaluation.metrics import best_threshold, label_arrays, threshold_between
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,7 @@ def sample_pairs(
     """
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 2:
         raise InvalidInputError(f"n_pairs must be an int >= 2, got {n_pairs!r}")
-    labels = np.asarray(labels, dtype=object)
-    if labels.ndim != 1:
-        raise InvalidInputError(f"labels: expected a 1-D array, got shape {labels.shape}")
+    labels, _ = label_arrays(labels)
     if same_group_negatives and groups is None:
         raise InvalidInputError("same_group_negatives=True needs groups")
     rng = np.random.default_rng(seed)
@@ -84,9 +82,7 @@ def sample_pairs(
 
     # Different-class pairs, as pairs of distinct classes.
     if same_group_negatives:
-        groups = np.asarray(groups, dtype=object)
-        if groups.shape != labels.shape:
-            raise InvalidInputError(f"groups: expected shape {labels.shape}, got {groups.shape}")
+        _, groups = label_arrays(labels, groups)
         class_group = np.empty(classes.size, dtype=object)
         group_keys = groups.astype(str)
         for code in range(classes.size):

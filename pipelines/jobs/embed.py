@@ -235,9 +235,7 @@ def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, 
         replaced = _drop_superseded(store)
         store.manifest.setdefault("history", []).append({"action": "append", "rows": encoded, "replaced": replaced,
                                                          "source": job["source"]})
-        store.set_state("complete")
-    else:
-        store.set_state("complete")
+    store.set_state("complete")
     log.info("%s: %s, %d rows encoded, %d in the store", out, action, encoded, len(store))
     return EmbedResult(store, encoded, before if action != "created" else 0, action, engine.mode)
 
