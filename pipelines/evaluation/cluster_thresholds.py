@@ -94,9 +94,7 @@ def model_thresholds(config: dict | None) -> dict:
     Deprecated, kept for the old ``oneshot.pipelines.cluster_calibration`` name for one version:
     :func:`~oneshot.pipelines.evaluation.thresholds.resolve_cluster_thresholds` is the resolver.
     """
-    from oneshot.pipelines.evaluation.thresholds import carried_threshold
+    from oneshot.pipelines.evaluation.thresholds import config_threshold
 
-    config = config or {}
-    carried = {key: carried_threshold(config.get("info"), key) or carried_threshold(config, key)
-               for key in THRESHOLD_KEYS}
+    carried = {key: config_threshold(config or {}, key) for key in THRESHOLD_KEYS}
     return {key: float(found["value"]) for key, found in carried.items() if found.get("value") is not None}

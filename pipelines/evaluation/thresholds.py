@@ -140,6 +140,11 @@ def carried_threshold(info: dict | None, kind: str) -> dict:
     return {}
 
 
+def config_threshold(config: dict, kind: str) -> dict:
+    """:func:`carried_threshold` of a model file's config: its ``info``, or (older files) its top level."""
+    return carried_threshold(config.get("info"), kind) or carried_threshold(config, kind)
+
+
 def resolve_threshold(model, kind: str, given: float | str | None = "model", owner: str = "the model",
                       default: tuple[float, str] | None = None) -> tuple[float | None, str]:
     """The threshold to use and the one sentence that says where it came from.
@@ -165,8 +170,8 @@ def resolve_threshold(model, kind: str, given: float | str | None = "model", own
             raise InvalidInputError(f"threshold must be a number, 'model' or 'none', got {given!r}") from None
     if not isinstance(given, str):
         return float(given), "given on the command line"
-    if isinstance(model, dict):  # a model file's config; older files kept thresholds at its top level
-        stored = carried_threshold(model.get("info"), kind) or carried_threshold(model, kind)
+    if isinstance(model, dict):
+        stored = config_threshold(model, kind)
     else:
         stored = carried_threshold(getattr(model, "info", None), kind)
     if stored.get("value") is None:
