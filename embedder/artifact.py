@@ -24,6 +24,27 @@ from oneshot.errors import CorruptFileError, InvalidInputError, MissingDataError
 FORMAT = "oneshot-embedder"
 FORMAT_VERSION = 1
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.safetensors"
+FACE_MODEL = Path(__file__).parent / "weights" / "face.safetensors"
+#: The models shipped in the package, by the names ``--model`` takes.
+SHIPPED_MODELS = {"handwriting": DEFAULT_MODEL, "default": DEFAULT_MODEL, "face": FACE_MODEL}
+
+
+def model_path(model: str | os.PathLike | None) -> Path:
+    """The file of a model given as a path or a shipped model's name (``None``: the default)."""
+    if model is None:
+        return DEFAULT_MODEL
+    path = Path(model)
+    if not path.exists() and str(model) in SHIPPED_MODELS:
+        return SHIPPED_MODELS[str(model)]
+    return path
+
+
+def shipped_model_with(fingerprint: str | None) -> Path | None:
+    """The shipped model file whose fingerprint is ``fingerprint``, if any."""
+    for path in dict.fromkeys(SHIPPED_MODELS.values()):
+        if fingerprint and path.is_file() and read_model_config(path)["fingerprint"] == fingerprint:
+            return path
+    return None
 
 
 def library_versions() -> dict:
@@ -107,11 +128,12 @@ def read_model_config(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Embedder:
-    """Load a model file (``None``: the shipped default model), in eval mode.
+    """Load a model file, or a shipped model by name (``"face"``, ``"handwriting"``; ``None``: the
+    default handwriting model), in eval mode.
 
     The returned model carries ``fingerprint`` and ``info`` attributes from its file.
     """
-    path = Path(path) if path is not None else DEFAULT_MODEL
+    path = model_path(path)
     if path.is_dir():
         path = path / "model.safetensors"
     config = read_model_config(path)

@@ -120,3 +120,5 @@ register_backbone("conv4")(lambda channels=64, in_channels=1: ConvNet(channels, 
 register_backbone("conv")(ConvNet)
 register_backbone("resnet-small")(ResNetSmall)
 register_backbone("koch")(KochNet)
+
+from oneshot.embedder import face_resnet  # noqa: E402,F401  (registers "face-resnet29")

@@ -6,9 +6,13 @@ Two kinds of image:
   binary threshold, invert so ink is bright on black, optional crop to the ink's bounding box,
   aspect-preserving resize into the input canvas (INTER_AREA), centre on a zero canvas, scale to
   [0, 1]. One channel.
-* ``kind="photo"`` (faces, scans, objects): no binarisation or inversion; resize to cover the
+* ``kind="photo"`` (scans, objects): no binarisation or inversion; resize to cover the
   canvas and centre-crop; ``channels=3`` keeps colour (RGB), ``1`` converts to grey; then
   per-channel normalisation ``(x - mean) / std`` (statistics measured on the training images).
+* ``kind="face"``: find the face, align and crop it (:mod:`oneshot.embedder.faces`: dlib's
+  detector and 5-point landmarks, a 150x150 RGB chip), then normalise as photos are. A photo
+  without a face is an error (:class:`~oneshot.embedder.faces.NoFaceError`), never the whole
+  picture; ``faces="whole"`` takes each image as one face crop (galleries already cropped).
 
 The canvas is ``size`` x ``size``, or ``size`` high and ``width`` wide for wide (or tall) images
 such as signatures and words, whose ink a square canvas would squash into a few rows.
@@ -43,6 +47,7 @@ class Recipe:
         channels: 1 (grey) or 3 (RGB, photos only).
         mean, std: per-channel normalisation of photos.
         width: width of the input in pixels; ``None`` for a square input.
+        faces: face recipe only: ``"detect"`` (find the largest face) or ``"whole"`` (the image is a face crop).
     """
 
     size: int = 28
@@ -55,10 +60,15 @@ class Recipe:
     mean: tuple | None = None
     std: tuple | None = None
     width: int | None = None
+    faces: str = "detect"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise InvalidInputError(f"recipe kind must be one of {KINDS}, got {self.kind!r}")
+        if self.faces not in FACE_MODES:
+            raise InvalidInputError(f"faces must be one of {FACE_MODES}, got {self.faces!r}")
+        if self.kind == "face" and (self.channels != 3 or self.width is not None):
+            raise InvalidInputError("the face recipe makes square RGB chips: channels 3 and no width")
         if self.channels not in (1, 3) or (self.kind == "handwriting" and self.channels != 1):
             raise InvalidInputError(f"channels must be 1, or 3 for photos; got {self.channels!r} for {self.kind}")
         for name in ("mean", "std"):
@@ -146,11 +156,20 @@ class Recipe:
             planes = planes / np.asarray(self.std, np.float32)[:, None, None]
         return np.ascontiguousarray(planes, dtype=np.float32)
 
+    def face(self, image: np.ndarray) -> tuple[np.ndarray, str]:
+        """A face photo -> (float32 (3, size, size) normalised chip, a note naming the face used when there were several)."""
+        from oneshot.embedder.faces import face_finder
+
+        found = face_finder().face(image, whole=self.faces == "whole")
+        return self.photo(cv2.cvtColor(found.chip, cv2.COLOR_RGB2BGR)), found.note
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Preprocess one image: uint8 (H, W) or (H, W, 3) -> float32 (height, width) in [0, 1]
-        (handwriting), or (channels, height, width) normalised (photo)."""
+        (handwriting), or (channels, height, width) normalised (photo, face)."""
         if self.kind == "photo":
             return self.photo(image)
+        if self.kind == "face":
+            return self.face(image)[0]
         ink = self.ink(image)
         if self.crop_to_ink:
             rows = np.flatnonzero(ink.max(axis=1) > 0.2)
@@ -177,11 +196,48 @@ class Recipe:
             out[i] = self(image)
         return out
 
+    def prepare(self, images: Sequence[np.ndarray]) -> "Prepared":
+        """Preprocess many images, leaving out those the recipe cannot use (a photo without a face)."""
+        if self.kind != "face":
+            return Prepared(self.batch(images), np.arange(len(images)), {}, {})
+        from oneshot.embedder.faces import NoFaceError
+
+        out = np.empty((len(images), self.channels, *self.shape), dtype=np.float32)
+        kept, reasons, notes = [], {}, {}
+        for i, image in enumerate(images):
+            try:
+                out[len(kept)], note = self.face(image)
+            except NoFaceError as error:
+                reasons[i] = str(error)
+                continue
+            if note:
+                notes[i] = note
+            kept.append(i)
+        return Prepared(out[: len(kept)], np.asarray(kept, dtype=np.int64), reasons, notes)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :meth:`Recipe.prepare` made of n images.
+
+    Attributes:
+        pixels: float32 (k, C, H, W) for the k usable images, in order.
+        kept: int64 (k,) their positions among the n.
+        reasons: position -> why the recipe could not use that image (``"no face found"``).
+        notes: position -> a remark on a used image (which of several faces).
+    """
+
+    pixels: np.ndarray
+    kept: np.ndarray
+    reasons: dict
+    notes: dict
+
 
 def border_pixels(image: np.ndarray) -> np.ndarray:
     """The outermost rows and columns of a 2-D image (H, W), as one 1-D array: the paper's level."""
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
-KINDS = ("handwriting", "photo")
-_NEW_DEFAULTS = {"kind": "handwriting", "channels": 1, "mean": None, "std": None, "width": None}
+KINDS = ("handwriting", "photo", "face")
+FACE_MODES = ("detect", "whole")
+_NEW_DEFAULTS = {"kind": "handwriting", "channels": 1, "mean": None, "std": None, "width": None, "faces": "detect"}

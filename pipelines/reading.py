@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ON_ERROR_CHOICES = ("skip", "fail")
 REJECTS_SUFFIX = ".rejects.csv"
+NOTES_SUFFIX = ".notes.csv"
 
 
 class TooManyRejectsError(OneshotError):
@@ -118,6 +119,8 @@ class Rejects:
         items: ``(path, reason)`` pairs in the order found; paths are valid text (escaped bytes).
         where: the file the table was written to, once written.
         kept: how many files :func:`read_batch` read successfully under this collector.
+        notes: ``(path, note)`` pairs for files that were used with a remark (which of several
+            faces); written beside the rejects as ``<out>.notes.csv``.
     """
 
     def __init__(self, policy: RejectPolicy | None = None):
@@ -125,6 +128,8 @@ class Rejects:
         self.items: list[tuple[str, str]] = []
         self.where: Path | None = None
         self.kept = 0
+        self.notes: list[tuple[str, str]] = []
+        self.notes_where: Path | None = None
         self._paths: set[str] = set()
 
     def __len__(self) -> int:
@@ -144,6 +149,12 @@ class Rejects:
     def extend(self, pairs: Sequence[tuple[str, str]]) -> None:
         for path, reason in pairs:
             self.add(path, reason)
+
+    def note(self, path: str, text: str) -> None:
+        """Record a remark on a file that was used (e.g. which of several faces)."""
+        path = escape_name(str(path))
+        log.info("%s: %s", path, text)
+        self.notes.append((path, escape_name(str(text))))
 
     def resume_from(self, path: str | os.PathLike) -> int:
         """Take in the rejects an interrupted run of the same job listed at ``path`` (a CSV written
@@ -171,20 +182,27 @@ class Rejects:
             The written path, or None when there was nothing to write.
         """
         path = Path(path)
+        notes = path.with_name(path.name.removesuffix(REJECTS_SUFFIX) + NOTES_SUFFIX)
+        for target, rows, columns in ((path, self.items, ["path", "reason"]), (notes, self.notes, ["path", "note"])):
+            if not rows:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                pd.DataFrame(rows, columns=columns, dtype=object).to_csv(tmp, index=False, encoding="utf-8")
+        self.notes_where = notes if self.notes else None
         if not self.items:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            self.table().to_csv(tmp, index=False, encoding="utf-8")
         self.where = path
         return path
 
     def summary(self, done: int, verb: str = "encoded") -> str:
         """One line: how many were done, how many rejected, where the list is."""
         where = f"; list in {self.where}" if self.where is not None and self.items else ""
-        return f"{verb} {done}, rejected {len(self.items)}{where}"
+        noted = f"; {len(self.notes)} with a note (several faces: the largest used)" if self.notes else ""
+        noted += f", in {self.notes_where}" if self.notes and self.notes_where is not None else ""
+        return f"{verb} {done}, rejected {len(self.items)}{where}{noted}"
 
     def check(self, seen: int) -> None:
         """Raise :class:`TooManyRejectsError` when the rejects exceed the policy's ``max_rejects``."""

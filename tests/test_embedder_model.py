@@ -19,6 +19,7 @@ TINY = {
     "conv4": ({"channels": 4}, 16),
     "resnet-small": ({"widths": (4, 8)}, 16),
     "koch": ({"hidden": 16, "input_size": 72}, 72),  # the smallest Koch input is 65 pixels
+    "face-resnet29": ({"in_channels": 1}, 120),  # dlib's layout, full size (shipped input 150; under ~110 pixels too small)
 }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from oneshot.pipelines.cli.app import friendly, main
+from oneshot.pipelines.cli.options import MODEL
 
 
 class ClusterCount(click.ParamType):
@@ -36,7 +37,7 @@ class ClusterCount(click.ParamType):
               help="Parquet: id, path, label, group, cluster, distance, outlier (+ embeddings, for `oneshot assign`).")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
               help="Write each cluster as a folder of its images here, to check and rename.")
-@click.option("--model", type=click.Path(exists=True), default=None,
+@click.option("--model", type=MODEL, default=None,
               help="Read the clustering thresholds this model carries (default: the shipped model's, if it made the store).")
 @click.option("--cluster-distance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Override the calibrated same-character distance.")
@@ -85,7 +86,7 @@ def cluster_command(store, clusters, method, groups, out, export_dir, model, clu
 @click.argument("images", type=click.Path(exists=True))
 @click.option("--clusters", "clusters_path", type=click.Path(exists=True, dir_okay=False), required=True,
               help="The Parquet file of `oneshot cluster --out`.")
-@click.option("--model", type=click.Path(exists=True), default=None, help="The model that made the store (default: shipped).")
+@click.option("--model", type=MODEL, default=None, help="The model that made the store (default: shipped).")
 @click.option("--cluster-radius", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Farther than this from every centre is 'new' (default: the clustering's).")
 @click.option("--group", "groups", multiple=True, help="Only the clusters of this group; repeatable.")

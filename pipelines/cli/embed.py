@@ -6,14 +6,21 @@ import json
 import click
 
 from oneshot.pipelines.cli.app import friendly, main
-from oneshot.pipelines.cli.options import engine_options, read_paths_file, reject_options, rejects_for, removal_options
+from oneshot.pipelines.cli.options import (
+    MODEL,
+    engine_options,
+    read_paths_file,
+    reject_options,
+    rejects_for,
+    removal_options,
+)
 
 
 @main.command()
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--out", type=click.Path(), required=True,
               help="Store folder of Parquet shards to write (a name ending in .parquet is fine).")
-@click.option("--model", type=click.Path(exists=True), default=None, help="Model file (default: the shipped model).")
+@click.option("--model", type=MODEL, default=None, help="Model file, or a shipped model: face, handwriting (default: the shipped model that suits the images).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass (default: chosen for the machine).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and preprocessing images (default: cores, at most 4).")
 @click.option("--append", is_flag=True, help="Add only new or changed images (by path and content hash) to an existing store.")
@@ -53,6 +60,8 @@ def embed(source, out, model, batch_size, workers, append, ids, shard_rows, devi
         result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta,
                                 append=append, shard_rows=shard_rows, ids=ids, device=device, rejects=rejects,
                                 executor=executor)
+    if result.model_choice:
+        click.echo(f"model: {result.model_choice}")
     click.echo(f"wrote {len(result.store)} embeddings (D={result.store.dimension}) to {out} "
                f"({result.action}; {result.encoded} images encoded now)")
     click.echo(rejects.summary(result.encoded))

@@ -6,6 +6,7 @@ import json
 import click
 
 from oneshot.pipelines.cli.app import friendly, main
+from oneshot.pipelines.cli.options import MODEL
 
 
 @main.command("eval")
@@ -44,7 +45,7 @@ def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups, 
 @main.command("report")
 @click.argument("store", type=click.Path(exists=True))
 @click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True)
-@click.option("--model", type=click.Path(exists=True), default=None,
+@click.option("--model", type=MODEL, default=None,
               help="The model file (its history.csv and carried thresholds).")
 @click.option("--history", type=click.Path(exists=True, dir_okay=False), default=None, help="A training history.csv.")
 @click.option("--source", type=click.Path(exists=True), default=None,

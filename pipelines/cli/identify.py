@@ -7,13 +7,13 @@ from pathlib import Path
 import click
 
 from oneshot.pipelines.cli.app import friendly, main
-from oneshot.pipelines.cli.options import engine_options, reject_options, rejects_for
+from oneshot.pipelines.cli.options import MODEL, engine_options, reject_options, rejects_for
 
 
 @main.command("identify")
 @click.argument("queries", type=click.Path(exists=True))
 @click.option("--index", "index_path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--model", type=click.Path(exists=True), default=None, help="The model that built the index (default: shipped).")
+@click.option("--model", type=MODEL, default=None, help="The model that built the index (default: shipped).")
 @click.option("--threshold", default="model", show_default=True,
               help="Below this similarity the answer is 'unknown'; 'model': the model's calibrated threshold; 'none'.")
 @click.option("-k", "--k", type=click.IntRange(min=1), default=1, show_default=True, help="Neighbours that vote.")
@@ -69,7 +69,7 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
 @main.command("verify")
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", type=click.Path(exists=True), default=None, help="Model file (default: shipped).")
+@click.option("--model", type=MODEL, default=None, help="Model file (default: shipped).")
 @click.option("--threshold", default="model", show_default=True,
               help="Answer same/different at this similarity; 'model': the model's calibrated threshold; 'none'.")
 @friendly

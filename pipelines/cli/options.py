@@ -6,6 +6,24 @@ from pathlib import Path
 import click
 
 
+class ModelParam(click.ParamType):
+    """``--model``: a model file (or a training run folder), or a shipped model's name (face, handwriting)."""
+
+    name = "model"
+
+    def convert(self, value, param, ctx):
+        if value is None or Path(value).exists():
+            return value
+        from oneshot.embedder.artifact import SHIPPED_MODELS
+
+        if str(value) in SHIPPED_MODELS:
+            return str(value)
+        self.fail(f"{value!r} is neither a model file nor a shipped model ({', '.join(SHIPPED_MODELS)})", param, ctx)
+
+
+MODEL = ModelParam()
+
+
 def reject_options(command):
     """``--on-error`` and ``--max-rejects``, shared by every bulk command (issue 8)."""
     command = click.option("--max-rejects", default=None, metavar="N|P%",

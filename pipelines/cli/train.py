@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from oneshot.pipelines.cli.app import friendly, main
-from oneshot.pipelines.cli.options import reject_options, rejects_for
+from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
 
 
 @main.command("train")
@@ -129,7 +129,7 @@ def calibrate_command(model, data, split, groups, out, seed):
 @main.command("lake")
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="all_runs.zip, its folder, or the Omniglot folder (default: $OMNIGLOT_DIR).")
-@click.option("--model", type=click.Path(exists=True), default=None, help="Model file (default: shipped).")
+@click.option("--model", type=MODEL, default=None, help="Model file (default: shipped).")
 @click.option("--tta", is_flag=True, help="Average embeddings over shifted views.")
 @friendly
 def lake_command(data, model, tta):

@@ -82,12 +82,17 @@ def read_rows(source: ImageSource, rows: pd.DataFrame, policy: RejectPolicy | No
 
 @dataclass
 class PreparedBatch:
-    """A batch ready for the forward pass: rows (with ``content_hash``) and float32 (n, 1, S, S)."""
+    """A batch ready for the forward pass: rows (with ``content_hash``) and float32 (n, C, H, W).
+
+    ``rejected``: rows that could not be read or that the recipe could not use (no face found);
+    ``notes``: ``(path, note)`` for rows used with a remark (which of several faces).
+    """
 
     rows: pd.DataFrame
     pixels: np.ndarray
     rejected: pd.DataFrame
     read: int
+    notes: list = field(default_factory=list)
 
 
 def prepare_batch(source: ImageSource, rows: pd.DataFrame, recipe: Recipe,
@@ -102,7 +107,20 @@ def prepare_batch(source: ImageSource, rows: pd.DataFrame, recipe: Recipe,
         fresh = previous != out[HASH_COLUMN].to_numpy()
         out = out[fresh].reset_index(drop=True)
         images = [image for image, keep in zip(images, fresh) if keep]
-    return PreparedBatch(out, recipe.batch(images), batch.rejected, len(rows))
+    prepared = recipe.prepare(images)
+    paths = out["path"].astype(str).tolist()
+    notes = [(paths[i], note) for i, note in sorted(prepared.notes.items())]
+    rejected = batch.rejected
+    if prepared.reasons:
+        unused = sorted(prepared.reasons)
+        if policy is not None and policy.fail:
+            first = unused[0]
+            raise InvalidInputError(f"{escape_name(paths[first])}: {prepared.reasons[first]} (stopped: --on-error fail)")
+        found = pd.DataFrame({"id": out["id"].to_numpy()[unused], "path": [paths[i] for i in unused],
+                              "reason": [prepared.reasons[i] for i in unused]})
+        rejected = found if rejected.empty else pd.concat([rejected, found], ignore_index=True)
+        out = out.iloc[prepared.kept].reset_index(drop=True)
+    return PreparedBatch(out, prepared.pixels, rejected, len(rows), notes)
 
 
 def stream_batches(source: ImageSource, table: pd.DataFrame, plan: list[tuple[int, int]], recipe: Recipe,
@@ -145,6 +163,8 @@ def encode_stream(engine: InferenceModel, source: ImageSource, table: pd.DataFra
     with progress_bar(show_progress, total, desc) as bar:
         for batch in stream_batches(source, table, plan, engine.recipe, workers, known, rejects.policy):
             rejects.extend(list(zip(batch.rejected["path"], batch.rejected["reason"])))
+            for path, note in batch.notes:
+                rejects.note(path, note)
             rejects.kept += len(batch.rows)
             if len(batch.rows):
                 vectors = engine(batch.pixels, tta=tta)

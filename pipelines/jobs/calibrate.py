@@ -5,15 +5,17 @@ wants to calibrate on their own held-out data (never on what they report on).
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 from oneshot.data.forgeries import has_forgeries
-from oneshot.data.source import describe_source, open_source, read_images, rows_of_groups
+from oneshot.data.source import describe_source, open_source, rows_of_groups
 from oneshot.embedder.artifact import load_model, save_model
-from oneshot.embedder.encode import encode
 from oneshot.errors import ModelMismatchError
+from oneshot.pipelines.engines.local import encode_source
 from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds
+from oneshot.pipelines.reading import Rejects
 
 
 def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -36,8 +38,12 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
     name = f"omniglot/{split or 'background'}" if isinstance(source, OmniglotSplit) else describe_source(source)
     described = name + (f" (split {split})" if split and not isinstance(source, OmniglotSplit) else "") + \
         (f", groups {sorted(groups)}" if groups else "")
-    images = read_images(source, list(table["path"]), color=model.recipe.channels == 3)
-    embeddings = encode(model, images, batch_size=512, show_progress=False)
+    subset = copy.copy(source)
+    subset.table = table.reset_index(drop=True)
+    rejects = Rejects()  # unreadable files and photos without a face are left out, and counted
+    table, embeddings = encode_source(model, subset, rejects, show_progress=False)
+    if rejects.items:
+        described += f", {len(rejects.items)} of {len(subset.table)} images left out (unreadable or no face found)"
     forged = table["forged"].astype(bool).to_numpy() if has_forgeries(table) else None
     thresholds = calibrate_thresholds(embeddings, table["label"].to_numpy(), model.metric, described, seed, forged,
                                       groups=table["group"].to_numpy())

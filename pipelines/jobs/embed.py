@@ -23,10 +23,11 @@ import pandas as pd
 
 from oneshot.data.folders import Gallery
 from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source
-from oneshot.embedder.artifact import as_model
+from oneshot.embedder.artifact import as_model, shipped_model_with
 from oneshot.embedder.encode import default_device
 from oneshot.embedder.inference import InferenceModel
 from oneshot.embedder.model import Embedder
+from oneshot.embedder.shipped import choose_shipped_model, sample_rows
 from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.dataset_store import (
     DEFAULT_SHARD_ROWS,
@@ -40,7 +41,7 @@ from oneshot.index.store import EmbeddingSet, read_embeddings
 from oneshot.locks import exclusive_lock
 from oneshot.memory import release_unused_memory
 from oneshot.pipelines.engines.local import batch_plan, default_workers, encode_source, encode_stream
-from oneshot.pipelines.reading import RejectPolicy, Rejects, rejects_path
+from oneshot.pipelines.reading import RejectPolicy, Rejects, read_batch, rejects_path
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class EmbedResult:
     kept: int
     action: str  # "created", "resumed", "appended", or "kept" (already complete, read as it is)
     inference_mode: str
+    model_choice: str = ""  # why this shipped model, when none was named ("" when one was)
 
 
 def _refuse_existing(out: Path, store: DatasetStore, job: dict[str, Any]) -> None:
@@ -161,12 +163,31 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     return result
 
 
+def shipped_model_for(source: ImageSource, out: Path) -> tuple[Path, str]:
+    """(the shipped model for a job that names none, why): the model of the store at ``out`` when it is
+    a shipped one (resuming, appending), else the one that suits a sample of the images (face photos:
+    the face model)."""
+    if is_dataset_store(out):
+        fingerprint = DatasetStore.open(out).manifest.get("job", {}).get("model_fingerprint")
+        found = shipped_model_with(fingerprint)
+        if found is not None:
+            return found, f"the shipped model {out} was embedded with ({found.stem})"
+    paths = source.table["path"].to_numpy()[sample_rows(len(source.table))]
+    images, _ = read_batch(source, list(paths), Rejects(), color=True)
+    path, reason = choose_shipped_model(images)
+    log.info("model: %s", reason)
+    return path, reason
+
+
 def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, append, shard_rows, ids, device,
                   inference, show_progress, rejects: Rejects, executor=None, reuse_complete: bool = False) -> EmbedResult:
-    model = as_model(model)
     if not isinstance(source, ImageSource) and is_dataset_store(source):
         source, labelled = _images_of_store(Path(source), labelled)
     gallery = open_source(source, labelled=labelled, strict=rejects.policy.fail)
+    choice = ""
+    if model is None:
+        model, choice = shipped_model_for(gallery, out)
+    model = as_model(model)
     rejects.extend(listing_rejects(gallery))
     table = _source_table(gallery, ids)
     if isinstance(gallery, Gallery) and not isinstance(source, Gallery):
@@ -199,7 +220,7 @@ def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, 
             action, first_shard = "appended", 0
         elif reuse_complete and store.manifest.get("state") == "complete" and store.manifest.get("job") == job:
             log.info("%s: already complete for this command; read as it is", out)
-            return EmbedResult(store, 0, len(store), "kept", "none")
+            return EmbedResult(store, 0, len(store), "kept", "none", choice)
         elif store.manifest.get("state") == "writing" and store.manifest.get("job") == job:
             action, first_shard = "resumed", len(store.manifest["shards"])
             log.info("%s: resuming after %d committed shards", out, first_shard)
@@ -237,7 +258,7 @@ def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, 
                                                          "source": job["source"]})
     store.set_state("complete")
     log.info("%s: %s, %d rows encoded, %d in the store", out, action, encoded, len(store))
-    return EmbedResult(store, encoded, before if action != "created" else 0, action, engine.mode)
+    return EmbedResult(store, encoded, before if action != "created" else 0, action, engine.mode, choice)
 
 
 def _discard(folder: Path, remove_folder: bool) -> None:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from oneshot.atomic import atomic_path
 from oneshot.data.source import listing_rejects
-from oneshot.embedder.artifact import as_model
+from oneshot.embedder.artifact import as_model, shipped_model_with
 from oneshot.embedder.encode import default_device, progress_bar
 from oneshot.embedder.inference import InferenceModel
 from oneshot.errors import InvalidInputError, ModelMismatchError
@@ -218,7 +218,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
         actual = read_store_metadata(queries_path).get("model_fingerprint")
         what = f"the query store {queries_path} uses"
     else:
-        model = as_model(model)
+        model = as_model(model if model is not None else shipped_model_with(expected))
         actual = getattr(model, "fingerprint", None)
         what = "the queries use"
     if expected and actual and expected != actual:
@@ -279,7 +279,7 @@ def _threshold(model, index_fingerprint: str | None, given) -> tuple[float | Non
     """
     if not (isinstance(given, str) and given.lower() == "model"):
         return resolve_threshold(None, "unknown", given)
-    model = as_model(model)
+    model = as_model(model if model is not None else shipped_model_with(index_fingerprint))
     if index_fingerprint and getattr(model, "fingerprint", None) != index_fingerprint:
         return None, (f"no threshold: the index was built with model {index_fingerprint}, which is not at hand "
                       "(pass it with --model to use its threshold, or give --threshold X)")

@@ -1,0 +1,187 @@
+"""Faces zero-shot: the shipped face model beside raw pixels and the handwriting model, on people
+that no training, selection or calibration step saw.
+
+Data: public face sets fetched to a scratch folder outside the repo (README, "Faces", names the sets
+and commits), each laid out ``<set>/<person>/<photo>``. ``split`` divides a set's people in two by
+a hash of the name (``sha1(name)`` first hex digit 0-7: ``dev``, else ``test``): the face model's
+thresholds are calibrated on ``dev`` (``oneshot calibrate``), every figure here is on ``test``.
+
+For each model, on the same rows (photos in which the face model found a face, so every model sees
+the same people and photos) and the same seeded episodes and pairs:
+
+- 20-way 1-shot accuracy (2,000 episodes, one query per person);
+- 1:1 verification: EER and accuracy at the threshold calibrated on ``dev`` (10,000 balanced pairs);
+- open set: half the test people enrolled with one photo each, queries are their other photos and
+  every photo of the other half; "unknown" below the threshold calibrated on ``dev`` (the face model:
+  the one it carries; raw pixels and the handwriting model: the same rule on the same ``dev`` photos);
+- time: photos per second through ``encode_source`` (decode, detection, alignment, forward), in process.
+
+Run from the repository root::
+
+    python -m benchmarks.faces split --data SCRATCH/faces/lfw --out SCRATCH/splits
+    oneshot calibrate embedder/weights/face.safetensors --data SCRATCH/splits/lfw_dev
+    python -m benchmarks.faces zero-shot --dev SCRATCH/splits/lfw_dev --test SCRATCH/splits/lfw_test \\
+        --out benchmarks/results/faces_lfw.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import write_result
+from oneshot.data.source import open_source, read_images
+from oneshot.embedder.artifact import load_model
+from oneshot.embedder.face_model import FACE_MODEL
+from oneshot.embedder.preprocess import Recipe
+from oneshot.index.metric import get_metric
+from oneshot.index.search import ExactSearch
+from oneshot.pipelines.engines.local import encode_source
+from oneshot.pipelines.evaluation.evaluate import oneshot_accuracy
+from oneshot.pipelines.evaluation.open_set import open_set_report
+from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds, resolve_threshold
+from oneshot.pipelines.evaluation.verification import pair_scores, sample_pairs, verification_report
+from oneshot.pipelines.reading import Rejects
+
+RAW = Recipe(size=32, kind="photo", channels=1)  # what a user gets without a model: grey 32x32, centred
+
+
+def half_of(name: str) -> str:
+    """``dev`` or ``test``: the half of a set a person falls in (by a hash of the name, no seed needed)."""
+    return "dev" if int(hashlib.sha1(name.encode()).hexdigest()[0], 16) < 8 else "test"
+
+
+def split(data: Path, out: Path) -> dict:
+    """Hard-link ``data/<person>/`` into ``out/<set>_dev`` and ``out/<set>_test``; returns the counts."""
+    counts = {"dev": 0, "test": 0}
+    for person in sorted(p for p in data.iterdir() if p.is_dir()):
+        half = half_of(person.name)
+        target = out / f"{data.name}_{half}" / person.name
+        target.mkdir(parents=True, exist_ok=True)
+        for photo in person.iterdir():
+            if photo.is_file() and not (target / photo.name).exists():
+                os.link(photo, target / photo.name)
+        counts[half] += 1
+    return counts
+
+
+def raw_vectors(source, table: pd.DataFrame) -> np.ndarray:
+    """Flattened grey 32x32 pixels of ``table``'s photos, float32 (N, 1024)."""
+    chunks = []
+    paths = list(table["path"])
+    for start in range(0, len(paths), 1024):
+        chunks.append(RAW.batch(read_images(source, paths[start : start + 1024])).reshape(-1, RAW.size ** 2))
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+
+def face_rows(folder: Path) -> tuple[object, pd.DataFrame, np.ndarray, dict]:
+    """The face model's vectors of a folder, the rows it kept, and what it cost."""
+    model = load_model(FACE_MODEL)
+    source = open_source(folder)
+    rejects = Rejects()
+    started = time.perf_counter()
+    table, vectors = encode_source(model, source, rejects, show_progress=False)
+    seconds = time.perf_counter() - started
+    cost = {"images": len(source.table), "faces_found": len(table), "no_face": len(rejects.items),
+            "several_faces": len(rejects.notes), "seconds": round(seconds, 2),
+            "images_per_second": round(len(source.table) / seconds, 1)}
+    return source, table, vectors, cost
+
+
+def vectors_of(kind: str, source, table: pd.DataFrame, face_vectors: np.ndarray) -> tuple[np.ndarray, str]:
+    """(vectors of ``table``'s rows, metric) for ``face``, ``handwriting`` or ``raw``."""
+    if kind == "face":
+        return face_vectors, "cosine"
+    if kind == "raw":
+        return raw_vectors(source, table), "cosine"
+    subset = copy.copy(source)
+    subset.table = table.reset_index(drop=True)
+    model = load_model(None)
+    _, vectors = encode_source(model, subset, Rejects(), show_progress=False)
+    return vectors, model.metric
+
+
+def open_set(vectors: np.ndarray, table: pd.DataFrame, metric: str, threshold: float, seed: int) -> dict:
+    """Half the people enrolled (one photo each), the rest unknown: :func:`open_set_report` at ``threshold``."""
+    rng = np.random.default_rng(seed)
+    labels = table["label"].to_numpy(dtype=str)
+    people = np.unique(labels)
+    enrolled = set(rng.choice(people, size=len(people) // 2, replace=False))
+    gallery, known = [], []
+    for person in sorted(enrolled):
+        rows = np.flatnonzero(labels == person)
+        first = rng.choice(rows)
+        gallery.append(first)
+        known.extend(r for r in rows if r != first)
+    unknown = np.flatnonzero(~np.isin(labels, list(enrolled)))
+    index = ExactSearch(vectors[gallery], pd.DataFrame({"id": np.arange(len(gallery)), "label": labels[gallery]}),
+                        get_metric(metric))
+    return open_set_report(index, vectors[known], labels[known], vectors[unknown], threshold)
+
+
+def zero_shot(dev: Path, test: Path, seed: int = 0) -> dict:
+    _, dev_table, dev_faces, _ = face_rows(dev)
+    test_source, table, face_vectors, cost = face_rows(test)
+    counts = table["label"].map(table["label"].value_counts())
+    keep = (counts >= 2).to_numpy()  # people left with one photo once faceless photos are out
+    table, face_vectors = table[keep].reset_index(drop=True), face_vectors[keep]
+    dev_source = open_source(dev)
+    model = load_model(FACE_MODEL)
+    out = {"dev": str(dev), "test": str(test), "test_people": int(table["label"].nunique()),
+           "test_photos_used": len(table), "face_model_cost": cost, "models": {}}
+    a, b, same = sample_pairs(table["label"].to_numpy(dtype=str), 10_000, seed=seed)
+    for kind in ("face", "handwriting", "raw"):
+        vectors, metric = vectors_of(kind, test_source, table, face_vectors)
+        if kind == "face":
+            verify_at, source = resolve_threshold(model, "verification", "model")
+            unknown_at, unknown_source = resolve_threshold(model, "unknown", "model")
+        else:  # the same rule on the same dev photos
+            dev_vectors, _ = vectors_of(kind, dev_source, dev_table, dev_faces)
+            found = calibrate_thresholds(dev_vectors, dev_table["label"].to_numpy(dtype=str), metric, str(dev), seed)
+            verify_at, unknown_at = found["verification"]["value"], found["unknown"]["value"]
+            source = unknown_source = f"calibrated here on {dev}"
+        scores = pair_scores(vectors, a, b, metric)
+        out["models"][kind] = {
+            "metric": metric,
+            "20_way_1_shot": oneshot_accuracy(vectors, table, metric, n_way=20, n_episodes=2000,
+                                              within_group=False, seed=seed),
+            "verification": {**verification_report(scores, same, verify_at), "threshold_source": source},
+            "open_set": {**open_set(vectors, table, metric, unknown_at, seed), "threshold_source": unknown_source},
+        }
+        print(kind, {k: v for k, v in out["models"][kind]["20_way_1_shot"].items() if k in ("accuracy", "ci95")},
+              "EER", round(out["models"][kind]["verification"]["eer"], 4),
+              "unknown rejected", round(out["models"][kind]["open_set"]["unknown_rejection_rate"], 3),
+              "known named", round(out["models"][kind]["open_set"]["known_accuracy"], 3), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    split_parser = commands.add_parser("split", help="divide a set's people into dev and test halves")
+    split_parser.add_argument("--data", type=Path, required=True)
+    split_parser.add_argument("--out", type=Path, required=True)
+    zero = commands.add_parser("zero-shot", help="the shipped face model beside raw pixels and the handwriting model")
+    zero.add_argument("--dev", type=Path, required=True)
+    zero.add_argument("--test", type=Path, required=True)
+    zero.add_argument("--seed", type=int, default=0)
+    zero.add_argument("--out", type=Path, default=Path("benchmarks/results/faces_zero_shot.json"))
+    args = parser.parse_args(argv)
+    if args.command == "split":
+        print(split(args.data, args.out))
+        return 0
+    result = zero_shot(args.dev, args.test, args.seed)
+    write_result({"command": "python -m benchmarks.faces " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+                  **result}, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
