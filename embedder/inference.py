@@ -69,14 +69,17 @@ def choose_batch_size(model: Embedder, device: torch.device) -> int:
 
     CUDA: 2048 images up to 64x64 input (512 beyond); CPU: 256 per core up to 512 for small
     inputs (<= 32x32; larger batches only add activation memory, ~200 MB per 1024 28x28 images
-    for conv4), 64 per core up to 256 for larger ones. A rectangular input counts as the square
-    of the same area.
+    for conv4), 64 per core up to 256 for larger ones, and 16 per core up to 64 for inputs of
+    96x96 and more (the face ResNet at 150x150: 32 images ran 1.5x faster than 128 on 2 cores,
+    their activations staying in cache). A rectangular input counts as the square of the same area.
     """
     height, width = model.recipe.shape
     area = height * width
     if device.type == "cuda":
         return 2048 if area <= 64 * 64 else 512
     cores = _cpu_count()
+    if area >= 96 * 96:
+        return max(16, min(64, 16 * cores))
     return min(512, 256 * cores) if area <= 32 * 32 else max(32, min(256, 64 * cores))
 
 

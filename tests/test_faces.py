@@ -256,3 +256,25 @@ def test_cli_model_option_takes_shipped_names(tmp_path):
 
     result = CliRunner().invoke(main, ["embed", str(tmp_path), "--out", str(tmp_path / "s"), "--model", "nonesuch"])
     assert result.exit_code == 2 and "neither a model file nor a shipped model" in result.output
+
+
+@needs_dlib
+def test_ray_decode_step_rejects_faceless_photos(tmp_path, hopper):
+    from oneshot.data.source import open_source
+    from oneshot.pipelines.engines.ray_decode import decode_batch
+
+    class Held:  # what SharedObject gives a Ray task, without Ray
+        def __init__(self, value):
+            self.value = value
+
+        def get(self):
+            return self.value
+
+    source = open_source(_people(tmp_path / "people", hopper))
+    table = source.table
+    batch = {"id": table["id"].to_numpy(), "path": table["path"].to_numpy(dtype=object)}
+    out = decode_batch(batch, Held(source), load_model("face").recipe, None)
+    by_path = dict(zip(table["path"], zip(out["reason"], out["encode"])))
+    assert by_path["nobody/wall.jpg"] == ("no face found", False)
+    assert all(encode and reason == "" for path, (reason, encode) in by_path.items() if path.startswith("grace/"))
+    assert np.abs(out["pixels"][out["encode"]]).sum(axis=(1, 2, 3)).min() > 0

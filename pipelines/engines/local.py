@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+import torch
 
 from oneshot.data.archive import escape_name
 from oneshot.data.content_hash import content_hash
@@ -149,6 +151,24 @@ def stream_batches(source: ImageSource, table: pd.DataFrame, plan: list[tuple[in
             yield result
 
 
+@contextmanager
+def forward_threads(engine: InferenceModel, workers: int):
+    """Leave the reader threads their cores when preparing an image costs about as much as encoding it.
+
+    The face recipe (detection, landmarks, alignment: ~3 ms a photo) and the face ResNet's forward
+    pass (~2 ms a photo on 2 cores) compete for the same cores; on the 2-core machine the forward
+    pass on 1 thread beside the readers made the embed job 1.3x faster (190 vs 150 photos/s). Other
+    recipes decode in well under a tenth of their forward pass and keep torch's own thread count.
+    """
+    before = torch.get_num_threads()
+    if engine.recipe.kind == "face" and engine.device.type == "cpu":
+        torch.set_num_threads(max(1, before - workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def encode_stream(engine: InferenceModel, source: ImageSource, table: pd.DataFrame, plan: list[tuple[int, int]],
                   workers: int, tta: bool = False, known: pd.Series | None = None,
                   show_progress: bool | None = None, desc: str = "embed",
@@ -160,7 +180,7 @@ def encode_stream(engine: InferenceModel, source: ImageSource, table: pd.DataFra
     """
     rejects = rejects if rejects is not None else Rejects()
     total = int(sum(stop - start for start, stop in plan))
-    with progress_bar(show_progress, total, desc) as bar:
+    with progress_bar(show_progress, total, desc) as bar, forward_threads(engine, workers):
         for batch in stream_batches(source, table, plan, engine.recipe, workers, known, rejects.policy):
             rejects.extend(list(zip(batch.rejected["path"], batch.rejected["reason"])))
             for path, note in batch.notes:

@@ -77,6 +77,11 @@ def decode_batch(batch: dict[str, np.ndarray], source: SharedObject, recipe: Rec
     pixels = np.zeros((len(images), recipe.channels, *recipe.shape), dtype=np.float32)
     chosen = np.flatnonzero(encode)
     if len(chosen):
-        pixels[chosen] = recipe.batch([images[i] for i in chosen])
+        prepared = recipe.prepare([images[i] for i in chosen])  # a photo without a face: a reject
+        for position, reason in prepared.reasons.items():
+            row = chosen[position]
+            reasons[row] = reason
+            encode[row] = False
+        pixels[chosen[prepared.kept]] = prepared.pixels
     return {**batch, HASH_COLUMN: hashes, "reason": np.array(reasons, dtype=object), "encode": encode,
             "pixels": pixels}

@@ -89,9 +89,85 @@ def calibrate_unknown(embeddings: np.ndarray, labels: np.ndarray, metric, descri
     table = pd.DataFrame({"id": np.flatnonzero(in_gallery), "path": "", "label": labels[in_gallery], "group": ""})
     index = ExactSearch(embeddings[in_gallery], table, metric)
     value = calibrate_unknown_threshold(index, embeddings[queries], labels[queries], embeddings[~known])
-    return {"value": float(value), "metric": get_metric(metric).name, "calibrated_on": described,
-            "rule": "open-set accuracy: half the classes known (1 image each in the gallery), half unknown",
-            "gallery_per_class": 1, "n_known_queries": int(queries.sum()), "n_unknown_queries": int((~known).sum())}
+    found = {"value": float(value), "metric": get_metric(metric).name, "calibrated_on": described,
+             "rule": "open-set accuracy: half the classes known (1 image each in the gallery), half unknown",
+             "gallery_per_class": 1, "n_known_queries": int(queries.sum()), "n_unknown_queries": int((~known).sum())}
+    by_size = calibrate_unknown_by_size(embeddings, labels, metric, seed)
+    if by_size["enrolled"]:
+        found["by_enrolled"] = by_size
+    return found
+
+
+#: Database sizes (people or classes enrolled) the "unknown" threshold is calibrated for.
+ENROLLED_SIZES = (10, 30, 100, 300, 1000, 3000)
+
+
+def calibrate_unknown_by_size(embeddings: np.ndarray, labels: np.ndarray, metric, seed: int = 0,
+                              sizes: tuple[int, ...] = ENROLLED_SIZES, queries: int = 4000) -> dict:
+    """The "unknown" threshold for databases of each size: the best score of a query rises with the
+    number of people enrolled, so one threshold cannot suit 20 and 2,000 alike.
+
+    For each size n (while 2n classes have 2 or more images): seeded draws of n enrolled classes
+    (one image each in the gallery; another image of each is a known query) and n other classes
+    (one image each: unknown queries), about ``queries`` known queries in all; the threshold
+    maximises right answers over the pooled queries (a known query is right when named right and
+    accepted, an unknown one when rejected).
+
+    Returns:
+        ``{"enrolled": [n, ...], "values": [threshold, ...], "draws": [...], "rule": ...}``.
+    """
+    from oneshot.pipelines.evaluation.metrics import best_threshold
+
+    labels = np.asarray(labels, dtype=object).astype(str)
+    classes, codes = np.unique(labels, return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(classes)))
+    counts = np.bincount(codes, minlength=len(classes))
+    eligible = np.flatnonzero(counts >= 2)
+    similarity = get_metric(metric)
+    prepared = np.ascontiguousarray(embeddings, dtype=np.float32)
+    rng = np.random.default_rng(seed + 11)
+    out = {"enrolled": [], "values": [], "draws": [],
+           "rule": "open-set accuracy on databases of n classes (1 image each) queried by another image of each and "
+                   "by one image of each of n classes not enrolled"}
+    for size in sizes:
+        if 2 * size > len(eligible):
+            break
+        draws = max(1, queries // size)
+        positive, negative = [], []
+        for _ in range(draws):
+            chosen = rng.choice(eligible, 2 * size, replace=False)
+            pick = [order[starts[c] + rng.choice(counts[c], 2, replace=False)] for c in chosen[:size]]
+            gallery = np.array([p[0] for p in pick])
+            known = np.array([p[1] for p in pick])
+            unknown = np.array([order[starts[c] + rng.integers(counts[c])] for c in chosen[size:]])
+            known_scores = similarity.similarity(prepared[known], prepared[gallery])
+            unknown_best = similarity.similarity(prepared[unknown], prepared[gallery]).max(axis=1)
+            right = known_scores.argmax(axis=1) == np.arange(size)
+            positive.append(known_scores.max(axis=1)[right])
+            negative.append(unknown_best)
+        value, _ = best_threshold(np.concatenate(positive), np.concatenate(negative))
+        out["enrolled"].append(int(size))
+        out["values"].append(float(value))
+        out["draws"].append(int(draws))
+    return out
+
+
+def threshold_for_enrolled(by_enrolled: dict, enrolled: int) -> tuple[float, str]:
+    """The threshold of a database of ``enrolled`` people: linear in log(n) between the sizes calibrated,
+    the nearest one outside them. Returns (value, how it was read)."""
+    sizes = np.asarray(by_enrolled["enrolled"], dtype=np.float64)
+    values = np.asarray(by_enrolled["values"], dtype=np.float64)
+    n = float(max(1, enrolled))
+    if n <= sizes[0] or n >= sizes[-1]:
+        nearest = 0 if n <= sizes[0] else len(sizes) - 1
+        return float(values[nearest]), f"as calibrated for {int(sizes[nearest])} enrolled (this index: {enrolled})"
+    value = float(np.interp(np.log(n), np.log(sizes), values))
+    below = int(sizes[sizes <= n].max())
+    above = int(sizes[sizes >= n].min())
+    how = (f"as calibrated for {below} enrolled" if below == above else
+           f"between those calibrated for {below} and {above} enrolled, for this index's {enrolled}")
+    return value, how
 
 
 def calibrate_thresholds(embeddings: np.ndarray, labels: np.ndarray, metric, described: str, seed: int = 0,
@@ -146,7 +222,7 @@ def config_threshold(config: dict, kind: str) -> dict:
 
 
 def resolve_threshold(model, kind: str, given: float | str | None = "model", owner: str = "the model",
-                      default: tuple[float, str] | None = None) -> tuple[float | None, str]:
+                      default: tuple[float, str] | None = None, enrolled: int | None = None) -> tuple[float | None, str]:
     """The threshold to use and the one sentence that says where it came from.
 
     Args:
@@ -156,6 +232,8 @@ def resolve_threshold(model, kind: str, given: float | str | None = "model", own
             model's own calibrated threshold, if it has one).
         owner: how the sentence names the model (e.g. ``"the shipped model default.safetensors"``).
         default: (value, where it came from) to use when the model carries none.
+        enrolled: for ``"unknown"``, how many people (classes) the index holds: a model calibrated
+            per database size (``by_enrolled``) gives the threshold of that size.
     Returns:
         (value or None, a sentence for the user).
     """
@@ -180,6 +258,10 @@ def resolve_threshold(model, kind: str, given: float | str | None = "model", own
         why = stored.get("not_calibrated", "the model file carries none")
         return None, f"no threshold: {why}"
     calibrated = f", calibrated on {stored['calibrated_on']}" if stored.get("calibrated_on") else ""
+    by_size = stored.get("by_enrolled") or {}
+    if kind == "unknown" and enrolled is not None and by_size.get("enrolled"):
+        value, how = threshold_for_enrolled(by_size, enrolled)
+        return value, f"carried by {owner}{calibrated}, {how} ({by_size['rule']})"
     rule = f" ({stored['rule']})" if stored.get("rule") else ""
     return float(stored["value"]), f"carried by {owner}{calibrated}{rule}"
 

@@ -224,7 +224,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
     if expected and actual and expected != actual:
         raise ModelMismatchError(f"the index was built with model {expected} but {what} model {actual}; "
                                  "pass the same --model used for `oneshot embed`")
-    threshold, threshold_text = _threshold(model, expected, threshold)
+    threshold, threshold_text = _threshold(model, expected, threshold, enrolled_count(index))
     if threshold is not None and index.metadata.get("pca") and threshold_text.startswith("carried by"):
         log.warning("the index reduces vectors with PCA; the model's threshold was calibrated without it")
     rejects = rejects if rejects is not None else Rejects()
@@ -271,7 +271,12 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
     return summary
 
 
-def _threshold(model, index_fingerprint: str | None, given) -> tuple[float | None, str]:
+def enrolled_count(index: VectorIndex) -> int:
+    """How many identities (distinct labels) an index holds: the database size the "unknown" threshold suits."""
+    return int(pd.unique(np.asarray(index.labels, dtype=object)).size)
+
+
+def _threshold(model, index_fingerprint: str | None, given, enrolled: int | None = None) -> tuple[float | None, str]:
     """The "unknown" threshold (see :func:`~oneshot.pipelines.evaluation.thresholds.resolve_threshold`) and its source.
 
     ``"model"`` reads the threshold of the model that made the index (``model``, else the shipped
@@ -283,7 +288,7 @@ def _threshold(model, index_fingerprint: str | None, given) -> tuple[float | Non
     if index_fingerprint and getattr(model, "fingerprint", None) != index_fingerprint:
         return None, (f"no threshold: the index was built with model {index_fingerprint}, which is not at hand "
                       "(pass it with --model to use its threshold, or give --threshold X)")
-    return resolve_threshold(model, "unknown", "model")
+    return resolve_threshold(model, "unknown", "model", enrolled=enrolled)
 
 
 class _null:

@@ -1,0 +1,56 @@
+"""The "unknown" threshold per database size: calibrated on held-out classes, read for the index's size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from oneshot.pipelines.evaluation.thresholds import (
+    calibrate_unknown,
+    calibrate_unknown_by_size,
+    resolve_threshold,
+    threshold_for_enrolled,
+)
+
+
+def _classes(n_classes: int, per_class: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around random class centres in 32 dimensions, and their labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, 32))
+    x = np.repeat(centres, per_class, axis=0) + spread * rng.normal(size=(n_classes * per_class, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), np.repeat([f"c{i}" for i in range(n_classes)], per_class)
+
+
+def test_threshold_rises_with_the_number_enrolled():
+    x, labels = _classes(700, 3, spread=0.6)
+    found = calibrate_unknown_by_size(x, labels, "cosine", seed=0)
+    assert found["enrolled"] == [10, 30, 100, 300]  # 2n classes needed: 1000 would need 2000
+    values = np.asarray(found["values"])
+    assert values[-1] > values[0]  # more impostors in a bigger database: a stricter threshold
+    assert all(d >= 1 for d in found["draws"])
+    again = calibrate_unknown_by_size(x, labels, "cosine", seed=0)
+    assert again == found  # seeded
+
+
+def test_reading_the_threshold_for_a_size():
+    by = {"enrolled": [10, 100], "values": [0.5, 0.7], "rule": "r"}
+    value, how = threshold_for_enrolled(by, 10)
+    assert value == 0.5 and "10 enrolled" in how
+    value, how = threshold_for_enrolled(by, 1000)
+    assert value == 0.7 and "100 enrolled" in how
+    value, _ = threshold_for_enrolled(by, 31)
+    assert value == pytest.approx(0.5 + 0.2 * np.log(3.1) / np.log(10), abs=1e-6)  # linear in log(n)
+
+
+def test_resolver_uses_the_size_when_the_model_carries_it():
+    x, labels = _classes(80, 3, spread=0.5)
+    unknown = calibrate_unknown(x, labels, "cosine", "held-out classes", seed=0)
+    assert unknown["by_enrolled"]["enrolled"] == [10, 30]
+    config = {"info": {"thresholds": {"unknown": unknown}}}
+    plain, plain_text = resolve_threshold(config, "unknown")
+    assert plain == unknown["value"] and "enrolled" not in plain_text
+    sized, text = resolve_threshold(config, "unknown", enrolled=20)
+    assert min(unknown["by_enrolled"]["values"]) <= sized <= max(unknown["by_enrolled"]["values"])
+    assert "calibrated on held-out classes" in text and "for this index's 20" in text
+    given, _ = resolve_threshold(config, "unknown", 0.3, enrolled=20)
+    assert given == 0.3
