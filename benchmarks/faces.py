@@ -24,6 +24,9 @@ Run from the repository root::
     oneshot calibrate embedder/weights/face.safetensors --data SCRATCH/splits/lfw_dev
     python -m benchmarks.faces zero-shot --dev SCRATCH/splits/lfw_dev --test SCRATCH/splits/lfw_test \\
         --out benchmarks/results/faces_lfw.json
+
+``fine-tune`` runs ``oneshot train --data`` on a small gallery (``take``: N people x K photos) and
+scores the trained model beside its start on other people (README, "Faces", gives the commands).
 """
 from __future__ import annotations
 
@@ -73,6 +76,27 @@ def split(data: Path, out: Path) -> dict:
     return counts
 
 
+def take(data: Path, out: Path, people: int | None, photos: int | None, skip: int = 0) -> dict:
+    """Hard-link a small gallery: people ``skip`` to ``skip + people`` of ``data`` in name order (all
+    when None) among those with at least ``photos`` photos, each with ``photos`` photos spread evenly
+    over its sorted photos (all when None)."""
+    folders = sorted(p for p in data.iterdir() if p.is_dir()
+                     and (photos is None or sum(f.is_file() for f in p.iterdir()) >= photos))[skip:]
+    folders = folders[:people] if people is not None else folders
+    count = 0
+    for person in folders:
+        files = sorted(f for f in person.iterdir() if f.is_file())
+        if photos is not None:
+            files = files[:: max(1, len(files) // photos)][:photos]
+        target = out / person.name
+        target.mkdir(parents=True, exist_ok=True)
+        for photo in files:
+            if not (target / photo.name).exists():
+                os.link(photo, target / photo.name)
+        count += len(files)
+    return {"people": len(folders), "photos": count}
+
+
 def raw_vectors(source, table: pd.DataFrame) -> np.ndarray:
     """Flattened grey 32x32 pixels of ``table``'s photos, float32 (N, 1024)."""
     chunks = []
@@ -107,6 +131,12 @@ def vectors_of(kind: str, source, table: pd.DataFrame, face_vectors: np.ndarray)
     model = load_model(None)
     _, vectors = encode_source(model, subset, Rejects(), show_progress=False)
     return vectors, model.metric
+
+
+def with_two_photos(table: pd.DataFrame, vectors: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of people left with 2 or more photos once the faceless ones are out (one-shot needs 2)."""
+    keep = (table["label"].map(table["label"].value_counts()) >= 2).to_numpy()
+    return table[keep].reset_index(drop=True), vectors[keep]
 
 
 def open_set(vectors: np.ndarray, table: pd.DataFrame, metric: str, threshold: float, seed: int) -> dict:
@@ -155,9 +185,7 @@ def open_set_databases(vectors: np.ndarray, table: pd.DataFrame, metric: str, th
 def zero_shot(dev: Path, test: Path, seed: int = 0) -> dict:
     _, dev_table, dev_faces, _ = face_rows(dev)
     test_source, table, face_vectors, cost = face_rows(test)
-    counts = table["label"].map(table["label"].value_counts())
-    keep = (counts >= 2).to_numpy()  # people left with one photo once faceless photos are out
-    table, face_vectors = table[keep].reset_index(drop=True), face_vectors[keep]
+    table, face_vectors = with_two_photos(table, face_vectors)
     dev_source = open_source(dev)
     model = load_model(FACE_MODEL)
     out = {"dev": str(dev), "test": str(test), "test_people": int(table["label"].nunique()),
@@ -194,20 +222,82 @@ def zero_shot(dev: Path, test: Path, seed: int = 0) -> dict:
     return out
 
 
+def fine_tune(train_dir: Path, test: Path, out_dir: Path, recipe: str | None, seed: int = 0) -> dict:
+    """``oneshot train --data train_dir`` (with ``--recipe`` when given, else no flags), then N-way 1-shot
+    (N = 20, or the test people when fewer) on the other people of ``test``: the trained model beside
+    the model it started from, raw pixels and the handwriting model, on the same photos and episodes."""
+    from oneshot.pipelines.jobs.train import train_from_cli
+
+    started = time.perf_counter()
+    result = train_from_cli(out_dir, {"seed": seed}, data=str(train_dir), recipe=recipe, show_progress=False,
+                            command=f"oneshot train --data {train_dir}" + (f" --recipe {recipe}" if recipe else "")
+                            + f" --out {out_dir}")
+    seconds = time.perf_counter() - started
+    trained = result.model
+    start = load_model(FACE_MODEL)
+    start.recipe = trained.recipe  # the same face finding (detect or whole crops) as the trained model
+    source = open_source(test)
+    rejects = Rejects()
+    table, start_vectors = encode_source(start, source, rejects, show_progress=False)
+    table, start_vectors = with_two_photos(table, start_vectors)
+    subset = copy.copy(source)
+    subset.table = table.reset_index(drop=True)
+    _, trained_vectors = encode_source(trained, subset, Rejects(), show_progress=False)
+    way = min(20, int(table["label"].nunique()))
+    out = {"train": str(train_dir), "test": str(test), "recipe_flag": recipe,
+           "train_seconds": trained.info.get("train_seconds"), "job_seconds": round(seconds, 1),
+           "best_step": result.best_step, "validation": {"way": trained.info.get("train_config", {}).get("val_way"),
+                                                         "start": trained.info.get("start_accuracy"),
+                                                         "best": result.best_accuracy,
+                                                         "noise": trained.info.get("val_noise")},
+           "test_people": int(table["label"].nunique()), "test_photos": len(table), "no_face": len(rejects.items),
+           "way": way, "models": {}}
+    for kind, vectors in (("trained", trained_vectors), ("start (shipped face model)", start_vectors),
+                          ("handwriting", None), ("raw", None)):
+        if vectors is None:
+            vectors, _ = vectors_of(kind, source, table, start_vectors)
+        out["models"][kind] = oneshot_accuracy(vectors, table, "cosine", n_way=way, n_episodes=2000,
+                                               within_group=False, seed=seed)
+        print(kind, round(out["models"][kind]["accuracy"], 4), "+/-", round(out["models"][kind]["ci95"], 4), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     split_parser = commands.add_parser("split", help="divide a set's people into dev and test halves")
     split_parser.add_argument("--data", type=Path, required=True)
     split_parser.add_argument("--out", type=Path, required=True)
+    take_parser = commands.add_parser("take", help="a small gallery: N people x K photos of a set, by name order")
+    take_parser.add_argument("--data", type=Path, required=True)
+    take_parser.add_argument("--out", type=Path, required=True)
+    take_parser.add_argument("--people", type=int, default=None)
+    take_parser.add_argument("--photos", type=int, default=None)
+    take_parser.add_argument("--skip", type=int, default=0, help="people to pass over first (name order)")
     zero = commands.add_parser("zero-shot", help="the shipped face model beside raw pixels and the handwriting model")
     zero.add_argument("--dev", type=Path, required=True)
     zero.add_argument("--test", type=Path, required=True)
     zero.add_argument("--seed", type=int, default=0)
     zero.add_argument("--out", type=Path, default=Path("benchmarks/results/faces_zero_shot.json"))
+    tune = commands.add_parser("fine-tune", help="oneshot train on a small gallery, then one-shot on other people")
+    tune.add_argument("--train", type=Path, required=True)
+    tune.add_argument("--test", type=Path, required=True)
+    tune.add_argument("--run", type=Path, required=True, help="training run folder")
+    tune.add_argument("--recipe", default=None, help="as oneshot train's --recipe (default: inferred)")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--out", type=Path, default=Path("benchmarks/results/faces_fine_tune.json"))
     args = parser.parse_args(argv)
     if args.command == "split":
         print(split(args.data, args.out))
+        return 0
+    if args.command == "take":
+        print(take(args.data, args.out, args.people, args.photos, args.skip))
+        return 0
+    if args.command == "fine-tune":
+        result = fine_tune(args.train, args.test, args.run, args.recipe, args.seed)
+        write_result({"command": "python -m benchmarks.faces " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+                      **result}, args.out)
+        print(f"wrote {args.out}")
         return 0
     result = zero_shot(args.dev, args.test, args.seed)
     write_result({"command": "python -m benchmarks.faces " + " ".join(argv if argv is not None else os.sys.argv[1:]),

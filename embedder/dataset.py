@@ -41,9 +41,18 @@ class LabelledImages:
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, read: Callable[[Sequence[str]], list], recipe: Recipe,
-                   rotations: bool = False) -> "LabelledImages":
-        """Read and preprocess the rows of a table with ``path``, ``label`` and ``group`` columns."""
-        images = recipe.batch(read(list(table["path"])))
+                   rotations: bool = False, unusable: Callable[[str, str], None] | None = None) -> "LabelledImages":
+        """Read and preprocess the rows of a table with ``path``, ``label`` and ``group`` columns.
+
+        Rows the recipe cannot use (a photo without a face) are left out and passed to
+        ``unusable(path, reason)``.
+        """
+        prepared = recipe.prepare(read(list(table["path"])))
+        for position, reason in sorted(prepared.reasons.items()):
+            if unusable is not None:
+                unusable(str(table["path"].iloc[position]), reason)
+        table = table.iloc[prepared.kept]
+        images = prepared.pixels
         labels = pd.factorize(table["label"], sort=True)[0].astype(np.int64)
         groups = pd.factorize(table["group"], sort=True)[0].astype(np.int64)
         return cls(images, labels, groups, rotations)

@@ -47,7 +47,8 @@ class Recipe:
         channels: 1 (grey) or 3 (RGB, photos only).
         mean, std: per-channel normalisation of photos.
         width: width of the input in pixels; ``None`` for a square input.
-        faces: face recipe only: ``"detect"`` (find the largest face) or ``"whole"`` (the image is a face crop).
+        faces: face recipe only: ``"detect"`` (the largest face of each photo), ``"all"`` (every face
+            found, each its own row in bulk jobs) or ``"whole"`` (the image is a face crop).
     """
 
     size: int = 28
@@ -161,7 +162,11 @@ class Recipe:
         from oneshot.embedder.faces import face_finder
 
         found = face_finder().face(image, whole=self.faces == "whole")
-        return self.photo(cv2.cvtColor(found.chip, cv2.COLOR_RGB2BGR)), found.note
+        return self.chip_planes(found.chip), found.note
+
+    def chip_planes(self, chip: np.ndarray) -> np.ndarray:
+        """An aligned RGB face chip (150, 150, 3) -> float32 (3, size, size), normalised."""
+        return self.photo(cv2.cvtColor(chip, cv2.COLOR_RGB2BGR))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Preprocess one image: uint8 (H, W) or (H, W, 3) -> float32 (height, width) in [0, 1]
@@ -200,8 +205,21 @@ class Recipe:
         """Preprocess many images, leaving out those the recipe cannot use (a photo without a face)."""
         if self.kind != "face":
             return Prepared(self.batch(images), np.arange(len(images)), {}, {})
-        from oneshot.embedder.faces import NoFaceError
+        from oneshot.embedder.faces import NoFaceError, face_finder
 
+        if self.faces == "all":  # every face its own row, largest first; face numbers from 1
+            planes, kept, numbers, reasons = [], [], [], {}
+            for i, image in enumerate(images):
+                found = face_finder().faces(image)
+                if not found:
+                    reasons[i] = "no face found"
+                for number, face in enumerate(found, start=1):
+                    planes.append(self.chip_planes(face.chip))
+                    kept.append(i)
+                    numbers.append(number)
+            pixels = np.stack(planes) if planes else np.zeros((0, self.channels, *self.shape), np.float32)
+            return Prepared(np.ascontiguousarray(pixels, dtype=np.float32), np.asarray(kept, dtype=np.int64), reasons,
+                            {}, np.asarray(numbers, dtype=np.int64))
         out = np.empty((len(images), self.channels, *self.shape), dtype=np.float32)
         kept, reasons, notes = [], {}, {}
         for i, image in enumerate(images):
@@ -225,12 +243,14 @@ class Prepared:
         kept: int64 (k,) their positions among the n.
         reasons: position -> why the recipe could not use that image (``"no face found"``).
         notes: position -> a remark on a used image (which of several faces).
+        face: with ``faces="all"``, int64 (k,) the face number (1 = largest) of each pixel row; else None.
     """
 
     pixels: np.ndarray
     kept: np.ndarray
     reasons: dict
     notes: dict
+    face: np.ndarray | None = None
 
 
 def border_pixels(image: np.ndarray) -> np.ndarray:
@@ -239,5 +259,5 @@ def border_pixels(image: np.ndarray) -> np.ndarray:
 
 
 KINDS = ("handwriting", "photo", "face")
-FACE_MODES = ("detect", "whole")
+FACE_MODES = ("detect", "all", "whole")
 _NEW_DEFAULTS = {"kind": "handwriting", "channels": 1, "mean": None, "std": None, "width": None, "faces": "detect"}

@@ -286,11 +286,18 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step",
                disable=not (show_progress if show_progress is not None else os.isatty(2)))
     if fresh_start:
-        # the starting model is a candidate too: fine-tuning never ends below where it started
+        # the starting model is a candidate too: fine-tuning never ends below where it started, and
+        # a step replaces it only when it beats it by more than the validation noise
         accuracy = _validate(validate, model)
+        noise = getattr(validate, "last_noise", None)
         state["history"].append({"step": 0, "loss": float("nan"), "val_accuracy": accuracy,
-                                 "lr": 0.0, "seconds": 0.0})
+                                 "lr": 0.0, "seconds": 0.0, "val_noise": noise})
         state["best_accuracy"], state["best_step"] = accuracy if accuracy is not None else -1.0, 0
+        state["start_bar"] = (accuracy + noise) if accuracy is not None and noise is not None else None
+        start_classes = getattr(validate, "last_per_class", None)
+        state["start_per_class"] = None if start_classes is None else [float(v) for v in start_classes]
+        info["val_noise"] = noise
+        info["start_accuracy"] = accuracy
         save_best(accuracy)
     model.train()
     running = state.setdefault("running", [])  # losses since the last validation, kept across resumes
@@ -316,11 +323,20 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
             state["stopped"] = True
         if step % config.val_every == 0 or last:
             accuracy = _validate(validate, model)
+            noise = getattr(validate, "last_noise", None)
+            beats_start = True
+            if state.get("start_per_class") is not None and hasattr(validate, "paired_noise"):
+                # paired over the held-out classes: the gain must exceed its spread across them
+                noise = validate.paired_noise(state["start_per_class"])
+                beats_start = validate.paired_gain(state["start_per_class"]) > noise
+            elif state.get("start_bar") is not None and accuracy is not None:
+                beats_start = accuracy > state["start_bar"]
             state["history"].append({"step": step, "loss": float(np.mean(running)), "val_accuracy": accuracy,
-                                     "lr": scheduler.get_last_lr()[0], "seconds": round(state["seconds"], 1)})
+                                     "lr": scheduler.get_last_lr()[0], "seconds": round(state["seconds"], 1),
+                                     "val_noise": noise})
             running = state["running"] = []
             bar.set_postfix(loss=f"{state['history'][-1]['loss']:.3f}", val=accuracy)
-            if accuracy is None or accuracy > state["best_accuracy"]:
+            if accuracy is None or (accuracy > state["best_accuracy"] and beats_start):
                 state["best_accuracy"], state["best_step"], state["stale"] = accuracy or 0.0, step, 0
                 save_best(accuracy)
             else:

@@ -246,3 +246,48 @@ def test_a_resumed_fine_tuning_run_does_not_recalibrate_again(data, tmp_path, mo
     assert len(calls) == 2  # the killed run's fresh start only; the resume reads the checkpoint
     assert resumed.model.fingerprint == full.model.fingerprint
     assert resumed.model.info["batchnorm_recalibrated_on"] == full.model.info["batchnorm_recalibrated_on"]
+
+
+class _Scripted:
+    """A validation that answers a fixed sequence of accuracies, each with a noise of 0.02."""
+
+    def __init__(self, accuracies):
+        self.accuracies = iter(accuracies)
+        self.last_noise = None
+
+    def __call__(self, model):
+        self.last_noise = 0.02
+        return next(self.accuracies)
+
+
+@pytest.mark.parametrize("later, best_step", [((0.81, 0.815, 0.80), 0),  # within the noise: the start is kept
+                                              ((0.81, 0.85, 0.83), 20)])  # beats it by more: that step
+def test_fine_tuning_keeps_the_start_unless_a_step_beats_it_by_the_noise(data, tmp_path, later, best_step):
+    config = _config(steps=30, val_every=10)
+    train_set, _ = data
+    start = train(config, train_set, None, tmp_path / "start", device="cpu", show_progress=False).model
+    result = train(config, train_set, _Scripted((0.80,) + later), tmp_path / "tuned", device="cpu",
+                   show_progress=False, init=start)
+    assert result.best_step == best_step
+    assert result.model.info["val_noise"] == 0.02 and result.model.info["start_accuracy"] == 0.80
+    history = pd.read_csv(tmp_path / "tuned" / "history.csv")
+    assert history["val_noise"].tolist() == [0.02] * 4
+
+
+def test_paired_validation_noise_is_the_spread_across_held_out_classes(data, tmp_path):
+    _, val_set = data
+    validate = OneShotValidation(val_set, n_way=5, n_episodes=200, seed=1, within_group=False)
+    model = train(_config(steps=2, val_every=2), data[0], None, tmp_path, device="cpu",
+                  show_progress=False).model
+    accuracy = validate(model)
+    start = validate.last_per_class.copy()
+    assert start.shape == (validate.n_classes,) and 0 <= accuracy <= 1
+    assert validate.paired_gain(start) == 0.0
+    assert validate.paired_noise(start) == validate.last_noise  # no spread: the episode interval is the floor
+    even = start + 0.05  # every held-out class 5 points better: a real gain
+    validate.last_per_class = even
+    assert validate.paired_gain(start) == pytest.approx(0.05) and validate.paired_noise(start) < 0.05
+    uneven = start.copy()
+    uneven[0] += 0.05 * validate.n_classes  # the same mean gain from one class alone: noise
+    validate.last_per_class = uneven
+    assert validate.paired_gain(start) == pytest.approx(0.05) and validate.paired_noise(start) > 0.05

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib import cbook
 
@@ -278,3 +279,54 @@ def test_ray_decode_step_rejects_faceless_photos(tmp_path, hopper):
     assert by_path["nobody/wall.jpg"] == ("no face found", False)
     assert all(encode and reason == "" for path, (reason, encode) in by_path.items() if path.startswith("grace/"))
     assert np.abs(out["pixels"][out["encode"]]).sum(axis=(1, 2, 3)).min() > 0
+
+
+@needs_dlib
+def test_all_faces_embeds_each_face_with_stable_unique_ids(tmp_path, hopper):
+    from oneshot.index.dataset_store import path_ids
+    from oneshot.index.store import read_embeddings
+    from oneshot.pipelines.jobs.embed import embed_to_store
+    from oneshot.pipelines.reading import Rejects
+
+    people = _people(tmp_path / "people", hopper)
+    rejects = Rejects()
+    result = embed_to_store(people, tmp_path / "every", model="face", rejects=rejects, all_faces=True)
+    table = read_embeddings(tmp_path / "every").table.sort_values(["path", "face"]).reset_index(drop=True)
+    assert table["path"].tolist() == ["grace/a.jpg", "grace/b.jpg", "grace/two.jpg", "grace/two.jpg"]
+    assert table["face"].tolist() == [1, 1, 1, 2]
+    assert table["id"].is_unique
+    assert table["id"].tolist() == path_ids([f"{p}#face{n}" for p, n in zip(table["path"], table["face"])]).tolist()
+    assert rejects.items == [("nobody/wall.jpg", "no face found")] and not rejects.notes
+    assert result.store.manifest["job"]["recipe"]["faces"] == "all"
+    embed_to_store(people, tmp_path / "again", model="face", all_faces=True)  # stable across runs
+    assert sorted(read_embeddings(tmp_path / "again").table["id"]) == sorted(table["id"])
+    with pytest.raises(InvalidInputError, match="for face models"):
+        embed_to_store(people, tmp_path / "hand", model="handwriting", all_faces=True)
+
+
+@needs_dlib
+@pytest.mark.slow
+def test_train_on_face_photos_starts_from_the_face_model(tmp_path, hopper):
+    from oneshot.pipelines.jobs.train import train_from_cli
+
+    people = tmp_path / "people"
+    for person in range(6):  # six "people": one face under six colour casts, three photos each
+        (people / f"p{person}").mkdir(parents=True)
+        cast = np.clip(hopper.astype(np.int16) + np.array([(person * 37) % 90 - 45, person * 9 - 20, 30 - person * 11]),
+                       0, 255).astype(np.uint8)
+        for photo, side in enumerate((512, 440, 380)):
+            view = cv2.resize(cast, (side, side * 600 // 512), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(people / f"p{person}" / f"{photo}.jpg"), cv2.flip(view, 1) if photo == 1 else view)
+    lines = []
+    result = train_from_cli(tmp_path / "run", {"steps": 2, "val_every": 1, "classes_per_batch": 2,
+                                               "items_per_class": 2, "val_episodes": 50},
+                            data=str(people), show_progress=False, on_recipe=lines.append)
+    assert lines[0].startswith("recipe inferred: face photos (a face in")
+    assert lines[1].startswith("start from the shipped face model")
+    info = result.model.info
+    assert result.model.recipe.kind == "face" and result.model.backbone_name == "face-resnet29"
+    assert info["init"] == "face" and info["val_noise"] is not None and info["start_accuracy"] is not None
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["step"].tolist() == [0, 1, 2]
+    kept = history.loc[history["step"] == result.best_step, "val_accuracy"].item()
+    assert result.best_step == 0 or kept > info["start_accuracy"] + info["val_noise"]

@@ -30,10 +30,13 @@ from oneshot.pipelines.cli.options import (
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: CUDA when present.")
 @click.option("--unlabelled", is_flag=True, help="Any folder depth; every label empty.")
 @click.option("--tta", is_flag=True, help="Average embeddings over shifted views.")
+@click.option("--all-faces", is_flag=True,
+              help="Face models: embed every face of a photo, each its own row (column face: 1 = largest), "
+                   "instead of the largest alone.")
 @reject_options
 @engine_options
 @friendly
-def embed(source, out, model, batch_size, workers, append, ids, shard_rows, device, unlabelled, tta, on_error,
+def embed(source, out, model, batch_size, workers, append, ids, shard_rows, device, unlabelled, tta, all_faces, on_error,
           max_rejects, engine, ray_address):
     """Encode every image of SOURCE (folder, zip, list file, MNIST IDX file or Omniglot folder) into a store folder.
 
@@ -59,7 +62,7 @@ def embed(source, out, model, batch_size, workers, append, ids, shard_rows, devi
             executor.prepare(model)  # the encode actors start while the job lists SOURCE
         result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta,
                                 append=append, shard_rows=shard_rows, ids=ids, device=device, rejects=rejects,
-                                executor=executor)
+                                executor=executor, all_faces=all_faces)
     if result.model_choice:
         click.echo(f"model: {result.model_choice}")
     click.echo(f"wrote {len(result.store)} embeddings (D={result.store.dimension}) to {out} "

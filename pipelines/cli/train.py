@@ -24,7 +24,7 @@ from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
               help="Comma-separated classes held out for validation, or a number of classes drawn with the seed.")
 @click.option("--val-split", type=click.Choice(["classes", "images"]), default="classes", show_default=True,
               help="Hold out whole classes/groups (one-shot on new classes) or images of every class (closed set).")
-@click.option("--recipe", type=click.Choice(["handwriting", "photo", "photo-colour"]), default=None,
+@click.option("--recipe", type=click.Choice(["handwriting", "photo", "photo-colour", "face", "face-crop"]), default=None,
               help="Preprocessing; default: inferred from the images' pixels and printed.")
 @click.option("--augment", type=click.Choice(["handwriting", "photo", "none"]), default=None,
               help="Augmentation preset; default: the recipe's.")
@@ -78,7 +78,11 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
     click.echo(rejects.summary(rejects.kept, "read"), err=True)
     rejects.check(rejects.kept + len(rejects))
     way = result.model.info.get("train_config", {}).get("val_way", 20)
-    click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}; "
+    noise, start = result.model.info.get("val_noise"), result.model.info.get("start_accuracy")
+    against = (f" (the start: {start:.4f} +/- {noise:.4f}, 95% over episodes; a step replaces it only when its "
+               "gain, paired over the held-out classes, exceeds 1.96 standard errors across them: val_noise in "
+               "history.csv)") if noise is not None and start is not None else ""
+    click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}{against}; "
                f"{result.seconds:.0f} s; model: {result.model_path}")
     for kind, found in result.model.info.get("thresholds", {}).items():
         value = found.get("value")

@@ -27,7 +27,7 @@ from oneshot.embedder.inference import InferenceModel
 from oneshot.embedder.model import Embedder
 from oneshot.embedder.preprocess import Recipe
 from oneshot.errors import InvalidInputError
-from oneshot.index.dataset_store import HASH_COLUMN
+from oneshot.index.dataset_store import HASH_COLUMN, path_ids
 from oneshot.index.vector_index import VectorIndex
 from oneshot.pipelines.evaluation.knn import knn_classify
 from oneshot.pipelines.evaluation.open_set import decide
@@ -121,7 +121,11 @@ def prepare_batch(source: ImageSource, rows: pd.DataFrame, recipe: Recipe,
         found = pd.DataFrame({"id": out["id"].to_numpy()[unused], "path": [paths[i] for i in unused],
                               "reason": [prepared.reasons[i] for i in unused]})
         rejected = found if rejected.empty else pd.concat([rejected, found], ignore_index=True)
+    if len(prepared.kept) != len(out) or prepared.face is not None:
         out = out.iloc[prepared.kept].reset_index(drop=True)
+    if prepared.face is not None:  # every face its own row: ids from the path and the face number
+        out["face"] = prepared.face
+        out["id"] = path_ids(pd.Series([f"{path}#face{number}" for path, number in zip(out["path"], prepared.face)]))
     return PreparedBatch(out, prepared.pixels, rejected, len(rows), notes)
 
 

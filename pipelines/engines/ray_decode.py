@@ -13,6 +13,7 @@ from oneshot.data.archive import escape_name
 from oneshot.data.content_hash import content_hash
 from oneshot.data.source import ImageSource
 from oneshot.embedder.preprocess import Recipe
+from oneshot.errors import InvalidInputError
 from oneshot.index.dataset_store import HASH_COLUMN
 from oneshot.pipelines.reading import Rejects
 from oneshot.pipelines.reading import read_batch as read_images_or_reject
@@ -68,6 +69,8 @@ def decode_batch(batch: dict[str, np.ndarray], source: SharedObject, recipe: Rec
         The input columns plus ``content_hash`` (str), ``reason`` (str; ``""`` when the image
         decoded), ``encode`` (bool) and ``pixels`` float32 (n, C, H, W) (zeros where not encoded).
     """
+    if recipe.faces == "all" and recipe.kind == "face":
+        raise InvalidInputError("embedding every face of a photo (--all-faces) runs on the local engine only")
     images, reasons = read_with_rejects(source.get(), [str(p) for p in batch["path"]], color=recipe.channels == 3)
     hashes = np.array([content_hash(image) if image is not None else "" for image in images], dtype=object)
     encode = np.array([image is not None for image in images], dtype=bool)

@@ -5,12 +5,14 @@ product uses, so training stays below the pipelines that know about episodes.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
 from oneshot.embedder.model import Embedder
 from oneshot.index.metric import get_metric
 from oneshot.pipelines.evaluation.episodes import sample_episodes
-from oneshot.pipelines.evaluation.prototypes import evaluate_episodes
+from oneshot.pipelines.evaluation.prototypes import episode_correct, evaluate_episodes
 
 
 class OneShotValidation:
@@ -28,8 +30,15 @@ class OneShotValidation:
                  within_group: bool = True):
         self.images = images
         self.n_way = n_way
+        self.last_noise: float | None = None
         self.episodes = sample_episodes(images.labels, images.groups, n_way=n_way, k_shot=1, n_query=1,
                                         n_episodes=n_episodes, within_group=within_group, seed=seed)
+        classes, codes = np.unique(np.asarray(images.labels), return_inverse=True)
+        self.n_classes = len(classes)
+        self._query_classes = [codes[np.asarray(e.query)] for e in self.episodes]
+        self._queries_per_class = np.bincount(np.concatenate(self._query_classes),
+                                              minlength=self.n_classes).astype(np.float64)
+        self.last_per_class: np.ndarray | None = None
 
     @classmethod
     def from_config(cls, images: LabelledImages, config) -> "OneShotValidation":
@@ -37,6 +46,31 @@ class OneShotValidation:
         return cls(images, config.val_way, config.val_episodes, config.seed + 1)
 
     def __call__(self, model: Embedder) -> float:
-        """Accuracy of ``model`` on the episodes (puts the model in eval mode)."""
-        embeddings = encode(model, self.images.images, batch_size=512, show_progress=False)
-        return float(evaluate_episodes(embeddings, self.episodes, get_metric(model.metric)).accuracy)
+        """Accuracy of ``model`` on the episodes (puts the model in eval mode). Kept for the caller:
+        ``last_noise`` (the 95% interval's half-width over episodes) and ``last_per_class`` (the
+        accuracy of the queries of each held-out class, in a fixed class order)."""
+        metric = get_metric(model.metric)
+        embeddings = metric.prepare(encode(model, self.images.images, batch_size=512, show_progress=False))
+        result = evaluate_episodes(embeddings, self.episodes, metric)
+        hits = np.zeros(self.n_classes)
+        for episode, labels in zip(self.episodes, self._query_classes):
+            found = episode_correct(embeddings[np.asarray(episode.support)], embeddings[np.asarray(episode.query)],
+                                    episode.query_target, metric)
+            np.add.at(hits, labels, found)
+        self.last_noise = float(result.ci95)
+        self.last_per_class = hits / np.maximum(self._queries_per_class, 1)
+        return float(result.accuracy)
+
+    def paired_noise(self, reference: np.ndarray) -> float:
+        """How much the last model must beat ``reference`` (an earlier ``last_per_class``) by to count:
+        1.96 standard errors of the per-class difference over the held-out classes (people), at
+        least the last episode interval. A gain that only some held-out people show is noise."""
+        seen = self._queries_per_class > 0
+        difference = (self.last_per_class - np.asarray(reference))[seen]
+        spread = 1.96 * difference.std(ddof=1) / np.sqrt(difference.size) if difference.size > 1 else 1.0
+        return float(max(spread, self.last_noise or 0.0))
+
+    def paired_gain(self, reference: np.ndarray) -> float:
+        """Mean over held-out classes of the last model's per-class accuracy minus ``reference``'s."""
+        seen = self._queries_per_class > 0
+        return float((self.last_per_class - np.asarray(reference))[seen].mean())

@@ -12,6 +12,7 @@ path is new or whose content changed. :func:`embed_gallery` is the same job, rea
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from oneshot.embedder.artifact import as_model, shipped_model_with
 from oneshot.embedder.encode import default_device
 from oneshot.embedder.inference import InferenceModel
 from oneshot.embedder.model import Embedder
+from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.shipped import choose_shipped_model, sample_rows
 from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.dataset_store import (
@@ -116,7 +118,8 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
                    workers: int | None = None, labelled: bool = True, tta: bool = False, append: bool = False,
                    shard_rows: int = DEFAULT_SHARD_ROWS, ids: str = "path", device: str | None = None,
                    inference: str = "auto", show_progress: bool | None = None,
-                   rejects: Rejects | None = None, executor=None, reuse_complete: bool = False) -> EmbedResult:
+                   rejects: Rejects | None = None, executor=None, reuse_complete: bool = False,
+                   all_faces: bool = False) -> EmbedResult:
     """Encode a source into a store folder, streaming; resume or append when ``out`` exists.
 
     Files that cannot be used are left out and listed in ``<out>.rejects.csv`` (path, reason)
@@ -144,6 +147,8 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
             :class:`oneshot.pipelines.engines.ray.RayEngine`); shards are written here either way.
         reuse_complete: when ``out`` is already complete for this very command, return it as it is
             instead of refusing (what :func:`embed_gallery` does on a second call).
+        all_faces: face models only: every face found in a photo is its own row (column ``face``:
+            1 for the largest; ``id``: a hash of ``path#faceN``), instead of the largest alone.
 
     Raises:
         ModelMismatchError: ``out`` was made with another model.
@@ -158,7 +163,7 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
         if is_dataset_store(out) and DatasetStore.open(out).manifest.get("state") == "writing":
             rejects.resume_from(rejects_path(out))  # the interrupted run's list, as of its last shard
         result = _embed_locked(source, out, model, batch_size, workers, labelled, tta, append, shard_rows, ids,
-                               device, inference, show_progress, rejects, executor, reuse_complete)
+                               device, inference, show_progress, rejects, executor, reuse_complete, all_faces)
         rejects.write(rejects_path(out))
     return result
 
@@ -179,8 +184,18 @@ def shipped_model_for(source: ImageSource, out: Path) -> tuple[Path, str]:
     return path, reason
 
 
+def with_every_face(model: Embedder) -> Embedder:
+    """A shallow copy of a face model whose recipe embeds every face of a photo (same weights and fingerprint)."""
+    if model.recipe.kind != "face":
+        raise InvalidInputError(f"--all-faces is for face models; this model's recipe is {model.recipe.kind!r}")
+    copied = copy.copy(model)
+    copied.recipe = Recipe.from_dict({**model.recipe.to_dict(), "faces": "all"})
+    return copied
+
+
 def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, append, shard_rows, ids, device,
-                  inference, show_progress, rejects: Rejects, executor=None, reuse_complete: bool = False) -> EmbedResult:
+                  inference, show_progress, rejects: Rejects, executor=None, reuse_complete: bool = False,
+                  all_faces: bool = False) -> EmbedResult:
     if not isinstance(source, ImageSource) and is_dataset_store(source):
         source, labelled = _images_of_store(Path(source), labelled)
     gallery = open_source(source, labelled=labelled, strict=rejects.policy.fail)
@@ -188,6 +203,8 @@ def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, 
     if model is None:
         model, choice = shipped_model_for(gallery, out)
     model = as_model(model)
+    if all_faces:
+        model = with_every_face(model)
     rejects.extend(listing_rejects(gallery))
     table = _source_table(gallery, ids)
     if isinstance(gallery, Gallery) and not isinstance(source, Gallery):
