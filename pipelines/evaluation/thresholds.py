@@ -117,11 +117,9 @@ def calibrate_unknown_by_size(embeddings: np.ndarray, labels: np.ndarray, metric
         ``{"enrolled": [n, ...], "values": [threshold, ...], "draws": [...], "rule": ...}``.
     """
     from oneshot.pipelines.evaluation.metrics import best_threshold
+    from oneshot.pipelines.evaluation.verification import _csr
 
-    labels = np.asarray(labels, dtype=object).astype(str)
-    classes, codes = np.unique(labels, return_inverse=True)
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(len(classes)))
+    classes, codes, order, starts = _csr(np.asarray(labels, dtype=object).astype(str))
     counts = np.bincount(codes, minlength=len(classes))
     eligible = np.flatnonzero(counts >= 2)
     similarity = get_metric(metric)

@@ -22,13 +22,13 @@ def verify_images(image_a: str | os.PathLike, image_b: str | os.PathLike,
 
     Without a ``model``, the shipped one that suits the two images (two face photos: the face model).
     """
-    images = [read_image_file(path, color=True) for path in (image_a, image_b)]
-    choice = ""
-    if model is None:
-        model, choice = choose_shipped_model(images)
+    paths, choice = (image_a, image_b), ""
+    if model is None:  # look at both in colour to choose; then read them as the chosen model reads
+        model, choice = choose_shipped_model([read_image_file(path, color=True) for path in paths])
     model = as_model(model)
+    images = [read_image_file(path, color=model.recipe.channels == 3) for path in paths]
     pixels = []
-    for path, image in zip((image_a, image_b), images):
+    for path, image in zip(paths, images):
         try:
             pixels.append(model.recipe.batch([image]))
         except NoFaceError as error:
