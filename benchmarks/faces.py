@@ -249,7 +249,9 @@ def fine_tune(train_dir: Path, test: Path, out_dir: Path, recipe: str | None, se
            "best_step": result.best_step, "validation": {"way": trained.info.get("train_config", {}).get("val_way"),
                                                          "start": trained.info.get("start_accuracy"),
                                                          "best": result.best_accuracy,
-                                                         "noise": trained.info.get("val_noise")},
+                                                         "noise": trained.info.get("val_noise"),
+                                                         "described": trained.info.get("validation"),
+                                                         "summary": trained.info.get("tuning", {}).get("summary")},
            "test_people": int(table["label"].nunique()), "test_photos": len(table), "no_face": len(rejects.items),
            "way": way, "models": {}}
     for kind, vectors in (("trained", trained_vectors), ("start (shipped face model)", start_vectors),

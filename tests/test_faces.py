@@ -304,27 +304,65 @@ def test_all_faces_embeds_each_face_with_stable_unique_ids(tmp_path, hopper):
         embed_to_store(people, tmp_path / "hand", model="handwriting", all_faces=True)
 
 
-@needs_dlib
-@pytest.mark.slow
-def test_train_on_face_photos_starts_from_the_face_model(tmp_path, hopper):
-    from oneshot.pipelines.jobs.train import train_from_cli
-
-    people = tmp_path / "people"
-    for person in range(6):  # six "people": one face under six colour casts, three photos each
-        (people / f"p{person}").mkdir(parents=True)
+def _face_gallery(folder: Path, hopper: np.ndarray, people: int = 6) -> Path:
+    """``people`` "people": one face under different colour casts, three photos each (one mirrored)."""
+    for person in range(people):
+        (folder / f"p{person}").mkdir(parents=True)
         cast = np.clip(hopper.astype(np.int16) + np.array([(person * 37) % 90 - 45, person * 9 - 20, 30 - person * 11]),
                        0, 255).astype(np.uint8)
         for photo, side in enumerate((512, 440, 380)):
             view = cv2.resize(cast, (side, side * 600 // 512), interpolation=cv2.INTER_AREA)
-            cv2.imwrite(str(people / f"p{person}" / f"{photo}.jpg"), cv2.flip(view, 1) if photo == 1 else view)
+            cv2.imwrite(str(folder / f"p{person}" / f"{photo}.jpg"), cv2.flip(view, 1) if photo == 1 else view)
+    return folder
+
+
+@needs_dlib
+def test_train_on_face_photos_tunes_the_face_models_last_layer_with_people_folds(tmp_path, hopper):
+    from oneshot.pipelines.jobs.train import train_from_cli
+
+    people = _face_gallery(tmp_path / "people", hopper)
+    cv2.imwrite(str(people / "p0" / "blank.jpg"), np.full((200, 200, 3), 90, np.uint8))
+    lines = []
+    result = train_from_cli(tmp_path / "run", {"val_episodes": 100}, data=str(people), show_progress=False,
+                            on_recipe=lines.append)
+    assert lines[0].startswith("recipe inferred: face photos (a face in")
+    assert lines[1].startswith("start from the shipped face model: its last layer tuned")
+    info = result.model.info
+    assert result.model.recipe.kind == "face" and result.model.backbone_name == "face-resnet29"
+    assert info["tuning"]["tune"] == "last-layer" and info["init"] == "face"
+    assert info["validation"].startswith("3 x 2-fold over 6 people") and info["train_config"]["val_way"] == 3
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["step"].tolist() == [0, 25, 50, 100, 200, 300]
+    assert history["val_noise"].iloc[1:].gt(0).all()
+    rejected = pd.read_csv(tmp_path / "run" / "rejects.csv")  # the blank photo: a reject, not a training image
+    assert rejected["reason"].tolist() == ["no face found"]
+    # the rule: a step replaces the start only when its gain beats the noise across the people
+    chosen = history.set_index("step").loc[result.best_step]
+    if result.best_step:
+        assert chosen["val_gain"] > chosen["val_noise"] and info["tuning"]["summary"].startswith("last layer tuned")
+    else:
+        assert info["tuning"]["summary"].startswith("kept the start")
+        start = load_model("face")
+        layer = start.backbone.fc.weight.detach()
+        assert np.array_equal(result.model.backbone.fc.weight.detach().numpy(), layer.numpy())
+    assert info["thresholds"]["verification"]["calibrated_on"].endswith("people of the training gallery (the start never trained on them)") \
+        or "held out of a fold's fit" in info["thresholds"]["verification"]["calibrated_on"]
+    with pytest.raises(InvalidInputError, match="are for --tune all"):
+        train_from_cli(tmp_path / "bad", {"objective": "triplet"}, data=str(people), show_progress=False)
+
+
+@needs_dlib
+@pytest.mark.slow
+def test_train_all_layers_of_the_face_model_keeps_the_start_unless_beaten(tmp_path, hopper):
+    from oneshot.pipelines.jobs.train import train_from_cli
+
+    people = _face_gallery(tmp_path / "people", hopper)
     lines = []
     result = train_from_cli(tmp_path / "run", {"steps": 2, "val_every": 1, "classes_per_batch": 2,
                                                "items_per_class": 2, "val_episodes": 50},
-                            data=str(people), show_progress=False, on_recipe=lines.append)
-    assert lines[0].startswith("recipe inferred: face photos (a face in")
-    assert lines[1].startswith("start from the shipped face model")
+                            data=str(people), show_progress=False, on_recipe=lines.append, tune="all")
+    assert lines[1].startswith("start from the shipped face model (every layer, --tune all")
     info = result.model.info
-    assert result.model.recipe.kind == "face" and result.model.backbone_name == "face-resnet29"
     assert info["init"] == "face" and info["val_noise"] is not None and info["start_accuracy"] is not None
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert history["step"].tolist() == [0, 1, 2]

@@ -30,6 +30,9 @@ from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
               help="Augmentation preset; default: the recipe's.")
 @click.option("--rotations/--no-rotations", default=None, help="90-degree rotations as new classes (handwriting only; off by default).")
 @click.option("--init", default=None, help="Start from 'default' (the shipped model), a model file (fine-tuning), or 'none' (from scratch). Default: the shipped model for handwriting galleries, else scratch.")
+@click.option("--tune", type=click.Choice(["last-layer", "all"]), default=None,
+              help="What fine-tuning trains: last-layer (the starting model's last layer, validated by folds over the "
+                   "people; the default for face galleries) or all (every layer).")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after this much training time (galleries default to 8).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (model, checkpoint, curves).")
@@ -46,7 +49,7 @@ from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
 @reject_options
 @friendly
-def train_command(data, split, synthetic, val_groups, val_classes, val_split, recipe, augment, rotations, init,
+def train_command(data, split, synthetic, val_groups, val_classes, val_split, recipe, augment, rotations, init, tune,
                   max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, resume,
                   on_error, max_rejects):
     """Train an embedder on any gallery; keeps the best model by validation accuracy and stores its
@@ -74,7 +77,7 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
                             val_alphabets=val_groups.split(",") if val_groups else None,
                             val_classes=val_classes.split(",") if val_classes else None, val_split=val_split,
                             recipe=recipe, augment=augment, init=init, from_config_file=bool(config_file),
-                            resume=resume, command=command, on_recipe=click.echo, rejects=rejects)
+                            resume=resume, command=command, on_recipe=click.echo, rejects=rejects, tune=tune)
     click.echo(rejects.summary(rejects.kept, "read"), err=True)
     rejects.check(rejects.kept + len(rejects))
     way = result.model.info.get("train_config", {}).get("val_way", 20)
@@ -82,8 +85,12 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
     against = (f" (the start: {start:.4f} +/- {noise:.4f}, 95% over episodes; a step replaces it only when its "
                "gain, paired over the held-out classes, exceeds 1.96 standard errors across them: val_noise in "
                "history.csv)") if noise is not None and start is not None else ""
-    click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}{against}; "
-               f"{result.seconds:.0f} s; model: {result.model_path}")
+    tuning = result.model.info.get("tuning", {}).get("summary")
+    if tuning:
+        click.echo(f"{tuning}; {result.seconds:.0f} s; model: {result.model_path}")
+    else:
+        click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}{against}; "
+                   f"{result.seconds:.0f} s; model: {result.model_path}")
     for kind, found in result.model.info.get("thresholds", {}).items():
         value = found.get("value")
         click.echo(f"{kind} threshold " + (f"{value:.4f}" if value is not None else f"none ({found.get('not_calibrated')})")

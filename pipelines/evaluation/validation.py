@@ -10,6 +10,7 @@ import numpy as np
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
 from oneshot.embedder.model import Embedder
+from oneshot.errors import InvalidInputError
 from oneshot.index.metric import get_metric
 from oneshot.pipelines.evaluation.episodes import sample_episodes
 from oneshot.pipelines.evaluation.prototypes import episode_correct, evaluate_episodes
@@ -26,19 +27,28 @@ class OneShotValidation:
         within_group: draw each episode's classes from one group (``False`` for any group).
     """
 
-    def __init__(self, images: LabelledImages, n_way: int = 20, n_episodes: int = 400, seed: int = 1,
-                 within_group: bool = True):
+    def __init__(self, images: LabelledImages | None, n_way: int = 20, n_episodes: int = 400, seed: int = 1,
+                 within_group: bool = True, labels: np.ndarray | None = None, groups: np.ndarray | None = None):
         self.images = images
         self.n_way = n_way
         self.last_noise: float | None = None
-        self.episodes = sample_episodes(images.labels, images.groups, n_way=n_way, k_shot=1, n_query=1,
+        labels = images.labels if labels is None else np.asarray(labels)
+        groups = images.groups if groups is None else np.asarray(groups)
+        self.episodes = sample_episodes(labels, groups, n_way=n_way, k_shot=1, n_query=1,
                                         n_episodes=n_episodes, within_group=within_group, seed=seed)
-        classes, codes = np.unique(np.asarray(images.labels), return_inverse=True)
+        classes, codes = np.unique(labels, return_inverse=True)
         self.n_classes = len(classes)
         self._query_classes = [codes[np.asarray(e.query)] for e in self.episodes]
         self._queries_per_class = np.bincount(np.concatenate(self._query_classes),
                                               minlength=self.n_classes).astype(np.float64)
         self.last_per_class: np.ndarray | None = None
+
+    @classmethod
+    def on_labels(cls, labels: np.ndarray, n_way: int, n_episodes: int, seed: int = 1) -> "OneShotValidation":
+        """Episodes over items known only by their labels (N,), any classes together: score vectors
+        with :meth:`score` (the items' vectors computed elsewhere, e.g. from cached features)."""
+        labels = np.asarray(labels)
+        return cls(None, n_way, n_episodes, seed, within_group=False, labels=labels, groups=np.zeros(len(labels), int))
 
     @classmethod
     def from_config(cls, images: LabelledImages, config) -> "OneShotValidation":
@@ -49,8 +59,14 @@ class OneShotValidation:
         """Accuracy of ``model`` on the episodes (puts the model in eval mode). Kept for the caller:
         ``last_noise`` (the 95% interval's half-width over episodes) and ``last_per_class`` (the
         accuracy of the queries of each held-out class, in a fixed class order)."""
-        metric = get_metric(model.metric)
-        embeddings = metric.prepare(encode(model, self.images.images, batch_size=512, show_progress=False))
+        if self.images is None:
+            raise InvalidInputError("these episodes have no images: score vectors with .score(vectors, metric)")
+        return self.score(encode(model, self.images.images, batch_size=512, show_progress=False), model.metric)
+
+    def score(self, vectors: np.ndarray, metric: str) -> float:
+        """Accuracy of the episodes on the items' vectors (N, D); sets ``last_noise`` and ``last_per_class``."""
+        metric = get_metric(metric)
+        embeddings = metric.prepare(vectors)
         result = evaluate_episodes(embeddings, self.episodes, metric)
         hits = np.zeros(self.n_classes)
         for episode, labels in zip(self.episodes, self._query_classes):
