@@ -25,6 +25,9 @@ from oneshot.errors import InvalidInputError
 
 #: Cosine similarities are multiplied by this before the softmax of the loss.
 SCALE = 16.0
+#: Rows a step compares at most (every row against every other: memory and time grow with its
+#: square); a larger training set is sampled afresh, seeded, at each step.
+BATCH_ROWS = 2048
 
 
 def last_linear(model: Embedder) -> nn.Linear:
@@ -77,10 +80,10 @@ def vectors_from_features(features: np.ndarray, weight: np.ndarray, bias: np.nda
 
 
 def fit_last_linear(weight: np.ndarray, features: np.ndarray, labels: np.ndarray, steps: Sequence[int],
-                    lr: float = 1e-4, scale: float = SCALE, seed: int = 0, bias: np.ndarray | None = None
-                    ) -> dict[int, tuple[np.ndarray, float]]:
-    """Adam on ``weight`` (D, F) from its value, full batch, soft nearest-neighbour loss (``bias`` (D,), if
-    the layer has one, stays fixed).
+                    lr: float = 1e-4, scale: float = SCALE, seed: int = 0, bias: np.ndarray | None = None,
+                    batch_rows: int = BATCH_ROWS) -> dict[int, tuple[np.ndarray, float]]:
+    """Adam on ``weight`` (D, F) from its value, soft nearest-neighbour loss over all rows (at most
+    ``batch_rows`` a step, drawn with ``seed``); ``bias`` (D,), if the layer has one, stays fixed.
 
     Args:
         features: float32 (N, F) training features (views of one image may appear several times).
@@ -92,25 +95,26 @@ def fit_last_linear(weight: np.ndarray, features: np.ndarray, labels: np.ndarray
     steps = sorted(int(s) for s in steps)
     if not steps or steps[0] < 1:
         raise InvalidInputError(f"steps must be positive, got {steps}")
-    torch.manual_seed(seed)
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    codes = torch.from_numpy(np.unique(np.asarray(labels), return_inverse=True)[1].astype(np.int64))
-    same = (codes[:, None] == codes[None, :]).float()
-    same.fill_diagonal_(0.0)
-    has_positive = same.sum(1) > 0
-    if not bool(has_positive.any()):
+    x_all = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    codes_all = torch.from_numpy(np.unique(np.asarray(labels), return_inverse=True)[1].astype(np.int64))
+    if np.bincount(codes_all.numpy()).max() < 2:
         raise InvalidInputError("last-layer tuning needs a class with 2 or more images")
-    mask_self = torch.eye(len(x), dtype=torch.bool)
+    rng = np.random.default_rng(seed)
     w = nn.Parameter(torch.from_numpy(np.array(weight, dtype=np.float32)))
     b = None if bias is None else torch.from_numpy(np.asarray(bias, np.float32))
     optimizer = torch.optim.Adam([w], lr=lr)
     out: dict[int, tuple[np.ndarray, float]] = {}
     for step in range(1, steps[-1] + 1):
+        rows = (torch.from_numpy(np.sort(rng.choice(len(x_all), batch_rows, replace=False)))
+                if len(x_all) > batch_rows else None)
+        x, codes = (x_all, codes_all) if rows is None else (x_all[rows], codes_all[rows])
+        same = (codes[:, None] == codes[None, :]).float()
+        same.fill_diagonal_(0.0)
+        has_positive = same.sum(1) > 0
         vectors = F.normalize(x @ w.T if b is None else x @ w.T + b, dim=1)
-        logits = (vectors @ vectors.T * scale).masked_fill(mask_self, -1e9)
-        log_p = logits.log_softmax(dim=1)
-        per_row = -(log_p * same).sum(1) / same.sum(1).clamp(min=1.0)
-        loss = per_row[has_positive].mean()
+        logits = (vectors @ vectors.T * scale).masked_fill(torch.eye(len(x), dtype=torch.bool), -1e9)
+        per_row = -(logits.log_softmax(dim=1) * same).sum(1) / same.sum(1).clamp(min=1.0)
+        loss = per_row[has_positive].mean() if bool(has_positive.any()) else (w * 0).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

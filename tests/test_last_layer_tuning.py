@@ -16,6 +16,7 @@ from oneshot.embedder.head_tuning import (
     with_last_linear,
 )
 from oneshot.embedder.model import Embedder
+from oneshot.embedder.preprocess import Recipe
 from oneshot.errors import InvalidInputError
 from oneshot.pipelines.evaluation.validation import OneShotValidation
 from oneshot.pipelines.jobs.last_layer import GalleryFeatures, LastLayerOptions, people_folds, tune_last_layer
@@ -75,6 +76,10 @@ def test_the_fit_learns_to_ignore_what_every_class_shares():
     assert fits[200][1] < fits[10][1]
     again = fit_last_linear(start, gallery.features, gallery.labels, [200], lr=1e-2, seed=0)
     assert np.array_equal(again[200][0], fits[200][0])  # the same seed, the same weights
+    sampled = fit_last_linear(start, gallery.features, gallery.labels, [50], lr=1e-2, seed=0, batch_rows=64)
+    assert np.array_equal(sampled[50][0], fit_last_linear(start, gallery.features, gallery.labels, [50], lr=1e-2,
+                                                          seed=0, batch_rows=64)[50][0])
+    assert sampled[50][1] < fits[10][1]  # 64 of the 160 rows a step still learns
     bigger = _people(40, 8, nuisance=3.0, seed=1)  # the same lighting; people 20-39 never trained on
     other = GalleryFeatures(bigger.features[160:], bigger.mirrored[160:], bigger.labels[160:])
     episodes = OneShotValidation.on_labels(other.labels, 10, 500, seed=3)
@@ -122,7 +127,7 @@ def test_tuning_replaces_the_start_only_when_the_folds_show_a_gain():
     kept = tune_last_layer(_model_with(start), noise, options)
     assert kept.step == 0 and kept.gain <= kept.noise
     assert np.array_equal(last_linear(kept.model).weight.detach().numpy(), start)
-    assert kept.calibration[2].startswith("the 24 people of the training gallery")
+    assert kept.calibration[2].startswith("the 24 classes of the training gallery")
 
 
 def test_scoring_vectors_matches_scoring_the_model(model):
@@ -137,3 +142,17 @@ def test_scoring_vectors_matches_scoring_the_model(model):
     by_vectors = OneShotValidation.on_labels(labels, 5, 100, seed=1).score(encode(model, images, show_progress=False),
                                                                           "cosine")
     assert by_model == by_vectors
+
+
+def test_a_tuned_model_reads_with_its_own_recipe():
+    from oneshot.embedder.artifact import FACE_MODEL, read_model_config
+    from oneshot.pipelines.jobs.train import _tuning_recipe
+
+    face = Recipe.from_dict(read_model_config(FACE_MODEL)["model"]["recipe"])
+    crops = Recipe.from_dict({**face.to_dict(), "faces": "whole"})
+    objects = Recipe(kind="photo", size=32, channels=3)
+    assert _tuning_recipe(face, crops) == crops  # face crops: the gallery's way of finding faces
+    whole = _tuning_recipe(face, objects)  # other photos: the whole photo, at the face model's size and normalisation
+    assert whole.kind == "photo" and whole.size == face.size and whole.mean == face.mean
+    handwriting = Recipe()
+    assert _tuning_recipe(handwriting, objects) == handwriting

@@ -88,7 +88,7 @@ def people_folds(labels: np.ndarray, folds: int, repeats: int, seed: int) -> lis
     """``repeats`` seeded partitions of the people into ``folds`` parts: a list of held-out people arrays."""
     people = np.unique(labels)
     if len(people) < 2 * folds:
-        raise InvalidInputError(f"only {len(people)} people: {folds}-fold validation needs {2 * folds} or more")
+        raise InvalidInputError(f"only {len(people)} classes: {folds}-fold validation needs {2 * folds} or more")
     held = []
     for repeat in range(repeats):
         order = np.random.default_rng(seed + repeat).permutation(people)
@@ -112,13 +112,14 @@ class LastLayerResult:
     calibration: tuple[np.ndarray, np.ndarray, str]  # vectors (M, D), labels (M,), on what
 
 
-def tune_last_layer(model: Embedder, gallery: GalleryFeatures, options: LastLayerOptions = LastLayerOptions()
-                    ) -> LastLayerResult:
-    """Cross-validate last-layer tuning over the people, then fit the final layer (see the module)."""
+def tune_last_layer(model: Embedder, gallery: GalleryFeatures, options: LastLayerOptions = LastLayerOptions(),
+                    noun: str = "classes") -> LastLayerResult:
+    """Cross-validate last-layer tuning over the classes (``noun``: what the sentences call them,
+    ``"people"`` for faces), then fit the final layer (see the module)."""
     labels, o = gallery.labels, options
     counts = pd.Series(labels).value_counts()
     if (counts >= 2).sum() < 2 * o.folds:
-        raise InvalidInputError(f"{(counts >= 2).sum()} people with 2 or more usable photos: last-layer tuning "
+        raise InvalidInputError(f"{(counts >= 2).sum()} {noun} with 2 or more usable photos: last-layer tuning "
                                 f"needs {2 * o.folds} or more")
     start, bias = last_linear(model).weight.detach().cpu().numpy().copy(), layer_bias(model)
     scorable = labels[np.isin(labels, counts[counts >= 2].index)]
@@ -161,7 +162,7 @@ def tune_last_layer(model: Embedder, gallery: GalleryFeatures, options: LastLaye
     best = candidates.loc[candidates["val_gain"].idxmax()]
     beats = bool(best["val_gain"] > best["val_noise"])
     step = int(best["step"]) if beats else 0
-    described = (f"{o.repeats} x {o.folds}-fold over {len(people)} people (each held out {o.repeats} times, "
+    described = (f"{o.repeats} x {o.folds}-fold over {len(people)} {noun} (each held out {o.repeats} times, "
                  f"by a fit that never saw them), {way}-way 1-shot, {o.val_episodes} episodes a fold")
     rows, fits = calibration
     if step:
@@ -169,13 +170,13 @@ def tune_last_layer(model: Embedder, gallery: GalleryFeatures, options: LastLaye
                                    np.concatenate([labels, labels]), [step], o.lr, seed=o.seed, bias=bias)
         tuned = with_last_linear(model, everyone[step][0])
         vectors = vectors_from_features(gallery.features[rows], fits[step][0], bias)
-        on = (f"{len(np.unique(labels[rows]))} people held out of a fold's fit (the first of the validation folds; "
+        on = (f"{len(np.unique(labels[rows]))} {noun} held out of a fold's fit (the first of the validation folds; "
               f"the final model trained on all {len(np.unique(labels))})")
         calibration = (vectors, labels[rows], on)
     else:
         tuned = model
         calibration = (vectors_from_features(gallery.features, start, bias), labels,
-                       f"the {len(np.unique(labels))} people of the training gallery (the start never trained on them)")
+                       f"the {len(np.unique(labels))} {noun} of the training gallery (the start never trained on them)")
     log.info("last-layer tuning: %s", history.to_dict("records"))
     return LastLayerResult(tuned, step, history, float(history["val_accuracy"].iloc[0]),
                            float(history.loc[history["step"] == step, "val_accuracy"].item()),

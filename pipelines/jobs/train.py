@@ -438,6 +438,15 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
 _WHOLE_NETWORK_OPTIONS = ("objective", "mining", "backbone", "dim", "classes_per_batch", "items_per_class")
 
 
+def _tuning_recipe(own: Recipe, gallery: Recipe) -> Recipe:
+    """The recipe a tuned model reads the gallery with: its own (a model's input is fixed), except
+    that a face model on face photos takes the gallery's way of finding faces (``face-crop``: no
+    detection), and on other photos reads the whole photo at its size."""
+    if own.kind != "face":
+        return own
+    return gallery if gallery.kind == "face" else Recipe.from_dict({**own.to_dict(), "kind": "photo"})
+
+
 def _train_last_layer(out, options: dict, found: TrainingData, recipe: Recipe, how: str, init: str, command,
                       on_recipe, rejects: Rejects) -> TrainResult:
     """Tune the starting model's last layer on every usable photo, validated by folds over the people
@@ -457,26 +466,29 @@ def _train_last_layer(out, options: dict, found: TrainingData, recipe: Recipe, h
         if options.get(key) is not None:
             settings = replace(settings, **{key: options[key]})
     model = _init_model(init)
-    model.recipe = recipe  # the recipe chosen for this gallery (face-crop: no detection)
+    if _tuning_recipe(model.recipe, recipe) != recipe:
+        how = f"{how}; tuned with the starting model's own input recipe"
+    recipe = model.recipe = _tuning_recipe(model.recipe, recipe)
+    noun = "people" if recipe.kind == "face" else "classes"
     if on_recipe is not None:
         named = "the shipped face model" if init == "face" else repr(init)
         on_recipe(f"start from {named}: its last layer tuned on every photo, validated by "
-                  f"{settings.repeats} x {settings.folds}-fold cross-validation over the people (kept unless the "
+                  f"{settings.repeats} x {settings.folds}-fold cross-validation over the {noun} (kept unless the "
                   "gain beats 1.96 standard errors across them; --tune all fine-tunes every layer)")
     source = found.source
     read = lambda paths: read_images(source, paths, color=recipe.channels == 3)  # noqa: E731
     gallery = gallery_features(model, source.table, read, recipe, rejects.add)
     rejects.write(out / "rejects.csv")
-    found_tuning = tune_last_layer(model, gallery, settings)
+    found_tuning = tune_last_layer(model, gallery, settings, noun)
     vectors, labels, calibrated_on = found_tuning.calibration
     thresholds = calibrate_thresholds(vectors, labels, "cosine", calibrated_on, seed=settings.seed)
     r = found_tuning
     if r.step:
         summary = (f"last layer tuned for {r.step} steps: {r.way}-way 1-shot {r.start_accuracy:.4f} -> {r.accuracy:.4f} "
-                   f"(gain {r.gain:+.4f} > noise {r.noise:.4f}, 1.96 standard errors across the people), {r.described}")
+                   f"(gain {r.gain:+.4f} > noise {r.noise:.4f}, 1.96 standard errors across the {noun}), {r.described}")
     else:
         summary = (f"kept the start: {r.way}-way 1-shot {r.start_accuracy:.4f}; the best tuned step gained "
-                   f"{r.gain:+.4f}, within the noise {r.noise:.4f} (1.96 standard errors across the people), "
+                   f"{r.gain:+.4f}, within the noise {r.noise:.4f} (1.96 standard errors across the {noun}), "
                    f"{r.described}")
     seconds = time.perf_counter() - started
     info = {**{k: v for k, v in model.info.items() if k not in ("thresholds",)},
