@@ -53,11 +53,13 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
                   max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, resume,
                   on_error, max_rejects):
     """Train an embedder on any gallery; keeps the best model by validation accuracy and stores its
-    verification and "unknown" thresholds, calibrated on the validation split.
+    verification and "unknown" thresholds, calibrated on the validation split. A gallery of face
+    photos tunes the shipped face model's last layer, validated by folds over its people.
 
     \b
     Examples:
       oneshot train --data my_gallery/ --out runs/mine
+      oneshot train --data people/ --out runs/faces
       oneshot train --data ../shared/data/mnist --val-split images --out runs/mnist
       oneshot train --data ../shared/data/omniglot --out runs/train
       oneshot train --synthetic --steps 300 --out runs/synth

@@ -280,7 +280,8 @@ def _starting_model(init: str | None, recipe: Recipe, options: dict, keep_defaul
     if init is not None:
         return init, f"from {init!r} (--init)"
     if recipe.kind == "face" and not keep_defaults:
-        return "face", "from the shipped face model (--init none trains from scratch)"
+        return "face", ("from the shipped face model (every layer, --tune all; kept unless a validated step beats it "
+                        "on the held-out people by more than the noise across them; --init none trains from scratch)")
     if keep_defaults or recipe.kind != "handwriting" or recipe.channels != 1:
         return None, ""
     shipped = read_model_config(DEFAULT_MODEL)["model"]
@@ -401,9 +402,6 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
         for key, value in defaults.items():
             options.setdefault(key, value)
     init, init_reason = _starting_model(init, chosen, options, standard or from_config_file)
-    if init == "face":
-        init_reason = init_reason.replace(" (", " (every layer, --tune all; kept unless a validated step beats it on the "
-                                          "held-out people by more than the noise across them; ", 1)
     if init is not None and not from_config_file:
         options.setdefault("lr", FINE_TUNE_LR)
     if on_recipe is not None and init_reason:

@@ -1,0 +1,79 @@
+"""Seeds and ensembles on Omniglot (issue 19): each model's figures, and the ensemble's.
+
+For each model file, and for the ensemble of all of them (every model's unit vector concatenated
+and divided by sqrt(M), so its cosine is the mean of the models' cosines; M times the encoding
+cost): 20-way within-alphabet 1-shot accuracy on the background *validation* alphabets (where a
+choice would be made), then Lake's 20 official runs and random 20-way within-alphabet episodes of
+the evaluation alphabets (reported only).
+
+Run from the repository root::
+
+    python -m benchmarks.ensemble --data ../shared/data/omniglot --models embedder/weights/default.safetensors \\
+        runs/seed1/model.safetensors --out benchmarks/results/ensemble.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from benchmarks import validation_alphabets, write_result
+from oneshot.data.folders import read_gallery
+from oneshot.data.lake_runs import read_lake_runs
+from oneshot.data.omniglot import omniglot_root, split_location
+from oneshot.embedder.artifact import load_model
+from oneshot.embedder.encode import encode
+from oneshot.pipelines.evaluation.evaluate import lake_run_errors, oneshot_accuracy
+from oneshot.pipelines.evaluation.metrics import confidence_interval95
+
+
+def ensemble_encoder(models: list):
+    """``images -> float32 (N, sum of D)``: each model's unit vectors side by side, over sqrt(M)."""
+    def encode_images(images):
+        parts = [encode(model, model.recipe.batch(images), show_progress=False) for model in models]
+        return np.ascontiguousarray(np.concatenate(parts, axis=1) / np.sqrt(len(models)), dtype=np.float32)
+    return encode_images
+
+
+def figures(encode_images, data, episodes: int, seed: int) -> dict:
+    split, table = validation_alphabets(data)
+    validation = oneshot_accuracy(encode_images(split.read(list(table["path"]))), table, "cosine", 20, 1, episodes,
+                                  True, seed)
+    runs = lake_run_errors(read_lake_runs(data), encode_images, "cosine")
+    rates = runs["error_rate"].to_numpy()
+    gallery = read_gallery(split_location(data, "evaluation"))
+    evaluation = oneshot_accuracy(encode_images(gallery.read(list(gallery.table["path"]))), gallery.table, "cosine",
+                                  20, 1, episodes, True, seed)
+    return {"validation_20way_within_alphabet": validation["accuracy"],
+            "lake_runs_error": float(rates.mean()), "lake_runs_ci95": confidence_interval95(rates),
+            "lake_runs_errors": int(runs["errors"].sum()),
+            "evaluation_20way_within_alphabet": evaluation["accuracy"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="Omniglot root (default: $OMNIGLOT_DIR)")
+    parser.add_argument("--models", nargs="+", required=True, help="model files (cosine models)")
+    parser.add_argument("--episodes", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/ensemble.json")
+    args = parser.parse_args(argv)
+    data = omniglot_root(args.data)
+    models = [load_model(path) for path in args.models]
+    result = {"command": "python -m benchmarks.ensemble " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+              "models": {}}
+    for path, model in zip(args.models, models):
+        found = figures(ensemble_encoder([model]), data, args.episodes, args.seed)
+        result["models"][path] = {**found, "train_seed": model.info.get("seed"), "train_command": model.info.get("command")}
+        print(path, found, flush=True)
+    if len(models) > 1:
+        result["ensemble"] = figures(ensemble_encoder(models), data, args.episodes, args.seed)
+        print("ensemble", result["ensemble"], flush=True)
+    write_result(result, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
