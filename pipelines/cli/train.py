@@ -94,7 +94,7 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
         click.echo(f"best validation {way}-way accuracy {result.best_accuracy:.4f} at step {result.best_step}{against}; "
                    f"{result.seconds:.0f} s; model: {result.model_path}")
     for kind, found in result.model.info.get("thresholds", {}).items():
-        value = found.get("value")
+        value = found.get("value", found.get("cluster_distance"))  # the cluster kind carries a distance
         click.echo(f"{kind} threshold " + (f"{value:.4f}" if value is not None else f"none ({found.get('not_calibrated')})")
                    + f", calibrated on {found.get('calibrated_on')}")
 
