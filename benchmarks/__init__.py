@@ -19,6 +19,26 @@ def validation_alphabets(data: str | os.PathLike | None):
     return split, table
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """How a benchmark was run, for its JSON: ``python -m benchmarks.<module> <arguments>``
+    (``argv`` as given to its ``main``, else the process's own)."""
+    import sys
+
+    return f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+def link_photos(photos, target: Path) -> int:
+    """Hard-link ``photos`` (paths) into the folder ``target`` (made), keeping names; those already
+    there are left. Scratch galleries for benchmarks: no copy, and readers need no link-following."""
+    target.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for photo in photos:
+        if not (target / photo.name).exists():
+            os.link(photo, target / photo.name)
+        count += 1
+    return count
+
+
 def write_result(result: dict, out: str | os.PathLike | None) -> None:
     """Write a benchmark's result as indented JSON at ``out`` (atomically, its folder made); None: nothing."""
     if out is None:

@@ -14,11 +14,10 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 
-from benchmarks import validation_alphabets, write_result
+from benchmarks import command_line, validation_alphabets, write_result
 from oneshot.data.folders import read_gallery
 from oneshot.data.lake_runs import read_lake_runs
 from oneshot.data.omniglot import omniglot_root, split_location
@@ -31,7 +30,7 @@ from oneshot.pipelines.evaluation.metrics import confidence_interval95
 def ensemble_encoder(models: list):
     """``images -> float32 (N, sum of D)``: each model's unit vectors side by side, over sqrt(M)."""
     def encode_images(images):
-        parts = [encode(model, model.recipe.batch(images), show_progress=False) for model in models]
+        parts = [encode(model, images, show_progress=False) for model in models]
         return np.ascontiguousarray(np.concatenate(parts, axis=1) / np.sqrt(len(models)), dtype=np.float32)
     return encode_images
 
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = omniglot_root(args.data)
     models = [load_model(path) for path in args.models]
-    result = {"command": "python -m benchmarks.ensemble " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+    result = {"command": command_line("ensemble", argv),
               "models": {}}
     for path, model in zip(args.models, models):
         found = figures(ensemble_encoder([model]), data, args.episodes, args.seed)

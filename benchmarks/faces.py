@@ -33,14 +33,13 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmarks import write_result
+from benchmarks import command_line, link_photos, write_result
 from oneshot.data.source import open_source, read_images
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.face_model import FACE_MODEL
@@ -67,11 +66,7 @@ def split(data: Path, out: Path) -> dict:
     counts = {"dev": 0, "test": 0}
     for person in sorted(p for p in data.iterdir() if p.is_dir()):
         half = half_of(person.name)
-        target = out / f"{data.name}_{half}" / person.name
-        target.mkdir(parents=True, exist_ok=True)
-        for photo in person.iterdir():
-            if photo.is_file() and not (target / photo.name).exists():
-                os.link(photo, target / photo.name)
+        link_photos([photo for photo in person.iterdir() if photo.is_file()], out / f"{data.name}_{half}" / person.name)
         counts[half] += 1
     return counts
 
@@ -88,12 +83,7 @@ def take(data: Path, out: Path, people: int | None, photos: int | None, skip: in
         files = sorted(f for f in person.iterdir() if f.is_file())
         if photos is not None:
             files = files[:: max(1, len(files) // photos)][:photos]
-        target = out / person.name
-        target.mkdir(parents=True, exist_ok=True)
-        for photo in files:
-            if not (target / photo.name).exists():
-                os.link(photo, target / photo.name)
-        count += len(files)
+        count += link_photos(files, out / person.name)
     return {"people": len(folders), "photos": count}
 
 
@@ -297,12 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "fine-tune":
         result = fine_tune(args.train, args.test, args.run, args.recipe, args.seed)
-        write_result({"command": "python -m benchmarks.faces " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        write_result({"command": command_line("faces", argv),
                       **result}, args.out)
         print(f"wrote {args.out}")
         return 0
     result = zero_shot(args.dev, args.test, args.seed)
-    write_result({"command": "python -m benchmarks.faces " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+    write_result({"command": command_line("faces", argv),
                   **result}, args.out)
     print(f"wrote {args.out}")
     return 0

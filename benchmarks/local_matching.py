@@ -16,14 +16,13 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks import validation_alphabets, write_result
+from benchmarks import command_line, validation_alphabets, write_result
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
 from oneshot.pipelines.evaluation.episodes import sample_episodes
@@ -91,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/local_matching.json")
     args = parser.parse_args(argv)
     result = run(args.data, args.episodes, args.seed)
-    write_result({"command": "python -m benchmarks.local_matching " + " ".join(argv if argv is not None
-                                                                               else os.sys.argv[1:]), **result}, args.out)
+    write_result({"command": command_line("local_matching", argv), **result}, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -22,14 +22,13 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import write_result
+from benchmarks import command_line, link_photos, write_result
 from oneshot.data.source import open_source, read_images
 from oneshot.embedder.artifact import FACE_MODEL, load_model
 from oneshot.embedder.encode import encode
@@ -46,11 +45,7 @@ def split(data: Path, out: Path) -> dict:
         if number is None:
             continue
         half = "train" if int(number.group(1)) <= 50 else "test"
-        target = out / half / folder.name
-        target.mkdir(parents=True, exist_ok=True)
-        for photo in sorted(folder.glob("*.png")):
-            if not (target / photo.name).exists():
-                os.link(photo, target / photo.name)
+        link_photos(sorted(folder.glob("*.png")), out / half / folder.name)
         counts[half] += 1
     return counts
 
@@ -59,10 +54,6 @@ def raw_vectors(images: list, channels: int) -> np.ndarray:
     """32x32 pixels (grey or colour), flattened and centred per image: float32 (N, 1024 * channels)."""
     pixels = Recipe(kind="photo", size=32, channels=channels).batch(images).reshape(len(images), -1)
     return np.ascontiguousarray(pixels - pixels.mean(axis=1, keepdims=True), dtype=np.float32)
-
-
-def model_vectors(model, images: list) -> np.ndarray:
-    return encode(model, model.recipe.batch(images), show_progress=False)
 
 
 def run(train_dir: Path, test: Path, out_dir: Path, seed: int = 0, episodes: int = 2000) -> dict:
@@ -84,16 +75,18 @@ def run(train_dir: Path, test: Path, out_dir: Path, seed: int = 0, episodes: int
     labels = table["label"].astype(str).to_numpy()
     way = min(20, len(np.unique(labels)))
     trials = OneShotValidation.on_labels(labels, way, episodes, seed=seed)
+    handwriting = load_model(None)
     face = load_model(FACE_MODEL)
     face.recipe = Recipe.from_dict({**face.recipe.to_dict(), "kind": "photo"})  # the whole photo, no detection
     candidates = {
-        "trained (oneshot train --data, no flags)": (lambda: model_vectors(trained, images), trained.metric),
+        "trained (oneshot train --data, no flags)": (lambda: encode(trained, images, show_progress=False),
+                                                     trained.metric),
         "raw pixels, grey 32x32": (lambda: raw_vectors(images, 1), "cosine"),
         "raw pixels, colour 32x32": (lambda: raw_vectors(images, 3), "cosine"),
-        "handwriting model (shipped)": (lambda: model_vectors(load_model(None), images), load_model(None).metric),
-        "face model's network, whole photo 150x150": (lambda: model_vectors(face, images), "cosine"),
-        "face model's network, last layer tuned on the training objects": (lambda: model_vectors(face_tuned, images),
-                                                                           "cosine"),
+        "handwriting model (shipped)": (lambda: encode(handwriting, images, show_progress=False), handwriting.metric),
+        "face model's network, whole photo 150x150": (lambda: encode(face, images, show_progress=False), "cosine"),
+        "face model's network, last layer tuned on the training objects": (
+            lambda: encode(face_tuned, images, show_progress=False), "cosine"),
     }
     out = {"train": str(train_dir), "test": str(test), "test_objects": int(len(np.unique(labels))),
            "test_photos": len(labels), "way": way, "episodes": episodes, "train_lines": lines,
@@ -125,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(split(args.data, args.out))
         return 0
     result = run(args.train, args.test, args.run, args.seed)
-    write_result({"command": "python -m benchmarks.objects " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+    write_result({"command": command_line("objects", argv),
                   **result}, args.out)
     print(f"wrote {args.out}")
     return 0

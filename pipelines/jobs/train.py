@@ -464,9 +464,10 @@ def _train_last_layer(out, options: dict, found: TrainingData, recipe: Recipe, h
         if options.get(key) is not None:
             settings = replace(settings, **{key: options[key]})
     model = _init_model(init)
-    if _tuning_recipe(model.recipe, recipe) != recipe:
+    tuning_recipe = _tuning_recipe(model.recipe, recipe)
+    if tuning_recipe != recipe:
         how = f"{how}; tuned with the starting model's own input recipe"
-    recipe = model.recipe = _tuning_recipe(model.recipe, recipe)
+    recipe = model.recipe = tuning_recipe
     noun = "people" if recipe.kind == "face" else "classes"
     if on_recipe is not None:
         named = "the shipped face model" if init == "face" else repr(init)
