@@ -2,7 +2,8 @@
 
 The reference notebook's set, each part switchable: flips, small rotation, translation, moving the
 ink to a random place on the canvas, resizing the ink, aspect change, plus shear (affine
-distortion). Every image draws its own parameters; with ``pair_ids`` the flip and the rotation
+distortion); optionally, for handwriting, an elastic warp (a smooth random displacement field, as
+in Simard et al. 2003) and a change of stroke width (a partial dilation or erosion). Every image draws its own parameters; with ``pair_ids`` the flip and the rotation
 (with a little noise) are shared by the two images of a pair, as in the notebook.
 Rotation by 90 degrees as new classes lives in the training set (``embedder.train``), since it
 changes labels.
@@ -39,6 +40,11 @@ class AugmentConfig:
         vertical_flip: whether ``flip`` also flips upside down (off for photos).
         brightness: maximum shift of the values (uniform in +-brightness, in the images' units).
         contrast: maximum relative change of contrast (uniform in 1 +- contrast).
+        elastic: maximum displacement of the elastic warp, in pixels (each control point of an
+            ``elastic_cells`` x ``elastic_cells`` grid moves uniformly in +-elastic; bicubic between).
+        elastic_cells: control points per side of the elastic warp's grid.
+        stroke: maximum change of stroke width (uniform in +-stroke; 1 = a full 3x3 dilation, -1 a
+            full erosion); for ink on black.
     """
 
     probability: float = 1.0
@@ -53,6 +59,15 @@ class AugmentConfig:
     vertical_flip: bool = True
     brightness: float = 0.0
     contrast: float = 0.0
+    elastic: float = 0.0
+    elastic_cells: int = 4
+    stroke: float = 0.0
+
+    def __post_init__(self):
+        if self.elastic_cells < 2:
+            raise InvalidInputError(f"elastic_cells must be at least 2, got {self.elastic_cells}")
+        if self.elastic < 0 or self.stroke < 0:
+            raise InvalidInputError(f"elastic and stroke must be non-negative, got {self.elastic}, {self.stroke}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,12 +177,37 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     keep = torch.rand(n, generator=generator) >= config.probability
     theta[keep] = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # the optional parts draw after the older ones, so runs without them keep their random stream
+    if config.elastic:
+        grid = grid + _elastic_field(images.shape, config, generator) * (~keep).float().view(n, 1, 1, 1)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if config.brightness or config.contrast:
-        # drawn after the geometry so handwriting runs keep their random stream unchanged
         gain = 1 + _uniform(n, config.contrast, generator)
         shift = _uniform(n, config.brightness, generator)
         gain[keep], shift[keep] = 1.0, 0.0
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         out = (out - mean) * gain.view(n, 1, 1, 1) + mean + shift.view(n, 1, 1, 1)
+    if config.stroke:
+        width = _uniform(n, config.stroke, generator)
+        width[keep] = 0.0
+        out = change_stroke_width(out, width)
     return out
+
+
+def _elastic_field(shape, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """A smooth random displacement, (B, H, W, 2) in ``grid_sample`` coordinates."""
+    n, _, height, width = shape
+    cells = config.elastic_cells
+    points = torch.rand(n, 2, cells, cells, generator=generator) * 2 - 1
+    field = F.interpolate(points, size=(height, width), mode="bicubic", align_corners=True)
+    field = field * config.elastic * torch.tensor([2.0 / width, 2.0 / height]).view(1, 2, 1, 1)  # pixels -> grid
+    return field.permute(0, 2, 3, 1)
+
+
+def change_stroke_width(images: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Thicken (``width > 0``) or thin (``width < 0``) bright strokes: a blend of each image with its
+    3x3 dilation or erosion. (B, C, H, W), width (B,) in [-1, 1] -> (B, C, H, W)."""
+    dilated = F.max_pool2d(images, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-images, 3, stride=1, padding=1)
+    amount = width.view(-1, 1, 1, 1)
+    return images + amount.clamp_min(0) * (dilated - images) + (-amount).clamp_min(0) * (eroded - images)

@@ -3,7 +3,9 @@
 Validation is a callable from the caller (``model -> score``, higher is better; the pipelines pass
 N-way one-shot accuracy on held-out groups); the best model is kept; early stopping, warm-up plus cosine learning-rate schedule; a checkpoint every few
 steps lets a killed run resume exactly (every batch and augmentation is a function of the seed
-and the step); curves are written as CSV and PNG.
+and the step); curves are written as CSV and PNG. With ``ema_decay`` the model validated and kept
+is an exponential moving average of the weights (and BatchNorm statistics), via
+``torch.optim.swa_utils.AveragedModel``; the history then also shows the raw weights' score.
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     seed: int = 0
     max_seconds: float = 0.0
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         for name in _INTEGER_OPTIONS:
@@ -87,6 +90,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInputError(f"training option {name} must be a non-negative number, got {value!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise InvalidInputError(f"training option ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.objective not in OBJECTIVES:
             raise InvalidInputError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         if self.steps < 1 or self.val_every < 1 or self.checkpoint_every < 1:
@@ -145,6 +150,16 @@ def _schedule(config: TrainConfig):
     return factor
 
 
+def weight_average(model: Embedder, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights and buffers, its decay ramped up as
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates so early steps do not pin it to the start."""
+    def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        weight = min(decay, (1 + float(updates)) / (10 + float(updates)))
+        return averaged * weight + current * (1 - weight)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
+
+
 def _validate(validate: Callable[[Embedder], float] | None, model: Embedder) -> float | None:
     """Score the model with the caller's validation (``None``: no validation); leaves it in train mode."""
     if validate is None:
@@ -192,6 +207,16 @@ def write_curves(history: pd.DataFrame, out_dir: Path) -> None:
 
 
 CHECKPOINT_KEYS = ("config", "model", "loss", "optimizer", "scheduler", "state")
+
+
+def _filled(config: dict) -> dict:
+    """A checkpoint's config with options added since it was written at their defaults."""
+    try:
+        filled = TrainConfig.from_dict(config).to_dict()
+        filled["augment"] = AugmentConfig.from_dict(filled["augment"]).to_dict()
+        return filled
+    except (InvalidInputError, TypeError):
+        return config
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
@@ -250,12 +275,12 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     augment_config = AugmentConfig.from_dict(config.augment)
-
     checkpoint_path, model_path = out_dir / "checkpoint.pt", out_dir / "model.safetensors"
     state = {"step": 0, "history": [], "best_accuracy": -1.0, "best_step": -1, "seconds": 0.0, "stale": 0}
+    saved = None
     if resume and checkpoint_path.exists():
         saved = load_checkpoint(checkpoint_path, device)
-        if saved["config"] != config.to_dict():
+        if _filled(saved["config"]) != config.to_dict():
             raise InvalidInputError(f"{checkpoint_path}: made with a different training config; use another --out or --no-resume")
         try:
             model.load_state_dict(saved["model"])
@@ -274,11 +299,19 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         state["recalibrated"] = recalibrate_batchnorm(model, train_set.images, config.seed)
     if state.get("recalibrated"):  # kept in the checkpoint, so a resumed run's model says it too
         info["batchnorm_recalibrated_on"] = f"{state['recalibrated']} training images (AdaBN, before step 0)"
+    averaged = weight_average(model, config.ema_decay) if config.ema_decay else None
+    if averaged is not None and saved is not None:
+        try:
+            averaged.load_state_dict(saved["averaged"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CorruptFileError(f"{checkpoint_path}: has no weight average for this model ({error}); "
+                                   "use --no-resume") from error
+    kept = averaged.module if averaged is not None else model  # what is validated and saved
 
     def save_best(accuracy: float | None) -> None:
         details = {**info, "train_config": config.to_dict(), "seed": config.seed, "step": state["step"],
                    "seconds_at_step": round(state["seconds"], 1), "val_accuracy": accuracy}
-        save_model(model, model_path, details)
+        save_model(kept, model_path, details)
 
     pairs = config.objective in PAIR_OBJECTIVES
     pair_ids = torch.arange(2 * config.pairs) % config.pairs if pairs else None
@@ -313,6 +346,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         running.append(loss.item())
         state["step"] = step = step + 1
         state["seconds"] = time.perf_counter() - started
@@ -322,7 +357,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
             log.info("time limit: stopping at step %d after %.0f s", step, state["seconds"])
             state["stopped"] = True
         if step % config.val_every == 0 or last:
-            accuracy = _validate(validate, model)
+            raw_accuracy = _validate(validate, model) if averaged is not None else None
+            accuracy = _validate(validate, kept)
             noise = getattr(validate, "last_noise", None)
             beats_start = True
             if state.get("start_per_class") is not None and hasattr(validate, "paired_noise"):
@@ -333,7 +369,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
                 beats_start = accuracy > state["start_bar"]
             state["history"].append({"step": step, "loss": float(np.mean(running)), "val_accuracy": accuracy,
                                      "lr": scheduler.get_last_lr()[0], "seconds": round(state["seconds"], 1),
-                                     "val_noise": noise})
+                                     "val_noise": noise,
+                                     **({"val_accuracy_raw": raw_accuracy} if averaged is not None else {})})
             running = state["running"] = []
             bar.set_postfix(loss=f"{state['history'][-1]['loss']:.3f}", val=accuracy)
             if accuracy is None or (accuracy > state["best_accuracy"] and beats_start):
@@ -348,7 +385,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         if step % config.checkpoint_every == 0 or last:
             _atomic_torch_save({"config": config.to_dict(), "model": model.state_dict(), "loss": loss_fn.state_dict(),
                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "state": state}, checkpoint_path)
+                                "state": state, "averaged": averaged.state_dict() if averaged is not None else None},
+                               checkpoint_path)
     bar.close()
     best = load_model(model_path, device=device)
     if best.info.get("steps_run") != state["step"]:  # record the whole run's length in the kept model

@@ -156,3 +156,59 @@ def test_wide_canvas_rotates_like_a_square_one(glyphs):
     square_out = augment(glyphs, config, _gen(3))
     wide_out = augment(wide, config, _gen(3))
     assert torch.allclose(wide_out[..., size:2 * size], square_out, atol=1e-5)
+
+
+def test_stroke_width_blends_dilation_and_erosion():
+    from oneshot.data.augment import change_stroke_width
+
+    line = torch.zeros(3, 1, 9, 9)
+    line[:, 0, 4, 2:7] = 1.0  # a one-pixel horizontal stroke
+    thick = torch.zeros(1, 1, 9, 9)
+    thick[0, 0, 3:6, 2:7] = 1.0
+    out = change_stroke_width(torch.cat([line[:2], thick]), torch.tensor([0.0, 1.0, -1.0]))
+    assert torch.equal(out[0], line[0])                                    # zero width: unchanged
+    assert torch.equal(out[1], torch.nn.functional.max_pool2d(line[1:2], 3, 1, 1)[0])  # full dilation
+    assert out[1].sum() == 21                                              # 3 rows x 7 columns
+    assert out[2].sum() == 3 and out[2, 0, 4, 3:6].eq(1).all()             # full erosion keeps the core
+    half = change_stroke_width(line[:1], torch.tensor([0.5]))
+    assert half.sum() == pytest.approx(5 + 0.5 * 16)
+
+
+def test_stroke_and_elastic_are_seeded_and_draw_after_the_geometry(glyphs):
+    from oneshot.data.augment import _uniform, change_stroke_width
+
+    geometry = AugmentConfig(rotation=8.0, shear=0.1)
+    plain = augment(glyphs, geometry, _gen(4))
+    stroked = augment(glyphs, AugmentConfig(rotation=8.0, shear=0.1, stroke=0.6), _gen(4))
+    # the same geometry as without the option, then the stroke width drawn next from the stream
+    generator = _gen(4)
+    assert torch.equal(augment(glyphs, geometry, generator), plain)
+    width = _uniform(len(glyphs), 0.6, generator)
+    assert torch.allclose(stroked, change_stroke_width(plain, width))
+    config = AugmentConfig(**{**STILL, "elastic": 1.5})
+    assert torch.equal(augment(glyphs, config, _gen(2)), augment(glyphs, config, _gen(2)))
+    assert not torch.equal(augment(glyphs, config, _gen(2)), augment(glyphs, config, _gen(3)))
+
+
+def test_elastic_warp_moves_ink_a_little_and_keeps_it(glyphs):
+    out = augment(glyphs, AugmentConfig(**{**STILL, "elastic": 1.5}), _gen(1))
+    assert not torch.allclose(out, glyphs)
+    mass_in, mass_out = glyphs.sum(dim=(1, 2, 3)), out.sum(dim=(1, 2, 3))
+    assert torch.allclose(mass_out, mass_in, rtol=0.25)  # a warp stretches locally; the ink stays
+    coords = torch.arange(32, dtype=torch.float32)
+
+    def centre(images):  # ink centre of mass, (B, 2) in pixels
+        plane = images[:, 0]
+        total = plane.sum(dim=(1, 2))
+        return torch.stack([(plane.sum(1) * coords).sum(1) / total, (plane.sum(2) * coords).sum(1) / total], dim=1)
+
+    assert (centre(out) - centre(glyphs)).abs().max() <= 1.5 + 0.1  # no point moves more than 1.5 pixels
+    untouched = augment(glyphs, AugmentConfig(**{**STILL, "elastic": 1.5, "probability": 0.5}), _gen(1))
+    assert (untouched == glyphs).all(dim=(1, 2, 3)).any()  # images the draw leaves alone stay exact
+
+
+def test_elastic_and_stroke_options_are_checked():
+    with pytest.raises(ValueError, match="elastic_cells"):
+        AugmentConfig(elastic=1.0, elastic_cells=1)
+    with pytest.raises(ValueError, match="non-negative"):
+        AugmentConfig(stroke=-0.5)

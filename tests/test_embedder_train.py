@@ -79,11 +79,11 @@ def _final_state(out_dir):
     return torch.load(out_dir / "checkpoint.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("checkpoint_every,kill_at,resume_from", [(6, 8, 6), (4, 7, 4)])
-def test_exact_resume_after_a_kill(data, tmp_path, monkeypatch, checkpoint_every, kill_at, resume_from):
+@pytest.mark.parametrize("checkpoint_every,kill_at,resume_from,ema_decay", [(6, 8, 6, 0.0), (4, 7, 4, 0.0), (4, 7, 4, 0.9)])
+def test_exact_resume_after_a_kill(data, tmp_path, monkeypatch, checkpoint_every, kill_at, resume_from, ema_decay):
     # checkpoint_every=4 with val_every=6: the kill lands after a validation the checkpoint has not seen,
     # and the resumed run restarts in the middle of a validation interval
-    config = _config(steps=12, val_every=6, checkpoint_every=checkpoint_every, warmup_steps=3)
+    config = _config(steps=12, val_every=6, checkpoint_every=checkpoint_every, warmup_steps=3, ema_decay=ema_decay)
     full = _run(config, data, tmp_path / "full")
 
     # the same run killed during step `kill_at` (1-based), after the last checkpoint ...
@@ -122,6 +122,9 @@ def test_exact_resume_after_a_kill(data, tmp_path, monkeypatch, checkpoint_every
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][key][name]), (key, name)
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 12
+    if ema_decay:
+        for name in a["averaged"]:
+            assert torch.equal(a["averaged"][name], b["averaged"][name]), name
     columns = ["step", "loss", "val_accuracy", "lr"]
     pd.testing.assert_frame_equal(full.history[columns], resumed.history[columns])
     assert (full.best_step, full.best_accuracy) == (resumed.best_step, resumed.best_accuracy)
@@ -135,6 +138,51 @@ def test_resume_of_a_finished_run_does_nothing(data, tmp_path, monkeypatch):
     again = _run(config, data, tmp_path)
     assert again.model.fingerprint == first.model.fingerprint
     assert again.history.equals(first.history)
+
+
+def test_weight_average_ramps_its_decay_and_averages_batchnorm_statistics():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    averaged = train_module.weight_average(model, decay=0.99)
+    values = []
+    for value in (1.0, 3.0, 7.0):
+        with torch.no_grad():
+            model[0].weight.fill_(value)
+            model[1].running_mean.fill_(value)
+        averaged.update_parameters(model)
+        values.append(value)
+    # first update copies; then weight (1 + n) / (10 + n) on the average: 2/11, then 3/12
+    expected = (1.0 * 2 / 11 + 3.0 * 9 / 11) * 3 / 12 + 7.0 * 9 / 12
+    assert averaged.module[0].weight.detach().numpy() == pytest.approx(np.full((2, 2), expected))
+    assert averaged.module[1].running_mean.numpy() == pytest.approx(np.full(2, expected))
+    with pytest.raises(ValueError, match="ema_decay"):
+        _config(ema_decay=1.0)
+
+
+def test_weight_averaged_run_keeps_the_average_and_shows_the_raw_score(data, tmp_path):
+    config = _config(steps=6, val_every=6, checkpoint_every=6, warmup_steps=1, ema_decay=0.5)
+    result = _run(config, data, tmp_path)
+    assert result.history.columns.tolist()[-1] == "val_accuracy_raw"
+    assert result.history["val_accuracy_raw"].between(0, 1).all()
+    checkpoint = _final_state(tmp_path)
+    average = {name.removeprefix("module."): value for name, value in checkpoint["averaged"].items()
+               if name.startswith("module.")}
+    kept = result.model.state_dict()
+    assert kept.keys() == average.keys()
+    for name in kept:
+        assert torch.allclose(kept[name].float(), average[name].float()), name
+    assert any(not torch.equal(kept[name], checkpoint["model"][name]) for name in kept)  # not the raw weights
+
+
+def test_checkpoint_from_before_an_option_existed_still_resumes(data, tmp_path, monkeypatch):
+    config = _config(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1)
+    first = _run(config, data, tmp_path)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del checkpoint["config"]["ema_decay"]  # as written before weight averaging existed
+    for key in ("elastic", "elastic_cells", "stroke"):
+        del checkpoint["config"]["augment"][key]
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    monkeypatch.setattr(train_module, "augment", lambda *a, **k: pytest.fail("trained again"))
+    assert _run(config, data, tmp_path).model.fingerprint == first.model.fingerprint
 
 
 def test_resume_with_a_different_config_raises(data, tmp_path):
