@@ -1,6 +1,7 @@
-"""Seeds and ensembles on Omniglot (issue 19): each model's figures, and the ensemble's.
+"""Seeds and ensembles on Omniglot (issue 19): each model's figures, their mean, and the ensemble's.
 
-For each model file, and for the ensemble of all of them (every model's unit vector concatenated
+For each model file (e.g. one recipe trained with several seeds: ``seed_mean`` gives each figure's
+mean and spread over them), and for the ensemble of all of them (every model's unit vector concatenated
 and divided by sqrt(M), so its cosine is the mean of the models' cosines; M times the encoding
 cost): 20-way within-alphabet 1-shot accuracy on the background *validation* alphabets (where a
 choice would be made), then Lake's 20 official runs and random 20-way within-alphabet episodes of
@@ -23,8 +24,21 @@ from oneshot.data.lake_runs import read_lake_runs
 from oneshot.data.omniglot import omniglot_root, split_location
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
+from oneshot.embedder.train import TrainConfig, build_model, load_checkpoint
 from oneshot.pipelines.evaluation.evaluate import lake_run_errors, oneshot_accuracy
 from oneshot.pipelines.evaluation.metrics import confidence_interval95
+
+
+def load_weights(path: str):
+    """A model file, or a training ``checkpoint.pt`` read as its *raw* weights at the last step
+    (with weight averaging, the kept model is the average: this gives the pair to compare)."""
+    if not path.endswith(".pt"):
+        return load_model(path)
+    saved = load_checkpoint(path)
+    model = build_model(TrainConfig.from_dict(saved["config"]))
+    model.load_state_dict(saved["model"])
+    model.info = {"seed": saved["config"]["seed"], "command": f"raw weights at step {saved['state']['step']} of {path}"}
+    return model.eval()
 
 
 def ensemble_encoder(models: list):
@@ -50,16 +64,26 @@ def figures(encode_images, data, episodes: int, seed: int) -> dict:
             "evaluation_20way_within_alphabet": evaluation["accuracy"]}
 
 
+def seed_mean(per_model: list[dict]) -> dict:
+    """Each figure's mean, sample standard deviation and values over the models (one recipe's seeds)."""
+    names = ("validation_20way_within_alphabet", "lake_runs_error", "evaluation_20way_within_alphabet")
+    return {name: {"mean": float(np.mean([m[name] for m in per_model])),
+                   "sd": float(np.std([m[name] for m in per_model], ddof=1)),
+                   "values": [m[name] for m in per_model]} for name in names}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="Omniglot root (default: $OMNIGLOT_DIR)")
-    parser.add_argument("--models", nargs="+", required=True, help="model files (cosine models)")
+    parser.add_argument("--models", nargs="+", required=True,
+                        help="model files (cosine models), or checkpoint.pt files for a run's raw last weights")
+    parser.add_argument("--no-ensemble", action="store_true", help="each model and their mean only")
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/ensemble.json")
     args = parser.parse_args(argv)
     data = omniglot_root(args.data)
-    models = [load_model(path) for path in args.models]
+    models = [load_weights(path) for path in args.models]
     result = {"command": command_line("ensemble", argv),
               "models": {}}
     for path, model in zip(args.models, models):
@@ -67,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         result["models"][path] = {**found, "train_seed": model.info.get("seed"), "train_command": model.info.get("command")}
         print(path, found, flush=True)
     if len(models) > 1:
-        result["ensemble"] = figures(ensemble_encoder(models), data, args.episodes, args.seed)
-        print("ensemble", result["ensemble"], flush=True)
+        result["seed_mean"] = seed_mean(list(result["models"].values()))
+        print("mean over models", result["seed_mean"], flush=True)
+        if not args.no_ensemble:
+            result["ensemble"] = figures(ensemble_encoder(models), data, args.episodes, args.seed)
+            print("ensemble", result["ensemble"], flush=True)
     write_result(result, args.out)
     print(f"wrote {args.out}")
     return 0
