@@ -3,8 +3,9 @@
 The reference notebook's set, each part switchable: flips, small rotation, translation, moving the
 ink to a random place on the canvas, resizing the ink, aspect change, plus shear (affine
 distortion); optionally, for handwriting, an elastic warp (a smooth random displacement field, as
-in Simard et al. 2003) and a change of stroke width (a partial dilation or erosion). Every image draws its own parameters; with ``pair_ids`` the flip and the rotation
-(with a little noise) are shared by the two images of a pair, as in the notebook.
+in Simard et al. 2003) and a change of stroke width (a partial dilation or erosion). Every image
+draws its own parameters; with ``pair_ids`` the flip and the rotation (with a little noise) are
+shared by the two images of a pair, as in the notebook.
 Rotation by 90 degrees as new classes lives in the training set (``embedder.train``), since it
 changes labels.
 
