@@ -97,7 +97,7 @@ class TrainConfig:
         if self.steps < 1 or self.val_every < 1 or self.checkpoint_every < 1:
             raise InvalidInputError("steps, val_every and checkpoint_every must be positive")
         Recipe.from_dict(self.recipe)
-        AugmentConfig.from_dict(self.augment)
+        self.augment = AugmentConfig.from_dict(self.augment).to_dict()  # every key: a partial dict means the defaults
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -212,9 +212,7 @@ CHECKPOINT_KEYS = ("config", "model", "loss", "optimizer", "scheduler", "state")
 def _filled(config: dict) -> dict:
     """A checkpoint's config with options added since it was written at their defaults."""
     try:
-        filled = TrainConfig.from_dict(config).to_dict()
-        filled["augment"] = AugmentConfig.from_dict(filled["augment"]).to_dict()
-        return filled
+        return TrainConfig.from_dict(config).to_dict()
     except (InvalidInputError, TypeError):
         return config
 

@@ -185,6 +185,17 @@ def test_checkpoint_from_before_an_option_existed_still_resumes(data, tmp_path, 
     assert _run(config, data, tmp_path).model.fingerprint == first.model.fingerprint
 
 
+def test_partial_augment_options_resume(data, tmp_path, monkeypatch):
+    # a --config file may name only the augmentation keys it changes; the rest are the defaults
+    config = _config(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1, augment={"stroke": 0.5})
+    assert config.augment == {**train_module.AugmentConfig().to_dict(), "stroke": 0.5}
+    first = _run(config, data, tmp_path)
+    monkeypatch.setattr(train_module, "augment", lambda *a, **k: pytest.fail("trained again"))
+    again = _run(_config(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1, augment={"stroke": 0.5}), data,
+                 tmp_path)
+    assert again.model.fingerprint == first.model.fingerprint
+
+
 def test_resume_with_a_different_config_raises(data, tmp_path):
     _run(_config(steps=2, val_every=2, checkpoint_every=2, warmup_steps=1), data, tmp_path)
     with pytest.raises(ValueError, match="different training config"):
