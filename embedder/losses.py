@@ -133,6 +133,11 @@ class PrototypicalLoss(EmbeddingLoss):
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
 
     def compute_loss(self, embeddings, labels):
+        logits, targets = self.episode_logits(embeddings, labels, self.log_scale.exp())
+        return F.cross_entropy(logits, targets)
+
+    def episode_logits(self, embeddings: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor):
+        """Queries' logits over the class prototypes (Q, classes) and their class index (Q,)."""
         classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
         order = torch.argsort(inverse, stable=True)
         counts = torch.bincount(inverse)
@@ -146,8 +151,7 @@ class PrototypicalLoss(EmbeddingLoss):
         prototypes.index_add_(0, inverse[support], embeddings[support])
         prototypes = prototypes / self.k_shot
         queries, targets = embeddings[~support], inverse[~support]
-        logits = -self.log_scale.exp() * torch.cdist(queries, prototypes).pow(2)
-        return F.cross_entropy(logits, targets)
+        return -scale * torch.cdist(queries, prototypes).pow(2), targets
 
 
 class NormalizedSoftmaxLoss(EmbeddingLoss):

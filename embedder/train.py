@@ -6,6 +6,7 @@ steps lets a killed run resume exactly (every batch and augmentation is a functi
 and the step); curves are written as CSV and PNG. With ``ema_decay`` the model validated and kept
 is an exponential moving average of the weights (and BatchNorm statistics), via
 ``torch.optim.swa_utils.AveragedModel``; the history then also shows the raw weights' score.
+With ``teachers`` (model files) a prototypical run is distilled: see :mod:`oneshot.embedder.distill`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from oneshot.atomic import atomic_path
 from oneshot.data.augment import AugmentConfig, augment
 from oneshot.embedder.artifact import load_model, save_model
 from oneshot.embedder.dataset import LabelledImages
+from oneshot.embedder.distill import distillation_loss, teacher_vectors
 from oneshot.embedder.encode import default_device
 from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
 from oneshot.embedder.losses import (
@@ -80,6 +82,9 @@ class TrainConfig:
     seed: int = 0
     max_seconds: float = 0.0
     ema_decay: float = 0.0
+    teachers: list = field(default_factory=list)
+    distill_weight: float = 0.5
+    distill_temperature: float = 4.0
 
     def __post_init__(self):
         for name in _INTEGER_OPTIONS:
@@ -96,6 +101,16 @@ class TrainConfig:
             raise InvalidInputError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         if self.steps < 1 or self.val_every < 1 or self.checkpoint_every < 1:
             raise InvalidInputError("steps, val_every and checkpoint_every must be positive")
+        if not isinstance(self.teachers, list) or not all(isinstance(t, str) and t for t in self.teachers):
+            raise InvalidInputError(f"training option teachers must be a list of model paths, got {self.teachers!r}")
+        if self.teachers and self.objective != "prototypical":
+            raise InvalidInputError(f"distillation from teachers needs the prototypical objective, not {self.objective!r}")
+        if isinstance(self.distill_weight, bool) or not isinstance(self.distill_weight, (int, float)) \
+                or not 0 <= self.distill_weight <= 1:
+            raise InvalidInputError(f"training option distill_weight must be in [0, 1], got {self.distill_weight!r}")
+        if isinstance(self.distill_temperature, bool) or not isinstance(self.distill_temperature, (int, float)) \
+                or self.distill_temperature <= 0:
+            raise InvalidInputError(f"training option distill_temperature must be positive, got {self.distill_temperature!r}")
         Recipe.from_dict(self.recipe)
         self.augment = AugmentConfig.from_dict(self.augment).to_dict()  # every key: a partial dict means the defaults
 
@@ -305,6 +320,12 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
             raise CorruptFileError(f"{checkpoint_path}: has no weight average for this model ({error}); "
                                    "use --no-resume") from error
     kept = averaged.module if averaged is not None else model  # what is validated and saved
+    teacher = None
+    if config.teachers:
+        clock = time.perf_counter()
+        teacher, info["distilled_from"] = teacher_vectors(config.teachers, train_set, model.recipe, device)
+        info["teacher_seconds"] = round(time.perf_counter() - clock, 1)  # before step 0, not in the training clock
+        info["distillation"] = {"weight": config.distill_weight, "temperature": config.distill_temperature}
 
     def save_best(accuracy: float | None) -> None:
         details = {**info, "train_config": config.to_dict(), "seed": config.seed, "step": state["step"],
@@ -339,7 +360,12 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         images = augment(images, augment_config, generator, pair_ids)
         embeddings = model(images.to(device))
-        loss = loss_fn(embeddings, torch.from_numpy(labels[rows]).to(device))
+        batch_labels = torch.from_numpy(labels[rows]).to(device)
+        loss = loss_fn(embeddings, batch_labels)
+        if teacher is not None:
+            soft = distillation_loss(loss_fn, embeddings, teacher[torch.from_numpy(rows).to(device)], batch_labels,
+                                     config.distill_temperature)
+            loss = (1 - config.distill_weight) * loss + config.distill_weight * soft
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

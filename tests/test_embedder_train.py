@@ -11,11 +11,11 @@ import torch
 
 import oneshot.embedder.train as train_module
 from oneshot.data.synthetic import make_alphabets
-from oneshot.embedder.artifact import model_fingerprint, read_model_config
+from oneshot.embedder.artifact import model_fingerprint, read_model_config, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
 from oneshot.embedder.preprocess import Recipe
-from oneshot.embedder.train import OBJECTIVES, TrainConfig, train
+from oneshot.embedder.train import OBJECTIVES, TrainConfig, build_model, train
 from oneshot.pipelines.evaluation.episodes import sample_episodes
 from oneshot.pipelines.evaluation.prototypes import evaluate_episodes
 from oneshot.pipelines.evaluation.validation import OneShotValidation
@@ -79,11 +79,18 @@ def _final_state(out_dir):
     return torch.load(out_dir / "checkpoint.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("checkpoint_every,kill_at,resume_from,ema_decay", [(6, 8, 6, 0.0), (4, 7, 4, 0.0), (4, 7, 4, 0.9)])
-def test_exact_resume_after_a_kill(data, tmp_path, monkeypatch, checkpoint_every, kill_at, resume_from, ema_decay):
+@pytest.mark.parametrize("checkpoint_every,kill_at,resume_from,ema_decay,distilled",
+                         [(6, 8, 6, 0.0, False), (4, 7, 4, 0.0, False), (4, 7, 4, 0.9, False), (4, 7, 4, 0.0, True)])
+def test_exact_resume_after_a_kill(data, tmp_path, monkeypatch, checkpoint_every, kill_at, resume_from, ema_decay,
+                                   distilled):
     # checkpoint_every=4 with val_every=6: the kill lands after a validation the checkpoint has not seen,
     # and the resumed run restarts in the middle of a validation interval
-    config = _config(steps=12, val_every=6, checkpoint_every=checkpoint_every, warmup_steps=3, ema_decay=ema_decay)
+    teachers = []
+    if distilled:  # the teachers' targets are computed again on resume
+        teachers = [str(tmp_path / "teacher.safetensors")]
+        save_model(build_model(_config(dim=12)), teachers[0], {})
+    config = _config(steps=12, val_every=6, checkpoint_every=checkpoint_every, warmup_steps=3, ema_decay=ema_decay,
+                     teachers=teachers)
     full = _run(config, data, tmp_path / "full")
 
     # the same run killed during step `kill_at` (1-based), after the last checkpoint ...

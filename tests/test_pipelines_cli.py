@@ -337,6 +337,28 @@ def test_train_synthetic_with_config(tmp_path):
     assert model.info["val_accuracy"] == pytest.approx(float(found.group(1)), abs=1e-4)
 
 
+def test_train_with_teachers_distills_and_refuses_a_teacher_of_other_images(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    ok(run("train", "--synthetic", "--config", config, "--out", tmp_path / "teacher"))
+    teacher = tmp_path / "teacher" / "model.safetensors"
+    ok(run("train", "--synthetic", "--config", config, "--teacher", teacher, "--out", tmp_path / "student"))
+    from oneshot.embedder.artifact import load_model
+
+    info = load_model(tmp_path / "student" / "model.safetensors").info
+    assert [d["path"] for d in info["distilled_from"]] == [str(teacher)]
+    assert info["train_config"]["teachers"] == [str(teacher)] and info["teacher_seconds"] >= 0
+    from oneshot.embedder.artifact import save_model
+    from oneshot.embedder.model import Embedder
+    from oneshot.embedder.preprocess import Recipe
+
+    other = save_model(Embedder("conv", dim=8, recipe=Recipe(size=20), backbone_options={"channels": 4, "blocks": 2}),
+                       tmp_path / "other.safetensors")
+    message = fails(run("train", "--synthetic", "--config", config, "--teacher", other, "--out", tmp_path / "refused"), 1)
+    assert str(other) in message and "must match" in message
+    assert not (tmp_path / "refused" / "model.safetensors").exists()
+
+
 def test_train_unknown_config_key_names_it(tmp_path):
     config = tmp_path / "typo.json"
     config.write_text(json.dumps({**TINY_CONFIG, "stepz": 3}))

@@ -46,12 +46,15 @@ from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
 @click.option("--steps", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(exists=True),
+              help="A trained model to distill from (repeatable; prototypical objective; their vectors of the "
+                   "unaugmented training images are soft targets). See embedder.distill.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
 @reject_options
 @friendly
 def train_command(data, split, synthetic, val_groups, val_classes, val_split, recipe, augment, rotations, init, tune,
-                  max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, resume,
-                  on_error, max_rejects):
+                  max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, teachers,
+                  resume, on_error, max_rejects):
     """Train an embedder on any gallery; keeps the best model by validation accuracy and stores its
     verification and "unknown" thresholds, calibrated on the validation split. A gallery of face
     photos tunes the shipped face model's last layer, validated by folds over its people.
@@ -64,6 +67,7 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
       oneshot train --data ../shared/data/omniglot --out runs/train
       oneshot train --synthetic --steps 300 --out runs/synth
       oneshot train --data ../shared/data/omniglot --objective triplet --mining semihard --out runs/triplet
+      oneshot train --data ../shared/data/omniglot --teacher runs/a/model.safetensors --teacher runs/b/model.safetensors --out runs/student
     """
     from oneshot.pipelines.jobs.train import train_from_cli
 
@@ -71,6 +75,8 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
     overrides = dict(objective=objective, mining=mining, backbone=backbone, dim=dim, steps=steps, lr=lr, seed=seed)
     overrides.update(rotations=rotations, max_seconds=None if max_minutes is None else 60.0 * max_minutes)
     options.update({k: v for k, v in overrides.items() if v is not None})
+    if teachers:
+        options["teachers"] = list(teachers)
     if size is not None:
         options["recipe"] = {**options.get("recipe", {}), "size": size}
     command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -433,7 +433,7 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
 
 
 #: Training options that mean nothing to last-layer tuning (they shape the network or its loss).
-_WHOLE_NETWORK_OPTIONS = ("objective", "mining", "backbone", "dim", "classes_per_batch", "items_per_class")
+_WHOLE_NETWORK_OPTIONS = ("objective", "mining", "backbone", "dim", "classes_per_batch", "items_per_class", "teachers")
 
 
 def _tuning_recipe(own: Recipe, gallery: Recipe) -> Recipe:
