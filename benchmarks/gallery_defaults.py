@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks import write_result
+from benchmarks import command_line, write_result
 from oneshot.data.synthetic import make_alphabets
 from oneshot.data.synthetic_photos import make_photo_gallery
 from oneshot.data.synthetic_signatures import make_signature_gallery
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    result = {"command": "python -m benchmarks.gallery_defaults " + " ".join(argv or __import__("sys").argv[1:]),
+    result = {"command": command_line("gallery_defaults", argv),
               "machine": f"{os.cpu_count()} cores, load average before the run {os.getloadavg()[0]:.2f}"}
     for family in args.families.split(","):
         result[family] = run_family(family, Path(args.root), args.episodes, args.seed, args.way)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 import traceback
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import write_result
+from benchmarks import command_line, write_result
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -175,7 +174,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="oneshot_gpu_"))
-    result: dict = {"command": "python -m benchmarks.gpu " + " ".join(argv or sys.argv[1:]),
+    result: dict = {"command": command_line("gpu", argv),
                     "machine": f"{platform.node()}, {os.cpu_count()} cores"}
     sections = {"encode": lambda: section_encode(Path(args.data), work),
                 "search": lambda: section_search(work, args.n),

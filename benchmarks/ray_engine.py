@@ -24,14 +24,13 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import write_result
+from benchmarks import command_line, write_result
 from oneshot.embedder.artifact import load_model
 from oneshot.index.dataset_store import MANIFEST_NAME
 from oneshot.index.store import read_embeddings
@@ -169,7 +168,7 @@ def main(argv=None) -> dict:
     model = load_model(args.model)
     work = Path(args.work or tempfile.mkdtemp(prefix="ray_engine_bench_"))
     work.mkdir(parents=True, exist_ok=True)
-    result: dict = {"command": "python -m benchmarks." + Path(__file__).stem + " " + " ".join(argv or sys.argv[1:]),
+    result: dict = {"command": command_line("ray_engine", argv),
                     "machine": f"{os.cpu_count()} cores; load_average_before is recorded with each job",
                     "ray_version": ray.__version__, "model": args.model or "shipped default",
                     "model_fingerprint": model.fingerprint,
