@@ -77,22 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="Omniglot root (default: $OMNIGLOT_DIR)")
     parser.add_argument("--models", nargs="+", required=True,
                         help="model files (cosine models), or checkpoint.pt files for a run's raw last weights")
-    parser.add_argument("--no-ensemble", action="store_true", help="each model and their mean only")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--no-ensemble", action="store_true", help="each model and their mean only")
+    group.add_argument("--ensemble-only", action="store_true",
+                       help="the ensemble's figures only (the models' own are in another run's JSON)")
     parser.add_argument("--episodes", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/ensemble.json")
     args = parser.parse_args(argv)
     data = omniglot_root(args.data)
     models = [load_weights(path) for path in args.models]
-    result = {"command": command_line("ensemble", argv),
-              "models": {}}
-    for path, model in zip(args.models, models):
+    result = {"command": command_line("ensemble", argv), "models": {},
+              "model_files": {path: {"train_seed": model.info.get("seed"), "train_command": model.info.get("command")}
+                              for path, model in zip(args.models, models)}}
+    for path, model in zip(args.models, [] if args.ensemble_only else models):
         found = figures(ensemble_encoder([model]), data, args.episodes, args.seed)
         result["models"][path] = {**found, "train_seed": model.info.get("seed"), "train_command": model.info.get("command")}
         print(path, found, flush=True)
     if len(models) > 1:
-        result["seed_mean"] = seed_mean(list(result["models"].values()))
-        print("mean over models", result["seed_mean"], flush=True)
+        if not args.ensemble_only:
+            result["seed_mean"] = seed_mean(list(result["models"].values()))
+            print("mean over models", result["seed_mean"], flush=True)
         if not args.no_ensemble:
             result["ensemble"] = figures(ensemble_encoder(models), data, args.episodes, args.seed)
             print("ensemble", result["ensemble"], flush=True)
