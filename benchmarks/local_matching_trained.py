@@ -94,7 +94,7 @@ def train_head(maps: np.ndarray, labels: np.ndarray, radius: int, steps: int, wa
         loss.backward()
         optimiser.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return head.eval(), losses
 
 
