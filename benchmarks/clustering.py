@@ -17,13 +17,13 @@ import argparse
 import json
 import time
 
-from benchmarks import validation_alphabets, write_result
+from benchmarks import command_line, validation_alphabets, write_result
 from oneshot.data.omniglot import OmniglotSplit, omniglot_root
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
 from oneshot.index.metric import get_metric
 from oneshot.pipelines.evaluation.cluster_thresholds import calibrate_cluster_threshold
-from oneshot.pipelines.evaluation.clustering import cluster_groups
+from oneshot.pipelines.evaluation.clustering import AFFINITIES, cluster_groups
 from oneshot.pipelines.evaluation.thresholds import resolve_cluster_thresholds
 from oneshot.pipelines.jobs.demo import raw_pixel_vectors
 
@@ -32,13 +32,13 @@ TARGETS = {"accuracy_truth": 0.92, "accuracy_auto": 0.88, "k_relative_error_auto
 SLAVONIC = "Old_Church_Slavonic_(Cyrillic)"
 
 
-def run(embeddings, table, metric, thresholds, methods, seed) -> dict:
+def run(embeddings, table, metric, thresholds, methods, seed, affinity: str = "knn") -> dict:
     """Scores of each (clusters, method) on every group -> {name: {summary, per_group, seconds}}."""
     out = {}
     for clusters, method in methods:
         tick = time.perf_counter()
         result = cluster_groups(embeddings, table, metric, clusters, thresholds["cluster_distance"],
-                                thresholds["cluster_radius"], method=method, seed=seed)
+                                thresholds["cluster_radius"], method=method, seed=seed, affinity=affinity)
         name = f"{method}_{clusters}"
         out[name] = {"summary": result.summary, "seconds": round(time.perf_counter() - tick, 2),
                      "per_group": result.per_group.to_dict("records")}
@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default=None, help="model file (default: the shipped model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel rows")
+    parser.add_argument("--affinity", choices=AFFINITIES, default="knn", help="the spectral graph (default: knn)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
     thresholds, source = resolve_cluster_thresholds({"model_fingerprint": model.fingerprint}, args.model)
     print(f"thresholds: {source}")
     methods = [("truth", "spectral"), ("auto", "spectral"), ("truth", "kmeans")]
-    results = {"embedder": run(embeddings, table, metric, thresholds, methods, args.seed)}
+    results = {"embedder": run(embeddings, table, metric, thresholds, methods, args.seed, args.affinity)}
     pixel_thresholds = None
     if not args.no_pixels:
         recipe = model.recipe
@@ -79,7 +80,7 @@ def main(argv=None) -> dict:
         print(f"raw-pixel thresholds (background validation alphabets): {pixel_thresholds['cluster_distance']:.4f}, "
               f"{pixel_thresholds['cluster_radius']:.4f}")
         results["raw pixels"] = run(raw_pixel_vectors(images, recipe), table, "cosine", pixel_thresholds,
-                                    methods, args.seed)
+                                    methods, args.seed, args.affinity)
     embedder = results["embedder"]
     slavonic = {name: next(r["ari"] for r in v["per_group"] if r["group"] == SLAVONIC) for name, v in embedder.items()}
     measured = {"accuracy_truth": embedder["spectral_truth"]["summary"]["accuracy"],
@@ -89,8 +90,7 @@ def main(argv=None) -> dict:
     met = {k: (measured[k] <= TARGETS[k]) if k.startswith("k_") else (measured[k] >= TARGETS[k]) for k in TARGETS}
     print(json.dumps({"measured": measured, "target_met": met}, indent=2))
     result = {"model": args.model or "shipped default", "model_fingerprint": model.fingerprint,
-              "command": "python -m benchmarks.clustering --data ../shared/data/omniglot "
-                         "--out benchmarks/results/clustering.json",
+              "command": command_line("clustering", argv), "affinity": args.affinity,
               "alphabets": int(table["group"].nunique()), "images": int(len(table)),
               "thresholds": thresholds, "threshold_source": source, "raw_pixel_thresholds": pixel_thresholds,
               "targets": TARGETS, "measured": measured, "target_met": met,

@@ -6,7 +6,7 @@ Each backbone exposes ``feature_dim``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -47,16 +47,23 @@ def _conv_block(cin: int, cout: int, pool: bool = True) -> nn.Sequential:
 class ConvNet(nn.Module):
     """``blocks`` x [conv 3x3, batch norm, ReLU, max-pool 2], then global average pooling.
 
-    The classic 4-block few-shot backbone (Vinyals et al., Snell et al.).
+    The classic 4-block few-shot backbone (Vinyals et al., Snell et al.): ``channels`` in every
+    block, or ``widths`` (one per block, e.g. ``(64, 64, 128, 256)``: the late blocks work on small
+    maps, so widening them adds features for little compute).
     """
 
-    def __init__(self, channels: int = 64, blocks: int = 4, in_channels: int = 1):
+    def __init__(self, channels: int = 64, blocks: int = 4, in_channels: int = 1,
+                 widths: Sequence[int] | None = None):
         super().__init__()
-        if blocks < 1 or channels < 1:
+        if widths is not None:
+            if isinstance(widths, (str, bytes)) or len(widths) != blocks or \
+                    not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+                raise InvalidInputError(f"widths must be {blocks} positive ints (one per block), got {widths!r}")
+        elif blocks < 1 or channels < 1:
             raise InvalidInputError(f"blocks and channels must be positive, got {blocks}, {channels}")
-        widths = [in_channels] + [channels] * blocks
+        widths = [in_channels] + (list(widths) if widths is not None else [channels] * blocks)
         self.features = nn.Sequential(*[_conv_block(a, b) for a, b in zip(widths, widths[1:])])
-        self.feature_dim = channels
+        self.feature_dim = widths[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean(dim=(2, 3))
@@ -116,7 +123,7 @@ class KochNet(nn.Module):
         return self.dense(self.features(x))
 
 
-register_backbone("conv4")(lambda channels=64, in_channels=1: ConvNet(channels, 4, in_channels))
+register_backbone("conv4")(lambda channels=64, in_channels=1, widths=None: ConvNet(channels, 4, in_channels, widths))
 register_backbone("conv")(ConvNet)
 register_backbone("resnet-small")(ResNetSmall)
 register_backbone("koch")(KochNet)

@@ -47,7 +47,7 @@ from oneshot.errors import CorruptFileError, InvalidInputError
 log = logging.getLogger(__name__)
 OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax")
 PAIR_OBJECTIVES = ("siamese", "contrastive")
-_INTEGER_OPTIONS = ("steps", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "pairs", "val_every",
+_INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "pairs", "val_every",
                     "val_way", "val_episodes", "patience", "checkpoint_every", "seed")
 
 
@@ -63,6 +63,7 @@ class TrainConfig:
     dim: int | None = 128
     recipe: dict = field(default_factory=lambda: Recipe(size=28).to_dict())
     steps: int = 3000
+    cycles: int = 1
     lr: float = 2e-3
     weight_decay: float = 5e-4
     warmup_steps: int = 100
@@ -101,6 +102,8 @@ class TrainConfig:
             raise InvalidInputError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         if self.steps < 1 or self.val_every < 1 or self.checkpoint_every < 1:
             raise InvalidInputError("steps, val_every and checkpoint_every must be positive")
+        if not 1 <= self.cycles <= self.steps:
+            raise InvalidInputError(f"training option cycles must be in [1, steps], got {self.cycles!r}")
         if not isinstance(self.teachers, list) or not all(isinstance(t, str) and t for t in self.teachers):
             raise InvalidInputError(f"training option teachers must be a list of model paths, got {self.teachers!r}")
         if self.teachers and self.objective != "prototypical":
@@ -152,14 +155,31 @@ def build_sampler(config: TrainConfig, labels: np.ndarray, groups: np.ndarray):
     return PKSampler(labels, config.classes_per_batch, config.items_per_class, config.seed)
 
 
+def training_memory_format(device: torch.device) -> torch.memory_format:
+    """``channels_last`` on the CPU (oneDNN's convolutions, batch norm and pooling run about a third
+    faster on (N, H, W, C) batches than on (N, C, H, W)), else the default layout."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def cycle_ends(config: TrainConfig) -> list[int]:
+    """The steps after which each learning-rate cycle ends: ``config.cycles`` equal parts of
+    ``config.steps``, the last ending at ``config.steps``."""
+    return [round(config.steps * (c + 1) / config.cycles) for c in range(config.cycles)]
+
+
 def _schedule(config: TrainConfig):
-    """Warm-up then cosine decay over ``config.steps``. The clock never moves the schedule, so a run
-    that the step count ends is the same run on any machine; a time limit only stops it early
-    (the kept model is the best validated one)."""
+    """Warm-up then cosine decay over ``config.steps``; with ``config.cycles > 1``, cosine decay over
+    each cycle, restarting at the full rate (warm restarts, whose low points are the snapshots of a
+    snapshot ensemble). The clock never moves the schedule, so a run that the step count ends is the
+    same run on any machine; a time limit only stops it early (the kept model is the best validated one)."""
+    ends = cycle_ends(config)
+
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        cycle = next((c for c, end in enumerate(ends) if step < end), len(ends) - 1)
+        start = max(config.warmup_steps, ends[cycle - 1] if cycle else 0)
+        progress = (step - start) / max(1, ends[cycle] - start)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
@@ -264,7 +284,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     better) comes from the caller, e.g. :class:`oneshot.pipelines.evaluation.validation.OneShotValidation`.
 
     Writes into ``out_dir``: ``model.safetensors`` (+ ``.json``), ``checkpoint.pt`` (for resume),
-    ``history.csv``, ``curves.png`` and ``config.json``.
+    ``history.csv``, ``curves.png`` and ``config.json``; with ``config.cycles > 1``, also
+    ``snapshot1.safetensors``... (the model at the end of each learning-rate cycle).
 
     Args:
         resume: continue from ``out_dir/checkpoint.pt`` when it exists (same config required).
@@ -280,7 +301,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     model = build_model(config)
     if init is not None:
         initialise_from(model, init)
-    model = model.to(device)
+    memory_format = training_memory_format(device)
+    model = model.to(device, memory_format=memory_format)
     labels, groups = train_set.virtual_labels()
     loss_fn = build_loss(config, model, int(labels.max()) + 1).to(device)
     sampler = build_sampler(config, labels, groups)
@@ -359,7 +381,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         images = train_set.fetch(rows)
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         images = augment(images, augment_config, generator, pair_ids)
-        embeddings = model(images.to(device))
+        embeddings = model(images.to(device).contiguous(memory_format=memory_format))
         batch_labels = torch.from_numpy(labels[rows]).to(device)
         loss = loss_fn(embeddings, batch_labels)
         if teacher is not None:
@@ -406,6 +428,11 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
             if config.patience and state["stale"] >= config.patience:
                 log.info("early stop at step %d: no improvement in %d validations", step, config.patience)
                 state["stopped"] = last = True
+        if config.cycles > 1 and step in cycle_ends(config):
+            cycle = cycle_ends(config).index(step) + 1
+            save_model(kept, out_dir / f"snapshot{cycle}.safetensors",
+                       {**info, "train_config": config.to_dict(), "seed": config.seed, "step": step,
+                        "snapshot": f"end of learning-rate cycle {cycle} of {config.cycles}"})
         if step % config.checkpoint_every == 0 or last:
             _atomic_torch_save({"config": config.to_dict(), "model": model.state_dict(), "loss": loss_fn.state_dict(),
                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

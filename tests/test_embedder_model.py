@@ -58,6 +58,23 @@ def test_none_options_are_dropped():
     assert model.feature_dim == 64  # ConvNet's own default, not None
 
 
+def test_conv_widths_per_block_and_round_trip(tmp_path):
+    from oneshot.embedder.artifact import load_model, save_model
+
+    backbone = create_backbone("conv4", widths=[4, 4, 8, 16])
+    assert backbone.feature_dim == 16
+    assert [block[0].out_channels for block in backbone.features] == [4, 4, 8, 16]
+    model = Embedder("conv4", dim=6, recipe=Recipe(size=16), backbone_options={"widths": [4, 4, 8, 16]}).eval()
+    save_model(model, tmp_path / "m.safetensors")
+    again = load_model(tmp_path / "m.safetensors")
+    images = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(images), again(images))
+    for bad in ([4, 4, 8], [4, 0, 8, 16], "4448", [4.0, 4, 8, 16]):
+        with pytest.raises(ValueError, match="widths"):
+            create_backbone("conv4", widths=bad)
+
+
 def test_unknown_backbone_lists_known_names():
     with pytest.raises(ValueError) as error:
         Embedder("vgg99")

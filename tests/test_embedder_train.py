@@ -357,3 +357,26 @@ def test_paired_validation_noise_is_the_spread_across_held_out_classes(data, tmp
     uneven[0] += 0.05 * validate.n_classes  # the same mean gain from one class alone: noise
     validate.last_per_class = uneven
     assert validate.paired_gain(start) == pytest.approx(0.05) and validate.paired_noise(start) > 0.05
+
+
+def test_warm_restarts_restart_the_rate_and_save_a_snapshot_per_cycle(data, tmp_path):
+    config = _config(steps=12, cycles=3, warmup_steps=2, val_every=4, checkpoint_every=4)
+    assert train_module.cycle_ends(config) == [4, 8, 12]
+    factor = train_module._schedule(config)
+    rates = [factor(step) for step in range(12)]
+    assert rates[0] == pytest.approx(0.5) and rates[1] == pytest.approx(1.0)  # warm-up, then the first cycle
+    assert rates[4] == pytest.approx(1.0) and rates[8] == pytest.approx(1.0)  # each later cycle restarts at full rate
+    assert rates[3] < rates[2] == pytest.approx(1.0) and rates[7] < rates[6] < rates[5] < 1 and rates[11] < rates[10] < rates[9] < 1
+    result = _run(config, data, tmp_path)
+    for cycle, step in enumerate([4, 8, 12], start=1):
+        info = read_model_config(tmp_path / f"snapshot{cycle}.safetensors")["info"]
+        assert info["step"] == step and info["snapshot"] == f"end of learning-rate cycle {cycle} of 3"
+    assert result.history["lr"].tolist() == pytest.approx([0.002, 0.002, 0.0])  # the next step's rate: restarts
+    with pytest.raises(ValueError, match="cycles"):
+        _config(steps=4, cycles=5)
+    assert train_module._schedule(_config(steps=30))(29) == pytest.approx(_old_cosine(29, 30, 5))
+
+
+def _old_cosine(step: int, steps: int, warmup: int) -> float:
+    """The one-cycle schedule as written before warm restarts: cycles=1 must not change it."""
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))

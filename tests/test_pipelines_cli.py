@@ -259,6 +259,9 @@ def test_cluster_prints_scores_and_where_the_thresholds_came_from(built):
     assert 0.0 <= float(found.group(1)) <= 1.0 and -1.0 <= float(found.group(2)) <= 1.0
     # The tiny model is not the shipped one: the default thresholds are used, and said so.
     assert "thresholds: cluster_distance=" in result.stderr and "built-in default" in result.stderr
+    shared = ok(run("cluster", built[0], "--clusters", "truth", "--affinity", "shared", "--json"))
+    assert json.loads(shared.stdout)["settings"]["affinity"] == "shared"
+    assert "'knn', 'shared'" in fails(run("cluster", built[0], "--affinity", "nearest"), 2)
 
 
 def test_cluster_out_export_and_assign(built, tmp_path, synthetic_gallery, tiny_model_path):

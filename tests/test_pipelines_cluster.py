@@ -7,12 +7,15 @@ import pytest
 from oneshot.pipelines.evaluation.cluster_scores import hungarian_accuracy
 from oneshot.pipelines.evaluation.cluster_thresholds import calibrate_cluster_threshold
 from oneshot.pipelines.evaluation.clustering import (
+    centred,
     choose_n_neighbors,
     cluster_groups,
     cluster_vectors,
     estimate_n_clusters,
     kmeans,
     neighbour_graph,
+    shared_neighbour_graph,
+    spread_wider_than_a_class,
     summarize_clusters,
 )
 
@@ -186,3 +189,43 @@ def test_sparse_eigen_solver_agrees_with_the_dense_one(monkeypatch):
     monkeypatch.setattr(cluster, "DENSE_EIGEN_LIMIT", 10)  # large groups take the ARPACK path
     np.testing.assert_allclose(cluster.laplacian_spectrum(graph, 10), dense, atol=1e-6)
     assert estimate_n_clusters(graph) == 6
+
+
+def test_shared_neighbour_graph_weighs_edges_inside_a_cluster_above_edges_across():
+    x, labels = sphere_blobs(4, seed=5, sizes=[12, 12, 12, 12])
+    graph = shared_neighbour_graph(x, "cosine", 5)
+    assert (abs(graph - graph.T)).max() < 1e-12 and graph.diagonal().sum() == 0
+    assert graph.data.min() > 0 and graph.data.max() <= 1.0
+    assert set(zip(*graph.nonzero())) == set(zip(*neighbour_graph(x, "cosine", 5).nonzero()))  # same edges
+    rows, cols = graph.nonzero()
+    weights = np.asarray(graph[rows, cols]).ravel()
+    inside = labels[rows] == labels[cols]
+    assert inside.any() and weights[inside].mean() > 0.5
+    if (~inside).any():
+        assert weights[~inside].mean() < weights[inside].mean()
+
+
+def test_centring_only_for_groups_wider_than_a_class():
+    x, _ = sphere_blobs(6, seed=2)
+    one, _ = sphere_blobs(1, seed=2, sizes=[30], spread=0.05)
+    distance = float(np.median(1 - (one @ one.T)[np.triu_indices(30, 1)]))  # a class's typical pair
+    assert spread_wider_than_a_class(x, "cosine", distance)
+    assert not spread_wider_than_a_class(one, "cosine", distance)
+    assert not spread_wider_than_a_class(x, "l2", distance)  # translation changes no l2 distance
+    c = centred(x, "cosine")
+    assert c.dtype == np.float32 and np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
+    assert np.linalg.norm(c.mean(axis=0)) < np.linalg.norm(x.mean(axis=0))
+    y = x * 3
+    assert np.allclose(np.linalg.norm(centred(y, "l2")[:, None] - centred(y, "l2")[None], axis=2),
+                       np.linalg.norm(y[:, None] - y[None], axis=2), atol=1e-4)
+
+
+@pytest.mark.parametrize("clusters", ["truth", "auto"])
+def test_shared_affinity_clusters_and_is_recorded(clusters):
+    x, labels, groups = grouped_clusters()
+    result = cluster_groups(x, as_table(labels, groups), "cosine", clusters, 0.05, affinity="shared")
+    assert (result.per_group["accuracy"] == 1.0).all()
+    assert result.settings["affinity"] == "shared"
+    assert cluster_groups(x, as_table(labels, groups), "cosine", 3, 0.05).settings["affinity"] == "knn"
+    with pytest.raises(ValueError, match="affinity"):
+        cluster_vectors(x, 3, "cosine", 0.05, affinity="nearest")

@@ -1,7 +1,12 @@
 """Clustering of unseen classes, one group (alphabet) at a time, with or without a known number
 of clusters.
 
-The default method is spectral clustering of the symmetrised k-nearest-neighbour graph. With
+The default method is spectral clustering of the symmetrised k-nearest-neighbour graph
+(``affinity="knn"``). ``affinity="shared"`` is an opt-in graph: the neighbours are found after
+centring the group (its mean vector taken off, then re-normalised for cosine, only when the group
+spreads wider than one class) and each edge weighs the share of neighbours its two ends have in
+common (shared-nearest-neighbour similarity); it helped on Omniglot's validation alphabets and hurt
+on the synthetic alphabets and MNIST (``benchmarks/cluster_families.py``), so it is not the default. With
 ``clusters="auto"`` the number of clusters is the position of the largest gap between the smallest
 eigenvalues of the graph's normalised Laplacian (the eigengap), and the neighbour count of the graph
 is the median number of other items closer than ``cluster_distance`` (calibrated on held-out
@@ -33,6 +38,7 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 TRUTH = "truth"
 METHODS = ("spectral", "kmeans")
+AFFINITIES = ("knn", "shared")
 MIN_NEIGHBORS, MAX_NEIGHBORS = 3, 30
 DENSE_EIGEN_LIMIT = 3000   # above this many items per group, sparse eigen-solver (ARPACK)
 MAX_AUTO_CLUSTERS = 1000   # the eigengap search looks at most this many eigenvalues
@@ -90,6 +96,14 @@ def neighbour_graph(x: np.ndarray, metric: Metric | str, n_neighbors: int) -> sp
     Returns:
         (N, N) sparse 0/1 float64, symmetric, empty diagonal.
     """
+    graph = neighbour_graph_directed(x, metric, n_neighbors)
+    graph = graph.maximum(graph.T).tocsr()
+    graph.data[:] = 1.0
+    return graph
+
+
+def neighbour_graph_directed(x: np.ndarray, metric: Metric | str, n_neighbors: int) -> sp.csr_matrix:
+    """Row i holds a 1 at each of i's ``n_neighbors`` nearest other rows -> (N, N) sparse float64."""
     metric = get_metric(metric)
     n = x.shape[0]
     if not 1 <= n_neighbors < n:
@@ -98,9 +112,42 @@ def neighbour_graph(x: np.ndarray, metric: Metric | str, n_neighbors: int) -> sp
     rows = np.repeat(np.arange(n), n_neighbors + 1)
     cols = ids.reshape(-1)
     keep = (cols >= 0) & (cols != rows)
-    graph = sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
-    graph = graph.maximum(graph.T).tocsr()
-    graph.data[:] = 1.0
+    # (a row whose self is not among its hits, among exact duplicates, keeps n_neighbors + 1)
+    return sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
+
+
+def centred(x: np.ndarray, metric: Metric | str) -> np.ndarray:
+    """The group's vectors with their mean taken off, prepared again for the metric -> (N, D) float32.
+
+    Distances under l2 and l1 do not change; under cosine the angles are then measured around the
+    group's centre rather than the origin.
+    """
+    metric = get_metric(metric)
+    return metric.prepare(x - x.mean(axis=0, keepdims=True, dtype=np.float64))
+
+
+def shared_neighbour_graph(x: np.ndarray, metric: Metric | str, n_neighbors: int) -> sp.csr_matrix:
+    """The k-nearest-neighbour graph weighted by shared neighbours: edge i-j (when either is among the
+    other's ``n_neighbors`` nearest) weighs ``|N(i) & N(j)| / (n_neighbors + 1)``, where ``N(i)`` is
+    ``i`` and its neighbours. Two items in one tight cluster share most neighbours; an edge that
+    crosses between clusters shares few, so it weighs little.
+
+    Args:
+        x: (N, D) prepared vectors.
+        n_neighbors: neighbours per row (self excluded), 1 <= n_neighbors < N.
+
+    Returns:
+        (N, N) sparse float64 in [0, 1], symmetric, empty diagonal.
+    """
+    n = x.shape[0]
+    knn = neighbour_graph_directed(x, metric, n_neighbors)
+    members = (knn + sp.identity(n, format="csr")).tocsr()
+    members.data[:] = 1.0
+    edges = knn.maximum(knn.T).tocoo()
+    shared = np.asarray(members[edges.row].multiply(members[edges.col]).sum(axis=1)).reshape(-1)
+    weight = np.minimum(shared / (n_neighbors + 1), 1.0)
+    graph = sp.csr_matrix((weight, (edges.row, edges.col)), shape=(n, n))
+    graph.eliminate_zeros()
     return graph
 
 
@@ -202,9 +249,40 @@ class GroupClustering:
     n_neighbors: int
 
 
+def spread_wider_than_a_class(x: np.ndarray, metric: Metric | str, cluster_distance: float) -> bool:
+    """Whether a cosine group's typical pair lies at least twice as far apart as two drawings of one
+    class: its mean pairwise distance (1 minus the squared norm of its mean unit vector) at least
+    ``2 * cluster_distance``, so the group holds several classes. A group that looks like one class
+    (its mean pairwise distance about ``cluster_distance``) is not centred: centring would blow
+    its noise up into directions, and the graph would split it. l2 and l1 groups never need it
+    (translation changes no distance)."""
+    metric = get_metric(metric)
+    if not metric.normalizes or x.shape[0] < 2:
+        return False
+    mean = x.mean(axis=0, dtype=np.float64)
+    return 1.0 - float(mean @ mean) >= 2.0 * cluster_distance
+
+
+def affinity_graph(x: np.ndarray, metric: Metric | str, n_neighbors: int, affinity: str = "knn",
+                   cluster_distance: float = 0.0) -> sp.csr_matrix:
+    """The graph spectral clustering and the eigengap work on -> (N, N) sparse, symmetric.
+
+    ``"shared"``: shared-neighbour weights (:func:`shared_neighbour_graph`), the neighbours found
+    after centring the group (:func:`centred`) when it spreads wider than one class
+    (:func:`spread_wider_than_a_class`); ``"knn"``: the 0/1 neighbour graph (:func:`neighbour_graph`).
+    """
+    if affinity == "shared":
+        if spread_wider_than_a_class(x, metric, cluster_distance):
+            x = centred(x, metric)
+        return shared_neighbour_graph(x, metric, n_neighbors)
+    if affinity == "knn":
+        return neighbour_graph(x, metric, n_neighbors)
+    raise InvalidInputError(f"unknown affinity {affinity!r}; known: {list(AFFINITIES)}")
+
+
 def cluster_vectors(x: np.ndarray, n_clusters: int | str, metric: Metric | str, cluster_distance: float,
                     cluster_radius: float | None = None, method: str = "spectral", seed: int = 0,
-                    kmeans_fn: KMeansFn = kmeans) -> GroupClustering:
+                    kmeans_fn: KMeansFn = kmeans, affinity: str = "knn") -> GroupClustering:
     """Cluster one group's vectors.
 
     Args:
@@ -215,17 +293,21 @@ def cluster_vectors(x: np.ndarray, n_clusters: int | str, metric: Metric | str, 
             (``None``: none flagged).
         method: ``"spectral"`` or ``"kmeans"`` (spherical for cosine).
         kmeans_fn: the KMeans function (same signature as :func:`kmeans`; swap in tests).
+        affinity: the graph, ``"knn"`` (default) or ``"shared"``; see :func:`affinity_graph`.
+            Distances to centres and outliers are measured on the vectors as given, either way.
     """
     metric = get_metric(metric)
     if method not in METHODS:
         raise InvalidInputError(f"unknown clustering method {method!r}; known: {list(METHODS)}")
+    if affinity not in AFFINITIES:
+        raise InvalidInputError(f"unknown affinity {affinity!r}; known: {list(AFFINITIES)}")
     x = metric.prepare(x)
     n = x.shape[0]
     if n == 0:
         raise InvalidInputError("nothing to cluster")
     needs_graph = method == "spectral" or n_clusters == AUTO
     n_neighbors = choose_n_neighbors(x, metric, cluster_distance) if needs_graph and n > 1 else 0
-    graph = neighbour_graph(x, metric, n_neighbors) if n_neighbors >= 1 else None
+    graph = affinity_graph(x, metric, n_neighbors, affinity, cluster_distance) if n_neighbors >= 1 else None
     if n_clusters == AUTO:
         k = estimate_n_clusters(graph) if graph is not None else 1
     elif isinstance(n_clusters, (int, np.integer)) and not isinstance(n_clusters, bool) and n_clusters >= 1:
@@ -272,7 +354,7 @@ def cluster_groups(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric |
                    clusters: int | str = AUTO, cluster_distance: float | None = None,
                    cluster_radius: float | None = None, method: str = "spectral",
                    pca_variance: float | None = None, seed: int = 0,
-                   kmeans_fn: KMeansFn = kmeans) -> Clustering:
+                   kmeans_fn: KMeansFn = kmeans, affinity: str = "knn") -> Clustering:
     """Cluster each group's rows on its own, and score against the labels when every row has one.
 
     Args:
@@ -285,6 +367,7 @@ def cluster_groups(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric |
         method: ``"spectral"`` or ``"kmeans"``.
         pca_variance: when set, PCA keeping this share of variance, fitted per group on that
             group's embeddings only.
+        affinity: the spectral graph, ``"knn"`` (default) or ``"shared"`` (see :func:`affinity_graph`).
 
     Returns:
         A :class:`Clustering`.
@@ -320,7 +403,8 @@ def cluster_groups(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric |
         if pca_variance is not None and x.shape[0] >= 2:
             x = metric.prepare(apply_pca(x, pca_variance, seed))
         wanted = int(np.unique(labels[members]).size) if clusters == TRUTH else clusters
-        result = cluster_vectors(x, wanted, metric, cluster_distance, cluster_radius, method, seed, kmeans_fn)
+        result = cluster_vectors(x, wanted, metric, cluster_distance, cluster_radius, method, seed, kmeans_fn,
+                                 affinity)
         cluster[members] = result.labels + offset
         distance[members], outlier[members] = result.distance, result.outlier
         offset += result.n_clusters
@@ -336,6 +420,7 @@ def cluster_groups(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric |
                                 "outlier": outlier})
     per_group = pd.DataFrame(rows)
     settings = {"clusters": clusters if isinstance(clusters, str) else int(clusters), "method": method,
+                "affinity": affinity if method == "spectral" or clusters == AUTO else None,
                 "metric": metric.name, "cluster_distance": float(cluster_distance),
                 "cluster_radius": float(cluster_radius), "pca_variance": pca_variance, "seed": seed}
     return Clustering(assignments, per_group, summarize_clusters(per_group), settings)

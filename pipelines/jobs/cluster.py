@@ -132,7 +132,7 @@ def cluster_store(store: str | os.PathLike | EmbeddingSet, clusters: int | str =
                   seed: int = 0, model: str | os.PathLike | None = None, cluster_distance: float | None = None,
                   cluster_radius: float | None = None, out: str | os.PathLike | None = None,
                   export: str | os.PathLike | None = None,
-                  source: str | os.PathLike | ImageSource | None = None) -> Clustering:
+                  source: str | os.PathLike | ImageSource | None = None, affinity: str = "knn") -> Clustering:
     """Cluster each group of a Parquet store on its own; score it when every row has a label.
 
     Args:
@@ -147,6 +147,8 @@ def cluster_store(store: str | os.PathLike | EmbeddingSet, clusters: int | str =
         export: write each cluster as a folder of its images here (see
             :func:`oneshot.pipelines.jobs.cluster.export_clusters`).
         source: where the images are for ``export`` (default: the store's ``source``).
+        affinity: the spectral graph, ``"knn"`` or ``"shared"``
+            (:func:`oneshot.pipelines.evaluation.clustering.affinity_graph`).
 
     Returns:
         A :class:`Clustering`; ``settings["threshold_source"]`` says where the thresholds came from.
@@ -156,7 +158,7 @@ def cluster_store(store: str | os.PathLike | EmbeddingSet, clusters: int | str =
         stored.metadata, model, {"cluster_distance": cluster_distance, "cluster_radius": cluster_radius})
     result = cluster_groups(stored.embeddings, stored.table, stored.metadata["metric"], clusters,
                             thresholds["cluster_distance"], thresholds["cluster_radius"], method=method,
-                            pca_variance=pca_variance, seed=seed)
+                            pca_variance=pca_variance, seed=seed, affinity=affinity)
     result.settings["threshold_source"] = threshold_source
     if out is not None:
         metadata = {k: v for k, v in stored.metadata.items() if k not in ("count", "dimension", "normalized")}
