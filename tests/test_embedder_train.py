@@ -11,7 +11,7 @@ import torch
 
 import oneshot.embedder.train as train_module
 from oneshot.data.synthetic import make_alphabets
-from oneshot.embedder.artifact import model_fingerprint, read_model_config, save_model
+from oneshot.embedder.artifact import load_model, model_fingerprint, read_model_config, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
 from oneshot.embedder.preprocess import Recipe
@@ -380,3 +380,16 @@ def test_warm_restarts_restart_the_rate_and_save_a_snapshot_per_cycle(data, tmp_
 def _old_cosine(step: int, steps: int, warmup: int) -> float:
     """The one-cycle schedule as written before warm restarts: cycles=1 must not change it."""
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+
+def test_channels_last_training_is_the_same_arithmetic(data, tmp_path, monkeypatch):
+    """The CPU trains in channels_last for speed; the layout must not change what is learned."""
+    assert train_module.training_memory_format(torch.device("cpu")) == torch.channels_last
+    config = _config(steps=10, val_every=5, checkpoint_every=5)
+    fast = _run(config, data, tmp_path / "channels_last")
+    monkeypatch.setattr(train_module, "training_memory_format", lambda device: torch.contiguous_format)
+    plain = _run(config, data, tmp_path / "contiguous")
+    assert fast.history["loss"].tolist() == pytest.approx(plain.history["loss"].tolist(), rel=1e-3)
+    a = load_model(tmp_path / "channels_last" / "model.safetensors").state_dict()
+    b = load_model(tmp_path / "contiguous" / "model.safetensors").state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
