@@ -205,6 +205,15 @@ def test_shared_neighbour_graph_weighs_edges_inside_a_cluster_above_edges_across
         assert weights[~inside].mean() < weights[inside].mean()
 
 
+def test_shared_neighbour_graph_in_blocks_matches_one_pass(monkeypatch):
+    import oneshot.pipelines.evaluation.clustering as clustering
+
+    x, _ = sphere_blobs(5, seed=7)
+    whole = shared_neighbour_graph(x, "cosine", 6)
+    monkeypatch.setattr(clustering, "SHARED_BLOCK_ENTRIES", 7 * 10)  # ten edges a block
+    assert abs(shared_neighbour_graph(x, "cosine", 6) - whole).max() == 0
+
+
 def test_centring_only_for_groups_wider_than_a_class():
     x, _ = sphere_blobs(6, seed=2)
     one, _ = sphere_blobs(1, seed=2, sizes=[30], spread=0.05)

@@ -42,6 +42,7 @@ AFFINITIES = ("knn", "shared")
 MIN_NEIGHBORS, MAX_NEIGHBORS = 3, 30
 DENSE_EIGEN_LIMIT = 3000   # above this many items per group, sparse eigen-solver (ARPACK)
 MAX_AUTO_CLUSTERS = 1000   # the eigengap search looks at most this many eigenvalues
+SHARED_BLOCK_ENTRIES = 4_000_000  # shared-neighbour counts: at most this many entries per slice, whatever N
 
 
 def _search(x: np.ndarray, metric: Metric, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +145,11 @@ def shared_neighbour_graph(x: np.ndarray, metric: Metric | str, n_neighbors: int
     members = (knn + sp.identity(n, format="csr")).tocsr()
     members.data[:] = 1.0
     edges = knn.maximum(knn.T).tocoo()
-    shared = np.asarray(members[edges.row].multiply(members[edges.col]).sum(axis=1)).reshape(-1)
+    shared = np.empty(edges.nnz, dtype=np.float64)
+    block = max(1, SHARED_BLOCK_ENTRIES // (n_neighbors + 1))  # edges at a time
+    for start in range(0, edges.nnz, block):
+        rows, cols = edges.row[start:start + block], edges.col[start:start + block]
+        shared[start:start + block] = np.asarray(members[rows].multiply(members[cols]).sum(axis=1)).reshape(-1)
     weight = np.minimum(shared / (n_neighbors + 1), 1.0)
     graph = sp.csr_matrix((weight, (edges.row, edges.col)), shape=(n, n))
     graph.eliminate_zeros()
