@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from benchmarks import validation_alphabets, write_result
+from benchmarks import command_line, validation_alphabets, write_result
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
 from oneshot.index.metric import get_metric
@@ -107,8 +107,7 @@ def main(argv=None) -> dict:
 
     result = {"model": args.model or "shipped default", "model_fingerprint": model.fingerprint,
               "validation_alphabets": list(VALIDATION_ALPHABETS["background"]),
-              "command": "python -m benchmarks.cluster_calibration --data ../shared/data/omniglot "
-                         "--out benchmarks/results/cluster_calibration.json",
+              "command": command_line("cluster_calibration", argv),
               "thresholds": {k: thresholds[k] for k in ("cluster_distance", "cluster_radius")},
               "calibration": thresholds, "average_link_threshold": average_threshold, "comparison": comparison}
     write_result(result, args.out)

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other engineers)",
-                    "command": "python benchmarks/index_scale.py " + " ".join(argv or sys.argv[1:])})
+                    "command": "python benchmarks/index_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])})
     if not args.real_only:
         began = time.perf_counter()
         spec = {**SPEC, "n": args.n}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import write_result
+from benchmarks import command_line, write_result
 from oneshot.data.source import open_source, read_all
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     options = {"steps": args.steps, "max_seconds": 60.0 * args.max_minutes, "seed": args.seed}
     runs = Path(args.runs)
-    result = {"command": "python -m benchmarks.mnist " + " ".join(argv or __import__("sys").argv[1:]),
+    result = {"command": command_line("mnist", argv),
               "machine": f"{os.cpu_count()} cores, load average before the run {os.getloadavg()[0]:.2f}; a time cap can stop training early"}
     protocols = args.protocols.split(",")
     if "pairs" in protocols:
