@@ -129,19 +129,25 @@ def decode_rate(source, count: int | None = None) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
+def bare_forward(source, model: str | None = None) -> dict:
+    """The bare forward pass of ``model`` (None: the shipped default) on the first images of
+    ``source`` at the job's batch size: ``{"forward_img_per_s", "batch", "mode"}``."""
+    from oneshot.embedder.artifact import load_model
+    from oneshot.embedder.inference import InferenceModel
+
+    loaded = load_model(model)
+    engine = InferenceModel(loaded)
+    batch = loaded.recipe.batch(source.read(list(source.table["path"][: engine.batch_size])))
+    return {"forward_img_per_s": round(forward_rate(engine, batch), 1), "batch": len(batch), "mode": engine.mode}
+
+
 def ceilings(source_path: Path) -> dict:
     """The same-run ceilings of an embed of ``source_path``: bare decode (one thread, this process)
     and the bare forward pass of the same model on a batch of the same images at the job's batch size."""
     from oneshot.data.source import open_source
-    from oneshot.embedder.artifact import load_model
-    from oneshot.embedder.inference import InferenceModel
 
     source = open_source(source_path)
-    model = load_model()
-    engine = InferenceModel(model)
-    batch = model.recipe.batch(source.read(list(source.table["path"][: engine.batch_size])))
-    return {"decode_img_per_s": round(decode_rate(source), 1),
-            "forward_img_per_s": round(forward_rate(engine, batch), 1), "batch": len(batch), "mode": engine.mode}
+    return {"decode_img_per_s": round(decode_rate(source), 1), **bare_forward(source)}
 
 
 def startup_seconds() -> float:

@@ -21,18 +21,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import command_line, write_result
-from benchmarks.gallery_scale import CLI, OMNIGLOT_EVAL, flops_per_image, forward_rate, timed_process
-
-
-def forward_img_per_s(model_file: str, source) -> float:
-    """Bare forward pass of ``model_file`` on the first batch of ``source``, images per second."""
-    from oneshot.embedder.artifact import load_model
-    from oneshot.embedder.inference import InferenceModel
-
-    model = load_model(model_file)
-    engine = InferenceModel(model)
-    batch = model.recipe.batch(source.read(list(source.table["path"][: engine.batch_size])))
-    return forward_rate(engine, batch)
+from benchmarks.gallery_scale import CLI, OMNIGLOT_EVAL, bare_forward, flops_per_image, timed_process
 
 
 def embed_seconds(model_file: str, work: Path) -> float:
@@ -60,7 +49,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="model_speed_") as work:
         for round_number in range(args.rounds):
             for name, row in rows.items():
-                row["forward_img_per_s"].append(round(forward_img_per_s(name, source), 1))
+                row["forward_img_per_s"].append(bare_forward(source, name)["forward_img_per_s"])
                 row["embed_seconds"].append(embed_seconds(name, Path(work)))
                 print(f"round {round_number + 1} {name}: forward {row['forward_img_per_s'][-1]:.0f} img/s, "
                       f"embed {row['embed_seconds'][-1]:.2f} s", flush=True)
