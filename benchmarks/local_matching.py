@@ -31,14 +31,15 @@ WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 RADII = (0, 1, 2)
 
 
-def block_maps(model, pixels: np.ndarray, blocks=(1, 2)) -> dict[int, np.ndarray]:
-    """Feature maps after the named conv blocks, unit length at every location: block -> (N, C, H, W)."""
+def block_maps(model, pixels: np.ndarray, blocks=(1, 2), unit: bool = True) -> dict[int, np.ndarray]:
+    """Feature maps after the named conv blocks (0-based), unit length at every location (``unit``)
+    or as the network leaves them: block -> (N, C, H, W)."""
     maps, h = {}, torch.from_numpy(pixels)
     with torch.no_grad():
         for number, block in enumerate(model.backbone.features):
             h = block(h)
             if number in blocks:
-                maps[number] = F.normalize(h, dim=1).numpy()
+                maps[number] = (F.normalize(h, dim=1) if unit else h).numpy().copy()
     return maps
 
 
