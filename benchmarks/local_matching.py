@@ -39,7 +39,7 @@ def block_maps(model, pixels: np.ndarray, blocks=(1, 2), unit: bool = True) -> d
         for number, block in enumerate(model.backbone.features):
             h = block(h)
             if number in blocks:
-                maps[number] = (F.normalize(h, dim=1) if unit else h).numpy().copy()
+                maps[number] = (F.normalize(h, dim=1) if unit else h).numpy()
     return maps
 
 

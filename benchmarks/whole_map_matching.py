@@ -142,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     lake = {"chosen_on_validation": {"matcher": best["matcher"], "weight": best["weight"]}, "cosine_alone": 0,
             "with_match": 0, "trials": 0}
     for run in read_lake_runs(data):
-        train, test = run.training_images(), run.test_images()
-        cosine = encode(model, model.recipe.batch(test), show_progress=False) @ \
-            encode(model, model.recipe.batch(train), show_progress=False).T
+        test, train = run.test_images(), run.training_images()
         both = model.recipe.batch(list(test) + list(train))
+        test_rows, train_rows = np.arange(len(test)), len(test) + np.arange(len(train))
+        run_vectors = encode(model, both, show_progress=False)
+        cosine = run_vectors[test_rows] @ run_vectors[train_rows].T
         run_maps = {block: torch.from_numpy(found) for block, found in block_maps(model, both, unit=False).items()}
         run_points = ink_points(model, list(test) + list(train), args.seed)
-        test_rows, train_rows = np.arange(len(test)), len(test) + np.arange(len(train))
         match = match_scores(best["matcher"], run_maps, run_points, test_rows, train_rows)
         lake["cosine_alone"] += int((cosine.argmax(axis=1) != run.answers).sum())
         lake["with_match"] += int((~combined_hits(cosine, match, best["weight"], run.answers)).sum())
