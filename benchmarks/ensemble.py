@@ -72,6 +72,12 @@ def seed_mean(per_model: list[dict]) -> dict:
                    "values": [m[name] for m in per_model]} for name in names}
 
 
+def provenance(model) -> dict:
+    """Where a model came from, as its file records it: seed, command and (when trained) training seconds."""
+    return {"train_seed": model.info.get("seed"), "train_command": model.info.get("command"),
+            "train_seconds": model.info.get("train_seconds")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="Omniglot root (default: $OMNIGLOT_DIR)")
@@ -88,11 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     data = omniglot_root(args.data)
     models = [load_weights(path) for path in args.models]
     result = {"command": command_line("ensemble", argv), "models": {},
-              "model_files": {path: {"train_seed": model.info.get("seed"), "train_command": model.info.get("command")}
-                              for path, model in zip(args.models, models)}}
+              "model_files": {path: provenance(model) for path, model in zip(args.models, models)}}
     for path, model in zip(args.models, [] if args.ensemble_only else models):
         found = figures(ensemble_encoder([model]), data, args.episodes, args.seed)
-        result["models"][path] = {**found, "train_seed": model.info.get("seed"), "train_command": model.info.get("command")}
+        result["models"][path] = {**found, **provenance(model)}
         print(path, found, flush=True)
     if len(models) > 1:
         if not args.ensemble_only:
