@@ -143,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             "with_match": 0, "trials": 0}
     for run in read_lake_runs(data):
         test, train = run.test_images(), run.training_images()
-        both = model.recipe.batch(list(test) + list(train))
+        images = list(test) + list(train)
+        both = model.recipe.batch(images)
         test_rows, train_rows = np.arange(len(test)), len(test) + np.arange(len(train))
         run_vectors = encode(model, both, show_progress=False)
         cosine = run_vectors[test_rows] @ run_vectors[train_rows].T
         run_maps = {block: torch.from_numpy(found) for block, found in block_maps(model, both, unit=False).items()}
-        run_points = ink_points(model, list(test) + list(train), args.seed)
+        run_points = ink_points(model, images, args.seed)
         match = match_scores(best["matcher"], run_maps, run_points, test_rows, train_rows)
         lake["cosine_alone"] += int((cosine.argmax(axis=1) != run.answers).sum())
         lake["with_match"] += int((~combined_hits(cosine, match, best["weight"], run.answers)).sum())
