@@ -123,21 +123,35 @@ class TripletLoss(EmbeddingLoss):
 class PrototypicalLoss(EmbeddingLoss):
     """Snell et al.: classes' first ``k_shot`` rows are the support, the rest the queries; softmax
     over ``-scale * squared distance`` to each class prototype. ``scale`` is learned.
+
+    With ``every_support`` each of a class's rows takes the support's place in turn (support =
+    ``k_shot`` consecutive rows from row ``s``, cyclically, for every ``s``) and the loss is the mean
+    over those episodes: every image is a prototype and a query in each batch, for the same
+    forward pass (the net's cost; the distances are cheap).
     """
 
-    def __init__(self, k_shot: int = 1, scale: float = 10.0):
+    def __init__(self, k_shot: int = 1, scale: float = 10.0, every_support: bool = False):
         super().__init__()
         if k_shot < 1:
             raise InvalidInputError(f"k_shot must be >= 1, got {k_shot}")
-        self.k_shot = k_shot
+        self.k_shot, self.every_support = k_shot, bool(every_support)
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
 
     def compute_loss(self, embeddings, labels):
-        logits, targets = self.episode_logits(embeddings, labels, self.log_scale.exp())
-        return F.cross_entropy(logits, targets)
+        scale = self.log_scale.exp()
+        if not self.every_support:
+            logits, targets = self.episode_logits(embeddings, labels, scale)
+            return F.cross_entropy(logits, targets)
+        shifts = int(torch.bincount(torch.unique(labels, return_inverse=True)[1]).max())
+        return torch.stack([F.cross_entropy(*self.episode_logits(embeddings, labels, scale, shift))
+                            for shift in range(shifts)]).mean()
 
-    def episode_logits(self, embeddings: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor):
-        """Queries' logits over the class prototypes (Q, classes) and their class index (Q,)."""
+    def episode_logits(self, embeddings: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, shift: int = 0):
+        """Queries' logits over the class prototypes (Q, classes) and their class index (Q,).
+
+        ``shift``: the support is each class's rows ``shift .. shift + k_shot - 1`` (cyclically, in
+        batch order) instead of its first ``k_shot``.
+        """
         classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
         order = torch.argsort(inverse, stable=True)
         counts = torch.bincount(inverse)
@@ -146,7 +160,7 @@ class PrototypicalLoss(EmbeddingLoss):
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order), device=order.device) - starts[inverse[order]]
-        support = rank < self.k_shot
+        support = (rank - shift) % counts[inverse] < self.k_shot
         prototypes = torch.zeros(len(classes), embeddings.shape[1], device=embeddings.device, dtype=embeddings.dtype)
         prototypes.index_add_(0, inverse[support], embeddings[support])
         prototypes = prototypes / self.k_shot

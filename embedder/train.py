@@ -70,6 +70,7 @@ class TrainConfig:
     classes_per_batch: int = 60
     items_per_class: int = 2
     k_shot: int = 1
+    every_support: bool = False
     within_group: bool = False
     pairs: int = 128
     same_group_negatives: bool = True
@@ -106,6 +107,10 @@ class TrainConfig:
             raise InvalidInputError(f"training option cycles must be in [1, steps], got {self.cycles!r}")
         if not isinstance(self.teachers, list) or not all(isinstance(t, str) and t for t in self.teachers):
             raise InvalidInputError(f"training option teachers must be a list of model paths, got {self.teachers!r}")
+        if not isinstance(self.every_support, bool):
+            raise InvalidInputError(f"training option every_support must be true or false, got {self.every_support!r}")
+        if self.every_support and self.objective != "prototypical":
+            raise InvalidInputError(f"every_support needs the prototypical objective, not {self.objective!r}")
         if self.teachers and self.objective != "prototypical":
             raise InvalidInputError(f"distillation from teachers needs the prototypical objective, not {self.objective!r}")
         if isinstance(self.distill_weight, bool) or not isinstance(self.distill_weight, (int, float)) \
@@ -142,7 +147,7 @@ def build_loss(config: TrainConfig, model: Embedder, n_classes: int) -> torch.nn
     if config.objective == "triplet":
         return TripletLoss(0.2 if margin is None else margin, config.mining)
     if config.objective == "prototypical":
-        return PrototypicalLoss(config.k_shot)
+        return PrototypicalLoss(config.k_shot, every_support=config.every_support)
     return NormalizedSoftmaxLoss(n_classes, model.dim, margin=0.1 if margin is None else margin)
 
 

@@ -235,6 +235,33 @@ def test_prototypical_uses_batch_order_for_support():
     assert loss.item() < 1e-6  # each query is next to its own prototype
 
 
+@pytest.mark.parametrize("k_shot,per_class", [(1, 2), (1, 4), (2, 3)])
+def test_every_support_is_the_mean_over_each_cyclic_choice_of_support(k_shot, per_class):
+    x, y = _batch(n_classes=3, per_class=per_class, seed=40 + k_shot * 10 + per_class)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    x, y = x[order], y[order]  # classes interleaved: "cyclic" is within each class, in batch order
+    expected = []
+    for shift in range(per_class):
+        # roll each class's rows by ``shift`` so the naive loop's "first k_shot rows" are the support
+        rows = [torch.nonzero(y == c).flatten() for c in y.unique()]
+        rolled = torch.cat([r.roll(-shift) for r in rows])
+        expected.append(_naive_prototypical(x[rolled], y[rolled].tolist(), k_shot, 0.8))
+    loss = PrototypicalLoss(k_shot=k_shot, scale=0.8, every_support=True).double()(x, y)
+    assert loss.item() == pytest.approx(sum(expected) / per_class, rel=1e-6)
+    assert loss.item() != pytest.approx(expected[0], rel=1e-3)  # not the first-support episode alone
+
+
+def test_every_support_gives_every_row_a_gradient_as_a_prototype():
+    # two rows per class, k_shot 1: the plain loss uses row 0 only as the prototype, row 1 only
+    # as the query; with every_support both roles fall to both rows
+    x = torch.tensor([[0.0, 1.0], [0.2, 0.9], [1.0, 0.0], [0.8, 0.1]], requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1])
+    plain = PrototypicalLoss(k_shot=1, scale=1.0)(x, y)
+    every = PrototypicalLoss(k_shot=1, scale=1.0, every_support=True)(x, y)
+    swapped = PrototypicalLoss(k_shot=1, scale=1.0)(x[[1, 0, 3, 2]], y)
+    assert every.item() == pytest.approx((plain.item() + swapped.item()) / 2, rel=1e-6)
+
+
 def test_prototypical_too_few_rows():
     with pytest.raises(ValueError, match="k_shot=2"):
         PrototypicalLoss(k_shot=2)(torch.randn(6, 3), torch.tensor([0, 0, 0, 1, 1, 2]))

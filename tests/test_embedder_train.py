@@ -185,6 +185,7 @@ def test_checkpoint_from_before_an_option_existed_still_resumes(data, tmp_path, 
     first = _run(config, data, tmp_path)
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     del checkpoint["config"]["ema_decay"]  # as written before weight averaging existed
+    del checkpoint["config"]["every_support"]  # ... and before every_support
     for key in ("elastic", "elastic_cells", "stroke"):
         del checkpoint["config"]["augment"][key]
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
@@ -227,6 +228,16 @@ def test_each_objective_runs(data, tmp_path, objective):
     assert vectors.shape == (4, 16) and np.isfinite(vectors).all()
 
 
+def test_every_support_run_is_reproducible_and_recorded(data, tmp_path):
+    options = dict(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1, items_per_class=3)
+    first = _run(_config(**options, every_support=True), data, tmp_path / "a")
+    again = _run(_config(**options, every_support=True), data, tmp_path / "b")
+    plain = _run(_config(**options), data, tmp_path / "c")
+    assert first.model.fingerprint == again.model.fingerprint != plain.model.fingerprint
+    assert read_model_config(first.model_path)["info"]["train_config"]["every_support"] is True
+    assert np.isfinite(first.history["loss"]).all()
+
+
 def test_without_validation_keeps_the_last_model(data, tmp_path):
     config = _config(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1)
     result = train(config, data[0], None, tmp_path, device="cpu", show_progress=False)
@@ -256,6 +267,10 @@ def test_config_checks():
         TrainConfig(recipe={"sise": 3})
     with pytest.raises(ValueError, match="unknown augmentation keys"):
         TrainConfig(augment={"rotate": 3})
+    with pytest.raises(ValueError, match="every_support must be true or false"):
+        TrainConfig(every_support="yes")
+    with pytest.raises(ValueError, match="every_support needs the prototypical objective"):
+        TrainConfig(objective="triplet", every_support=True)
     config = _config()
     assert TrainConfig.from_dict(config.to_dict()) == config
 
