@@ -139,12 +139,9 @@ class PrototypicalLoss(EmbeddingLoss):
 
     def compute_loss(self, embeddings, labels):
         scale = self.log_scale.exp()
-        if not self.every_support:
-            logits, targets = self.episode_logits(embeddings, labels, scale)
-            return F.cross_entropy(logits, targets)
-        shifts = int(torch.bincount(torch.unique(labels, return_inverse=True)[1]).max())
-        return torch.stack([F.cross_entropy(*self.episode_logits(embeddings, labels, scale, shift))
-                            for shift in range(shifts)]).mean()
+        layout = self._class_ranks(labels)
+        shifts = range(int(layout[2].max())) if self.every_support else range(1)
+        return torch.stack([F.cross_entropy(*self._logits(embeddings, layout, scale, shift)) for shift in shifts]).mean()
 
     def episode_logits(self, embeddings: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, shift: int = 0):
         """Queries' logits over the class prototypes (Q, classes) and their class index (Q,).
@@ -152,7 +149,11 @@ class PrototypicalLoss(EmbeddingLoss):
         ``shift``: the support is each class's rows ``shift .. shift + k_shot - 1`` (cyclically, in
         batch order) instead of its first ``k_shot``.
         """
-        classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
+        return self._logits(embeddings, self._class_ranks(labels), scale, shift)
+
+    def _class_ranks(self, labels: torch.Tensor):
+        """Each row's class index (B,), its rank within its class in batch order (B,), rows per class (C,)."""
+        inverse = torch.unique(labels, sorted=True, return_inverse=True)[1]
         order = torch.argsort(inverse, stable=True)
         counts = torch.bincount(inverse)
         if counts.min() <= self.k_shot:
@@ -160,8 +161,12 @@ class PrototypicalLoss(EmbeddingLoss):
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order), device=order.device) - starts[inverse[order]]
+        return inverse, rank, counts
+
+    def _logits(self, embeddings: torch.Tensor, layout, scale: torch.Tensor, shift: int):
+        inverse, rank, counts = layout
         support = (rank - shift) % counts[inverse] < self.k_shot
-        prototypes = torch.zeros(len(classes), embeddings.shape[1], device=embeddings.device, dtype=embeddings.dtype)
+        prototypes = torch.zeros(len(counts), embeddings.shape[1], device=embeddings.device, dtype=embeddings.dtype)
         prototypes.index_add_(0, inverse[support], embeddings[support])
         prototypes = prototypes / self.k_shot
         queries, targets = embeddings[~support], inverse[~support]

@@ -251,9 +251,9 @@ def test_every_support_is_the_mean_over_each_cyclic_choice_of_support(k_shot, pe
     assert loss.item() != pytest.approx(expected[0], rel=1e-3)  # not the first-support episode alone
 
 
-def test_every_support_gives_every_row_a_gradient_as_a_prototype():
+def test_every_support_gives_each_row_both_roles():
     # two rows per class, k_shot 1: the plain loss uses row 0 only as the prototype, row 1 only
-    # as the query; with every_support both roles fall to both rows
+    # as the query; with every_support both roles fall to both rows (the mean of the two episodes)
     x = torch.tensor([[0.0, 1.0], [0.2, 0.9], [1.0, 0.0], [0.8, 0.1]], requires_grad=True)
     y = torch.tensor([0, 0, 1, 1])
     plain = PrototypicalLoss(k_shot=1, scale=1.0)(x, y)
