@@ -56,19 +56,29 @@ class EpisodeSampler:
     """N-way episodes with ``k_shot + n_query`` items per class, class-major.
 
     With ``within_group`` all N classes come from one group (alphabet), chosen at random among
-    groups that have at least N classes.
+    groups that have at least N classes. With ``classes_per_group = g`` (0: off) they come in blocks
+    of ``g`` classes from ``ceil(N / g)`` different groups, drawn at random among groups with at
+    least ``g`` classes (the last block takes the remainder): each class meets ``g - 1`` rivals
+    from its own group, as in a within-alphabet test, when no group has N classes.
     """
 
     def __init__(self, labels, groups=None, n_way: int = 20, k_shot: int = 1, n_query: int = 5,
-                 within_group: bool = True, seed: int = 0):
+                 within_group: bool = True, seed: int = 0, classes_per_group: int = 0):
         if n_way < 2 or k_shot < 1 or n_query < 1:
             raise InvalidInputError(f"need n_way >= 2, k_shot >= 1, n_query >= 1; got {n_way}, {k_shot}, {n_query}")
+        if classes_per_group < 0 or (classes_per_group and within_group):
+            raise InvalidInputError(f"classes_per_group must be >= 0 and needs within_group off, got {classes_per_group}")
         self.index = _LabelIndex(labels, groups, min_per_class=k_shot + n_query)
         self.n_way, self.per_class, self.within_group, self.seed = n_way, k_shot + n_query, within_group, seed
-        if within_group:
-            self.groups = [g for g, c in self.index.by_group.items() if len(c) >= n_way]
+        self.classes_per_group = min(classes_per_group, n_way)
+        if within_group or self.classes_per_group:
+            block = self.classes_per_group or n_way
+            self.groups = [g for g, c in self.index.by_group.items() if len(c) >= block]
             if not self.groups:
-                raise InvalidInputError(f"no group has {n_way} classes with {self.per_class} items each")
+                raise InvalidInputError(f"no group has {block} classes with {self.per_class} items each")
+            if len(self.groups) < -(-n_way // block):
+                raise InvalidInputError(f"{n_way} classes in blocks of {block} need {-(-n_way // block)} groups with "
+                                        f"{block} classes of {self.per_class} items each, {len(self.groups)} found")
         elif len(self.index) < n_way:
             raise InvalidInputError(f"n_way={n_way} but only {len(self.index)} classes have {self.per_class} items")
 
@@ -76,10 +86,19 @@ class EpisodeSampler:
         rng = _rng(self.seed, step)
         if self.within_group:
             pool = self.index.by_group[self.groups[rng.integers(len(self.groups))]]
+            classes = rng.choice(pool, self.n_way, replace=False)
+        elif self.classes_per_group:
+            classes = self._blocks(rng)
         else:
-            pool = np.arange(len(self.index))
-        classes = rng.choice(pool, self.n_way, replace=False)
+            classes = rng.choice(np.arange(len(self.index)), self.n_way, replace=False)
         return np.concatenate([rng.choice(self.index.rows[c], self.per_class, replace=False) for c in classes])
+
+    def _blocks(self, rng: np.random.Generator) -> np.ndarray:
+        block = self.classes_per_group
+        chosen = rng.choice(len(self.groups), -(-self.n_way // block), replace=False)
+        sizes = [min(block, self.n_way - i * block) for i in range(len(chosen))]
+        return np.concatenate([rng.choice(self.index.by_group[self.groups[g]], size, replace=False)
+                               for g, size in zip(chosen, sizes)])
 
 
 class PairSampler:

@@ -47,8 +47,9 @@ from oneshot.errors import CorruptFileError, InvalidInputError
 log = logging.getLogger(__name__)
 OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax")
 PAIR_OBJECTIVES = ("siamese", "contrastive")
-_INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "pairs", "val_every",
-                    "val_way", "val_episodes", "patience", "checkpoint_every", "seed")
+_INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "classes_per_group",
+                    "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed")
+_BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations")
 
 
 @dataclass
@@ -72,6 +73,7 @@ class TrainConfig:
     k_shot: int = 1
     every_support: bool = False
     within_group: bool = False
+    classes_per_group: int = 0
     pairs: int = 128
     same_group_negatives: bool = True
     rotations: bool = True
@@ -107,10 +109,16 @@ class TrainConfig:
             raise InvalidInputError(f"training option cycles must be in [1, steps], got {self.cycles!r}")
         if not isinstance(self.teachers, list) or not all(isinstance(t, str) and t for t in self.teachers):
             raise InvalidInputError(f"training option teachers must be a list of model paths, got {self.teachers!r}")
-        if not isinstance(self.every_support, bool):
-            raise InvalidInputError(f"training option every_support must be true or false, got {self.every_support!r}")
+        for name in _BOOLEAN_OPTIONS:
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"training option {name} must be true or false, got {getattr(self, name)!r}")
         if self.every_support and self.objective != "prototypical":
             raise InvalidInputError(f"every_support needs the prototypical objective, not {self.objective!r}")
+        if self.classes_per_group < 0 or (self.classes_per_group and self.within_group):
+            raise InvalidInputError(f"training option classes_per_group must be >= 0 (0: off) and needs within_group "
+                                    f"off, got {self.classes_per_group!r}")
+        if self.classes_per_group and self.objective != "prototypical":
+            raise InvalidInputError(f"classes_per_group needs the prototypical objective, not {self.objective!r}")
         if self.teachers and self.objective != "prototypical":
             raise InvalidInputError(f"distillation from teachers needs the prototypical objective, not {self.objective!r}")
         if isinstance(self.distill_weight, bool) or not isinstance(self.distill_weight, (int, float)) \
@@ -156,7 +164,8 @@ def build_sampler(config: TrainConfig, labels: np.ndarray, groups: np.ndarray):
         return PairSampler(labels, groups, config.pairs, config.same_group_negatives, config.seed)
     if config.objective == "prototypical":
         return EpisodeSampler(labels, groups, config.classes_per_batch, config.k_shot,
-                              config.items_per_class - config.k_shot, config.within_group, config.seed)
+                              config.items_per_class - config.k_shot, config.within_group, config.seed,
+                              config.classes_per_group)
     return PKSampler(labels, config.classes_per_batch, config.items_per_class, config.seed)
 
 

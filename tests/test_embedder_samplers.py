@@ -101,6 +101,50 @@ def test_episode_skips_groups_with_too_few_classes():
         assert 9 not in set(groups[sampler.batch(step)].tolist())
 
 
+def test_episode_classes_in_blocks_per_group():
+    # 8-way episodes in blocks of 3 classes: groups of 3, 3 and 2 classes, three different groups
+    sampler = EpisodeSampler(LABELS, GROUPS, n_way=8, k_shot=1, n_query=1, within_group=False,
+                             classes_per_group=3, seed=0)
+    used_groups = set()
+    for step in range(30):
+        rows = sampler.batch(step)
+        blocks = LABELS[rows].reshape(8, 2)
+        assert (blocks == blocks[:, :1]).all() and len(set(blocks[:, 0].tolist())) == 8
+        class_groups = GROUPS[rows].reshape(8, 2)[:, 0]
+        assert [len(set(class_groups[i:j].tolist())) for i, j in ((0, 3), (3, 6), (6, 8))] == [1, 1, 1]
+        assert len({class_groups[0], class_groups[3], class_groups[6]}) == 3
+        used_groups |= set(class_groups.tolist())
+    assert used_groups == set(range(N_GROUPS))
+    assert np.array_equal(sampler.batch(4), sampler.batch(4))
+
+
+def test_episode_without_blocks_draws_as_before():
+    # classes_per_group=0 keeps the draw that trained the shipped model: N classes at random, then items
+    sampler = EpisodeSampler(LABELS, GROUPS, n_way=8, k_shot=2, n_query=1, within_group=False, seed=3)
+    for step in (0, 7):
+        rng = np.random.default_rng([3, step])
+        classes = rng.choice(np.arange(18), 8, replace=False)
+        rows_of = [np.flatnonzero(LABELS == c) for c in range(18)]
+        expected = np.concatenate([rng.choice(rows_of[c], 3, replace=False) for c in classes])
+        assert np.array_equal(sampler.batch(step), expected)
+
+
+def test_episode_blocks_skip_small_groups():
+    # group 9 has two classes: blocks of 3 never come from it, and blocks of 6 need more groups than exist
+    labels = np.concatenate([LABELS, np.repeat([100, 101], 4)])
+    groups = np.concatenate([GROUPS, np.full(8, 9)])
+    sampler = EpisodeSampler(labels, groups, n_way=9, k_shot=1, n_query=1, within_group=False,
+                             classes_per_group=3, seed=0)
+    for step in range(30):
+        assert 9 not in set(groups[sampler.batch(step)].tolist())
+    with pytest.raises(ValueError, match="20 classes in blocks of 6 need 4 groups with 6 classes .* 3 found"):
+        EpisodeSampler(labels, groups, n_way=20, k_shot=1, n_query=1, within_group=False, classes_per_group=6)
+    with pytest.raises(ValueError, match="needs within_group off"):
+        EpisodeSampler(LABELS, GROUPS, n_way=4, within_group=True, classes_per_group=2)
+    with pytest.raises(ValueError, match="no group has 7 classes"):
+        EpisodeSampler(LABELS, GROUPS, n_way=14, k_shot=1, n_query=1, within_group=False, classes_per_group=7)
+
+
 def test_pair_balance_and_same_group_negatives():
     sampler = PairSampler(LABELS, GROUPS, pairs=10, same_group_negatives=True, seed=0)
     for step in range(30):

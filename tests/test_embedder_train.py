@@ -186,6 +186,7 @@ def test_checkpoint_from_before_an_option_existed_still_resumes(data, tmp_path, 
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     del checkpoint["config"]["ema_decay"]  # as written before weight averaging existed
     del checkpoint["config"]["every_support"]  # ... and before every_support
+    del checkpoint["config"]["classes_per_group"]  # ... and before classes_per_group
     for key in ("elastic", "elastic_cells", "stroke"):
         del checkpoint["config"]["augment"][key]
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
@@ -238,6 +239,16 @@ def test_every_support_run_is_reproducible_and_recorded(data, tmp_path):
     assert np.isfinite(first.history["loss"]).all()
 
 
+def test_classes_per_group_run_is_reproducible_and_recorded(data, tmp_path):
+    # 8 classes a batch in blocks of 4 from one alphabet-rotation group each (the groups hold 5 classes)
+    options = dict(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1)
+    first = _run(_config(**options, classes_per_group=4), data, tmp_path / "a")
+    again = _run(_config(**options, classes_per_group=4), data, tmp_path / "b")
+    plain = _run(_config(**options), data, tmp_path / "c")
+    assert first.model.fingerprint == again.model.fingerprint != plain.model.fingerprint
+    assert read_model_config(first.model_path)["info"]["train_config"]["classes_per_group"] == 4
+
+
 def test_without_validation_keeps_the_last_model(data, tmp_path):
     config = _config(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1)
     result = train(config, data[0], None, tmp_path, device="cpu", show_progress=False)
@@ -271,6 +282,17 @@ def test_config_checks():
         TrainConfig(every_support="yes")
     with pytest.raises(ValueError, match="every_support needs the prototypical objective"):
         TrainConfig(objective="triplet", every_support=True)
+    for name in ("rotations", "within_group", "same_group_negatives"):
+        with pytest.raises(ValueError, match=f"{name} must be true or false"):
+            TrainConfig(**{name: 1})
+    with pytest.raises(ValueError, match="classes_per_group must be an integer"):
+        TrainConfig(classes_per_group=2.5)
+    with pytest.raises(ValueError, match="classes_per_group must be >= 0"):
+        TrainConfig(classes_per_group=-1)
+    with pytest.raises(ValueError, match="needs within_group off"):
+        TrainConfig(classes_per_group=20, within_group=True)
+    with pytest.raises(ValueError, match="classes_per_group needs the prototypical objective"):
+        TrainConfig(objective="triplet", classes_per_group=20)
     config = _config()
     assert TrainConfig.from_dict(config.to_dict()) == config
 
