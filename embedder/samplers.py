@@ -5,9 +5,13 @@ row indices for the same step, so training resumes exactly from any checkpoint.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from oneshot.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
 
 
 class _LabelIndex:
@@ -79,6 +83,11 @@ class EpisodeSampler:
             if len(self.groups) < -(-n_way // block):
                 raise InvalidInputError(f"{n_way} classes in blocks of {block} need {-(-n_way // block)} groups with "
                                         f"{block} classes of {self.per_class} items each, {len(self.groups)} found")
+            left_out = [len(c) for c in self.index.by_group.values() if len(c) < block]
+            if left_out:
+                logger.warning("%d of %d groups (%d of %d classes) have fewer than %d classes with %d items and are "
+                               "never drawn", len(left_out), len(self.index.by_group), sum(left_out), len(self.index),
+                               block, self.per_class)
         elif len(self.index) < n_way:
             raise InvalidInputError(f"n_way={n_way} but only {len(self.index)} classes have {self.per_class} items")
 

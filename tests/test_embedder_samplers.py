@@ -129,7 +129,7 @@ def test_episode_without_blocks_draws_as_before():
         assert np.array_equal(sampler.batch(step), expected)
 
 
-def test_episode_blocks_skip_small_groups():
+def test_episode_blocks_skip_small_groups(caplog):
     # group 9 has two classes: blocks of 3 never come from it, and blocks of 6 need more groups than exist
     labels = np.concatenate([LABELS, np.repeat([100, 101], 4)])
     groups = np.concatenate([GROUPS, np.full(8, 9)])
@@ -137,6 +137,7 @@ def test_episode_blocks_skip_small_groups():
                              classes_per_group=3, seed=0)
     for step in range(30):
         assert 9 not in set(groups[sampler.batch(step)].tolist())
+    assert "1 of 4 groups (2 of 20 classes) have fewer than 3 classes with 2 items and are never drawn" in caplog.text
     with pytest.raises(ValueError, match="20 classes in blocks of 6 need 4 groups with 6 classes .* 3 found"):
         EpisodeSampler(labels, groups, n_way=20, k_shot=1, n_query=1, within_group=False, classes_per_group=6)
     with pytest.raises(ValueError, match="needs within_group off"):
