@@ -77,11 +77,12 @@ class EpisodeSampler:
         self.classes_per_group = min(classes_per_group, n_way)
         if within_group or self.classes_per_group:
             block = self.classes_per_group or n_way
+            self.block_sizes = [min(block, n_way - start) for start in range(0, n_way, block)]
             self.groups = [g for g, c in self.index.by_group.items() if len(c) >= block]
             if not self.groups:
                 raise InvalidInputError(f"no group has {block} classes with {self.per_class} items each")
-            if len(self.groups) < -(-n_way // block):
-                raise InvalidInputError(f"{n_way} classes in blocks of {block} need {-(-n_way // block)} groups with "
+            if len(self.groups) < len(self.block_sizes):
+                raise InvalidInputError(f"{n_way} classes in blocks of {block} need {len(self.block_sizes)} groups with "
                                         f"{block} classes of {self.per_class} items each, {len(self.groups)} found")
             left_out = [len(c) for c in self.index.by_group.values() if len(c) < block]
             if left_out:
@@ -103,11 +104,9 @@ class EpisodeSampler:
         return np.concatenate([rng.choice(self.index.rows[c], self.per_class, replace=False) for c in classes])
 
     def _blocks(self, rng: np.random.Generator) -> np.ndarray:
-        block = self.classes_per_group
-        chosen = rng.choice(len(self.groups), -(-self.n_way // block), replace=False)
-        sizes = [min(block, self.n_way - i * block) for i in range(len(chosen))]
+        chosen = rng.choice(len(self.groups), len(self.block_sizes), replace=False)
         return np.concatenate([rng.choice(self.index.by_group[self.groups[g]], size, replace=False)
-                               for g, size in zip(chosen, sizes)])
+                               for g, size in zip(chosen, self.block_sizes)])
 
 
 class PairSampler:

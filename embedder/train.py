@@ -112,15 +112,13 @@ class TrainConfig:
         for name in _BOOLEAN_OPTIONS:
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"training option {name} must be true or false, got {getattr(self, name)!r}")
-        if self.every_support and self.objective != "prototypical":
-            raise InvalidInputError(f"every_support needs the prototypical objective, not {self.objective!r}")
         if self.classes_per_group < 0 or (self.classes_per_group and self.within_group):
             raise InvalidInputError(f"training option classes_per_group must be >= 0 (0: off) and needs within_group "
                                     f"off, got {self.classes_per_group!r}")
-        if self.classes_per_group and self.objective != "prototypical":
-            raise InvalidInputError(f"classes_per_group needs the prototypical objective, not {self.objective!r}")
-        if self.teachers and self.objective != "prototypical":
-            raise InvalidInputError(f"distillation from teachers needs the prototypical objective, not {self.objective!r}")
+        for option, used in (("every_support", self.every_support), ("classes_per_group", self.classes_per_group),
+                             ("distillation from teachers", self.teachers)):
+            if used and self.objective != "prototypical":
+                raise InvalidInputError(f"{option} needs the prototypical objective, not {self.objective!r}")
         if isinstance(self.distill_weight, bool) or not isinstance(self.distill_weight, (int, float)) \
                 or not 0 <= self.distill_weight <= 1:
             raise InvalidInputError(f"training option distill_weight must be in [0, 1], got {self.distill_weight!r}")
