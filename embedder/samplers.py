@@ -63,19 +63,28 @@ class EpisodeSampler:
     groups that have at least N classes. With ``classes_per_group = g`` (0: off) they come in blocks
     of ``g`` classes from ``ceil(N / g)`` different groups, drawn at random among groups with at
     least ``g`` classes (the last block takes the remainder): each class meets ``g - 1`` rivals
-    from its own group, as in a within-alphabet test, when no group has N classes.
+    from its own group, as in a within-alphabet test, when no group has N classes. With
+    ``small_groups`` the groups with fewer than ``g`` classes are drawn too, as smaller blocks of
+    all their classes: groups come in random order, each giving up to ``g`` classes, until N.
     """
 
     def __init__(self, labels, groups=None, n_way: int = 20, k_shot: int = 1, n_query: int = 5,
-                 within_group: bool = True, seed: int = 0, classes_per_group: int = 0):
+                 within_group: bool = True, seed: int = 0, classes_per_group: int = 0, small_groups: bool = False):
         if n_way < 2 or k_shot < 1 or n_query < 1:
             raise InvalidInputError(f"need n_way >= 2, k_shot >= 1, n_query >= 1; got {n_way}, {k_shot}, {n_query}")
         if classes_per_group < 0 or (classes_per_group and within_group):
             raise InvalidInputError(f"classes_per_group must be >= 0 and needs within_group off, got {classes_per_group}")
+        if small_groups and not classes_per_group:
+            raise InvalidInputError("small_groups needs classes_per_group (blocks) to be on")
         self.index = _LabelIndex(labels, groups, min_per_class=k_shot + n_query)
         self.n_way, self.per_class, self.within_group, self.seed = n_way, k_shot + n_query, within_group, seed
         self.classes_per_group = min(classes_per_group, n_way)
-        if within_group or self.classes_per_group:
+        self.small_groups = small_groups
+        if small_groups:
+            self.groups = list(self.index.by_group)
+            if len(self.index) < n_way:
+                raise InvalidInputError(f"n_way={n_way} but only {len(self.index)} classes have {self.per_class} items")
+        elif within_group or self.classes_per_group:
             block = self.classes_per_group or n_way
             self.block_sizes = [min(block, n_way - start) for start in range(0, n_way, block)]
             self.groups = [g for g, c in self.index.by_group.items() if len(c) >= block]
@@ -97,6 +106,8 @@ class EpisodeSampler:
         if self.within_group:
             pool = self.index.by_group[self.groups[rng.integers(len(self.groups))]]
             classes = rng.choice(pool, self.n_way, replace=False)
+        elif self.small_groups:
+            classes = self._blocks_with_small_groups(rng)
         elif self.classes_per_group:
             classes = self._blocks(rng)
         else:
@@ -107,6 +118,17 @@ class EpisodeSampler:
         chosen = rng.choice(len(self.groups), len(self.block_sizes), replace=False)
         return np.concatenate([rng.choice(self.index.by_group[self.groups[g]], size, replace=False)
                                for g, size in zip(chosen, self.block_sizes)])
+
+    def _blocks_with_small_groups(self, rng: np.random.Generator) -> np.ndarray:
+        blocks, needed = [], self.n_way
+        for g in rng.permutation(len(self.groups)):
+            pool = self.index.by_group[self.groups[g]]
+            size = min(self.classes_per_group, len(pool), needed)
+            blocks.append(rng.choice(pool, size, replace=False))
+            needed -= size
+            if not needed:
+                break
+        return np.concatenate(blocks)
 
 
 class PairSampler:

@@ -49,7 +49,7 @@ OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax"
 PAIR_OBJECTIVES = ("siamese", "contrastive")
 _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "classes_per_group",
                     "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed")
-_BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations")
+_BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations", "small_groups")
 
 
 @dataclass
@@ -74,6 +74,7 @@ class TrainConfig:
     every_support: bool = False
     within_group: bool = False
     classes_per_group: int = 0
+    small_groups: bool = False
     pairs: int = 128
     same_group_negatives: bool = True
     rotations: bool = True
@@ -115,6 +116,8 @@ class TrainConfig:
         if self.classes_per_group < 0 or (self.classes_per_group and self.within_group):
             raise InvalidInputError(f"training option classes_per_group must be >= 0 (0: off) and needs within_group "
                                     f"off, got {self.classes_per_group!r}")
+        if self.small_groups and not self.classes_per_group:
+            raise InvalidInputError("training option small_groups needs classes_per_group (blocks) to be on")
         for option, used in (("every_support", self.every_support), ("classes_per_group", self.classes_per_group),
                              ("distillation from teachers", self.teachers)):
             if used and self.objective != "prototypical":
@@ -163,7 +166,7 @@ def build_sampler(config: TrainConfig, labels: np.ndarray, groups: np.ndarray):
     if config.objective == "prototypical":
         return EpisodeSampler(labels, groups, config.classes_per_batch, config.k_shot,
                               config.items_per_class - config.k_shot, config.within_group, config.seed,
-                              config.classes_per_group)
+                              config.classes_per_group, config.small_groups)
     return PKSampler(labels, config.classes_per_batch, config.items_per_class, config.seed)
 
 

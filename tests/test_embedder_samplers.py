@@ -146,6 +146,36 @@ def test_episode_blocks_skip_small_groups(caplog):
         EpisodeSampler(LABELS, GROUPS, n_way=14, k_shot=1, n_query=1, within_group=False, classes_per_group=7)
 
 
+def test_episode_blocks_with_small_groups_draw_every_group():
+    # group 9 has two classes: with small_groups it gives a block of both, the other groups blocks of
+    # up to 3, in random order until 9 classes
+    labels = np.concatenate([LABELS, np.repeat([100, 101], 4)])
+    groups = np.concatenate([GROUPS, np.full(8, 9)])
+    sampler = EpisodeSampler(labels, groups, n_way=9, k_shot=1, n_query=1, within_group=False,
+                             classes_per_group=3, small_groups=True, seed=0)
+    used_groups, block_sizes = set(), set()
+    for step in range(40):
+        rows = sampler.batch(step)
+        classes = labels[rows].reshape(9, 2)
+        assert (classes == classes[:, :1]).all() and len(set(classes[:, 0].tolist())) == 9
+        class_groups = groups[rows].reshape(9, 2)[:, 0]
+        starts = [0] + [i for i in range(1, 9) if class_groups[i] != class_groups[i - 1]]
+        sizes = np.diff(starts + [9])
+        assert len(set(class_groups[starts].tolist())) == len(starts)  # one block per group
+        for start, size in zip(starts, sizes):
+            whole_group = 2 if class_groups[start] == 9 else 3
+            assert size <= whole_group and (size == whole_group or start + size == 9)  # only the last block is cut
+        used_groups |= set(class_groups.tolist())
+        block_sizes |= set(sizes.tolist())
+    assert used_groups == {0, 1, 2, 9} and 2 in block_sizes
+    assert np.array_equal(sampler.batch(5), sampler.batch(5))
+    with pytest.raises(ValueError, match="small_groups needs classes_per_group"):
+        EpisodeSampler(labels, groups, n_way=9, within_group=False, small_groups=True)
+    with pytest.raises(ValueError, match="n_way=21 but only 20 classes"):
+        EpisodeSampler(labels, groups, n_way=21, k_shot=1, n_query=1, within_group=False, classes_per_group=3,
+                       small_groups=True)
+
+
 def test_pair_balance_and_same_group_negatives():
     sampler = PairSampler(LABELS, GROUPS, pairs=10, same_group_negatives=True, seed=0)
     for step in range(30):

@@ -187,6 +187,7 @@ def test_checkpoint_from_before_an_option_existed_still_resumes(data, tmp_path, 
     del checkpoint["config"]["ema_decay"]  # as written before weight averaging existed
     del checkpoint["config"]["every_support"]  # ... and before every_support
     del checkpoint["config"]["classes_per_group"]  # ... and before classes_per_group
+    del checkpoint["config"]["small_groups"]  # ... and before small_groups
     for key in ("elastic", "elastic_cells", "stroke"):
         del checkpoint["config"]["augment"][key]
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
@@ -247,6 +248,9 @@ def test_classes_per_group_run_is_reproducible_and_recorded(data, tmp_path):
     plain = _run(_config(**options), data, tmp_path / "c")
     assert first.model.fingerprint == again.model.fingerprint != plain.model.fingerprint
     assert read_model_config(first.model_path)["info"]["train_config"]["classes_per_group"] == 4
+    with_small = _run(_config(**options, classes_per_group=4, small_groups=True), data, tmp_path / "d")
+    assert with_small.model.fingerprint not in (first.model.fingerprint, plain.model.fingerprint)
+    assert read_model_config(with_small.model_path)["info"]["train_config"]["small_groups"] is True
 
 
 def test_without_validation_keeps_the_last_model(data, tmp_path):
@@ -282,7 +286,7 @@ def test_config_checks():
         TrainConfig(every_support="yes")
     with pytest.raises(ValueError, match="every_support needs the prototypical objective"):
         TrainConfig(objective="triplet", every_support=True)
-    for name in ("rotations", "within_group", "same_group_negatives"):
+    for name in ("rotations", "within_group", "same_group_negatives", "small_groups"):
         with pytest.raises(ValueError, match=f"{name} must be true or false"):
             TrainConfig(**{name: 1})
     with pytest.raises(ValueError, match="classes_per_group must be an integer"):
@@ -293,6 +297,8 @@ def test_config_checks():
         TrainConfig(classes_per_group=20, within_group=True)
     with pytest.raises(ValueError, match="classes_per_group needs the prototypical objective"):
         TrainConfig(objective="triplet", classes_per_group=20)
+    with pytest.raises(ValueError, match="small_groups needs classes_per_group"):
+        TrainConfig(small_groups=True)
     config = _config()
     assert TrainConfig.from_dict(config.to_dict()) == config
 
