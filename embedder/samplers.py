@@ -80,11 +80,7 @@ class EpisodeSampler:
         self.n_way, self.per_class, self.within_group, self.seed = n_way, k_shot + n_query, within_group, seed
         self.classes_per_group = min(classes_per_group, n_way)
         self.small_groups = small_groups
-        if small_groups:
-            self.groups = list(self.index.by_group)
-            if len(self.index) < n_way:
-                raise InvalidInputError(f"n_way={n_way} but only {len(self.index)} classes have {self.per_class} items")
-        elif within_group or self.classes_per_group:
+        if within_group or (self.classes_per_group and not small_groups):
             block = self.classes_per_group or n_way
             self.block_sizes = [min(block, n_way - start) for start in range(0, n_way, block)]
             self.groups = [g for g, c in self.index.by_group.items() if len(c) >= block]
@@ -100,6 +96,8 @@ class EpisodeSampler:
                                block, self.per_class)
         elif len(self.index) < n_way:
             raise InvalidInputError(f"n_way={n_way} but only {len(self.index)} classes have {self.per_class} items")
+        elif small_groups:
+            self.groups = list(self.index.by_group)  # every group, whatever its size
 
     def batch(self, step: int) -> np.ndarray:
         rng = _rng(self.seed, step)
