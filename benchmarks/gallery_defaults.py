@@ -63,7 +63,8 @@ def run_family(family: str, root: Path, episodes: int, seed: int, n_way: int) ->
             scores["raw_pixels"] = _brief(report["raw_pixels"])
             scores["n_way"] = report["oneshot"]["n_way"]
     return {"recipe": recipe_line[0] if recipe_line else None, "train_wall_seconds": round(seconds, 1),
-            "steps_run": result.model.info.get("steps_run"), "val_accuracy": result.best_accuracy, **scores}
+            "steps_run": result.model.info.get("steps_run"), "kept_step": result.best_step,
+            "started_from": result.model.info.get("init"), "val_accuracy": result.best_accuracy, **scores}
 
 
 def main(argv=None) -> dict:

@@ -53,9 +53,9 @@ def local_scores(query: np.ndarray, support: np.ndarray, radius: int) -> np.ndar
     return 0.5 * (similarity.max(axis=2).mean(axis=1) + similarity.max(axis=1).mean(axis=1))
 
 
-def run(data, episodes: int, seed: int) -> dict:
+def run(data, episodes: int, seed: int, model_name: str | None = None) -> dict:
     split, table = validation_alphabets(data)
-    model = load_model(None).eval()
+    model = load_model(model_name).eval()
     pixels = model.recipe.batch(split.read(list(table["path"])))
     vectors = encode(model, pixels, show_progress=False)
     maps = block_maps(model, pixels)
@@ -88,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="Omniglot root (default: $OMNIGLOT_DIR)")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="model file or shipped name (default: the shipped default; "
+                                                      "the figures in the README: handwriting-v1)")
     parser.add_argument("--out", default="benchmarks/results/local_matching.json")
     args = parser.parse_args(argv)
-    result = run(args.data, args.episodes, args.seed)
+    result = run(args.data, args.episodes, args.seed, args.model)
     write_result({"command": command_line("local_matching", argv), **result}, args.out)
     print(f"wrote {args.out}")
     return 0

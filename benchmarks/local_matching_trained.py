@@ -155,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="model file or shipped name (default: the shipped default; "
+                                                      "the figures in the README: handwriting-v1)")
     parser.add_argument("--out", default="benchmarks/results/local_matching_trained.json")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     data = omniglot_root(args.data)
-    model = load_model(None).eval()
+    model = load_model(args.model).eval()
     blocks = tuple(b - 1 for b in args.blocks)
     split, validation = validation_alphabets(data)
     training = split.table[~split.table["group"].isin(validation["group"].unique())].reset_index(drop=True)
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             "cosine_alone": lake_errors(model, None, block, args.radius, 0.0, data),
             "with_local_match": lake_errors(model, chosen_head, block, args.radius, best["weight"], data)}
     print("Lake's runs", lake, flush=True)
-    write_result({"command": command_line("local_matching_trained", argv), "model": "shipped default",
+    write_result({"command": command_line("local_matching_trained", argv), "model": args.model or "shipped default",
                   "validation": sorted(validation["group"].unique()), "training_alphabets": int(training["group"].nunique()),
                   "training_images": len(training), "radius": args.radius, "steps": args.steps, "way": args.way,
                   "queries": args.queries, "seed": args.seed, "episodes": args.episodes, "trials": int(base.size),

@@ -24,9 +24,15 @@ from oneshot.errors import CorruptFileError, InvalidInputError, MissingDataError
 FORMAT = "oneshot-embedder"
 FORMAT_VERSION = 1
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.safetensors"
+#: The handwriting model shipped as the default before the block recipe (64 channels in every conv
+#: block): kept so that stores and indexes embedded with it go on working, and its figures reproduce.
+HANDWRITING_V1_MODEL = Path(__file__).parent / "weights" / "handwriting_v1.safetensors"
 FACE_MODEL = Path(__file__).parent / "weights" / "face.safetensors"
 #: The models shipped in the package, by the names ``--model`` takes.
-SHIPPED_MODELS = {"handwriting": DEFAULT_MODEL, "default": DEFAULT_MODEL, "face": FACE_MODEL}
+SHIPPED_MODELS = {"handwriting": DEFAULT_MODEL, "default": DEFAULT_MODEL, "handwriting-v1": HANDWRITING_V1_MODEL,
+                  "face": FACE_MODEL}
+#: The shipped handwriting models by name, newest first.
+HANDWRITING_MODELS = {"default": DEFAULT_MODEL, "handwriting-v1": HANDWRITING_V1_MODEL}
 
 
 def model_path(model: str | os.PathLike | None) -> Path:
@@ -128,8 +134,8 @@ def read_model_config(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Embedder:
-    """Load a model file, or a shipped model by name (``"face"``, ``"handwriting"``; ``None``: the
-    default handwriting model), in eval mode.
+    """Load a model file, or a shipped model by name (``"face"``, ``"handwriting"``, ``"handwriting-v1"``;
+    ``None``: the default handwriting model), in eval mode.
 
     The returned model carries ``fingerprint`` and ``info`` attributes from its file.
     """

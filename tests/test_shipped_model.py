@@ -34,3 +34,18 @@ def test_shipped_model_error_on_lake_runs_matches_readme(omniglot_dir):
     assert table["trials"].sum() == 400
     measured = 100 * table["error_rate"].mean()
     assert abs(measured - stated_error_percent()) <= 1.0, f"measured {measured:.2f}% error"
+
+
+def test_the_first_handwriting_model_still_ships_and_serves_what_was_embedded_with_it():
+    from oneshot.embedder.artifact import HANDWRITING_V1_MODEL, shipped_model_with
+    from oneshot.pipelines.evaluation.cluster_thresholds import DEFAULT_FINGERPRINT
+    from oneshot.pipelines.evaluation.thresholds import resolve_cluster_thresholds
+
+    v1 = load_model("handwriting-v1")
+    assert v1.fingerprint == DEFAULT_FINGERPRINT != load_model().fingerprint
+    assert shipped_model_with(v1.fingerprint) == HANDWRITING_V1_MODEL
+    # A store embedded with it (before the default changed) still reads that model's thresholds.
+    values, source = resolve_cluster_thresholds({"model_fingerprint": v1.fingerprint})
+    carried = read_model_config(HANDWRITING_V1_MODEL)["info"]["thresholds"]["cluster"]
+    assert values["cluster_distance"] == carried["cluster_distance"]
+    assert "carried by the shipped model handwriting_v1.safetensors" in source

@@ -158,3 +158,29 @@ def test_handwriting_gallery_starts_from_the_shipped_model_and_keeps_it_when_tra
                      "--init", "none", *FEW_STEPS))
     assert "from scratch (--init none)" in scratch.output
     assert load_model(tmp_path / "scratch" / "model.safetensors").info["init"] is None
+
+
+def test_handwriting_gallery_takes_the_default_architecture_or_the_shipped_model_with_the_one_named(tmp_path,
+                                                                                                  mnist_dir):
+    default = load_model("default")
+    v1 = load_model("handwriting-v1")
+    assert default.fingerprint != v1.fingerprint
+    ok(run("train", "--data", mnist_dir, "--out", tmp_path / "d", "--val-split", "images", *FEW_STEPS))
+    started = load_model(tmp_path / "d")
+    assert started.info["init"] == "default" and started.info["init_fingerprint"] == default.fingerprint
+    assert started.config()["backbone_options"] == default.config()["backbone_options"]
+    # Naming the first model's architecture (conv4, 64 channels in every block) starts from it.
+    named = ok(run("train", "--data", mnist_dir, "--out", tmp_path / "v1", "--val-split", "images",
+                   "--backbone", "conv4", "--dim", "128", *FEW_STEPS))
+    assert "'handwriting-v1', which has the architecture asked for" in named.output
+    model = load_model(tmp_path / "v1")
+    assert model.info["init"] == "handwriting-v1" and model.info["init_fingerprint"] == v1.fingerprint
+    assert model.config()["backbone_options"] == v1.config()["backbone_options"]
+    # --init names a model and no architecture: the run takes the model's.
+    ok(run("train", "--data", mnist_dir, "--out", tmp_path / "i", "--val-split", "images", "--init", "handwriting-v1",
+           *FEW_STEPS))
+    assert load_model(tmp_path / "i").config()["backbone_options"] == v1.config()["backbone_options"]
+    # An architecture no shipped model has: from scratch.
+    other = ok(run("train", "--data", mnist_dir, "--out", tmp_path / "o", "--val-split", "images", "--dim", "16",
+                   *FEW_STEPS))
+    assert load_model(tmp_path / "o").info["init"] is None and "start from" not in other.output

@@ -7,7 +7,8 @@ import click
 
 
 class ModelParam(click.ParamType):
-    """``--model``: a model file (or a training run folder), or a shipped model's name (face, handwriting)."""
+    """``--model``: a model file (or a training run folder), or a shipped model's name (handwriting,
+    handwriting-v1, face)."""
 
     name = "model"
 

@@ -10,7 +10,8 @@ Two values, both distances in the model's metric (cosine: 1 - similarity):
 
 A run takes them, first found first (:func:`oneshot.pipelines.evaluation.thresholds.resolve_cluster_thresholds`):
 values given by the caller; the model's file (``info["thresholds"]`` of the model passed, or of the
-shipped model when the store was made with it); the defaults below, calibrated for the shipped model.
+shipped model the store was made with); the defaults below, calibrated for the first shipped
+handwriting model (``handwriting-v1``).
 """
 from __future__ import annotations
 
@@ -26,13 +27,13 @@ logger = logging.getLogger(__name__)
 
 THRESHOLD_KEYS = ("cluster_distance", "cluster_radius")
 
-# Measured by `python -m benchmarks.cluster_calibration --data ../shared/data/omniglot` (shipped
-# model 18869941def97f3f, Omniglot background validation alphabets Bengali, Futurama, Greek and
-# Japanese (katakana); benchmarks/results/cluster_calibration.json).
+# Measured by `python -m benchmarks.cluster_calibration --data ../shared/data/omniglot` (the first
+# shipped handwriting model, handwriting-v1, 18869941def97f3f; Omniglot background validation
+# alphabets Bengali, Futurama, Greek and Japanese (katakana); benchmarks/results/cluster_calibration.json).
 DEFAULT_THRESHOLDS = {"cluster_distance": 0.0892, "cluster_radius": 0.1040}
 DEFAULT_FINGERPRINT = "18869941def97f3f"
-DEFAULT_SOURCE = ("built-in default, calibrated for the shipped model 18869941def97f3f on the background "
-                  "validation alphabets by benchmarks/cluster_calibration.py")
+DEFAULT_SOURCE = ("built-in default, calibrated for the shipped model handwriting-v1 (18869941def97f3f) on the "
+                  "background validation alphabets by benchmarks/cluster_calibration.py")
 
 
 def calibrate_cluster_threshold(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str,

@@ -277,7 +277,7 @@ def resolve_cluster_thresholds(store_metadata: dict | None = None, model: str | 
         ``({"cluster_distance", "cluster_radius"}, source)``; thresholds from the same place share
         one sentence.
     """
-    from oneshot.embedder.artifact import DEFAULT_MODEL, read_model_config
+    from oneshot.embedder.artifact import read_model_config, shipped_model_with
     from oneshot.pipelines.evaluation.cluster_thresholds import (
         DEFAULT_FINGERPRINT,
         DEFAULT_SOURCE,
@@ -294,9 +294,9 @@ def resolve_cluster_thresholds(store_metadata: dict | None = None, model: str | 
             log.warning("the store was made with model %s but --model is %s", fingerprint, config.get("fingerprint"))
         owner = f"the model file {model}"
     elif fingerprint:
-        shipped = read_model_config(DEFAULT_MODEL)
-        if shipped.get("fingerprint") == fingerprint:
-            config, owner = shipped, f"the shipped model {DEFAULT_MODEL.name}"
+        shipped = shipped_model_with(fingerprint)
+        if shipped is not None:
+            config, owner = read_model_config(shipped), f"the shipped model {shipped.name}"
     values, sources = {}, {}
     for key in THRESHOLD_KEYS:
         values[key], source = resolve_threshold(config, key, given.get(key, "model"), owner,

@@ -26,7 +26,16 @@ from oneshot.data.lake_runs import read_lake_runs
 from oneshot.data.omniglot import OmniglotSplit, omniglot_root
 from oneshot.data.source import ImageSource, describe_source, open_source, read_images
 from oneshot.data.synthetic import SyntheticSet, make_alphabets
-from oneshot.embedder.artifact import DEFAULT_MODEL, FACE_MODEL, as_model, load_model, read_model_config, save_model
+from oneshot.embedder.artifact import (
+    DEFAULT_MODEL,
+    FACE_MODEL,
+    HANDWRITING_MODELS,
+    as_model,
+    load_model,
+    model_path,
+    read_model_config,
+    save_model,
+)
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
 from oneshot.embedder.model import Embedder
@@ -270,11 +279,15 @@ def choose_recipe(source: ImageSource, rows: np.ndarray, recipe: str | dict | No
     return with_normalisation(chosen, images), reason + (f"; {canvas}" if canvas else "")
 
 
+ARCHITECTURE_KEYS = ("backbone", "dim", "backbone_options")
+
+
 def _starting_model(init: str | None, recipe: Recipe, options: dict, keep_defaults: bool) -> tuple[str | None, str]:
     """The model a run starts from, and why: ``--init`` as given (``none``: from scratch); else, for
-    a gallery of handwriting with the shipped model's architecture, the shipped model, which was
-    trained on handwriting with the same recipe. Omniglot, the synthetic set and ``--config`` runs
-    start from scratch unless told otherwise."""
+    a gallery of handwriting, the shipped handwriting model, which was trained on handwriting with the
+    same recipe: the default when the run names no architecture (it then takes the default's), or
+    the shipped one with the architecture the run names. Omniglot, the synthetic set and ``--config``
+    runs start from scratch unless told otherwise."""
     if init == "none":
         return None, "from scratch (--init none)"
     if init is not None:
@@ -284,13 +297,40 @@ def _starting_model(init: str | None, recipe: Recipe, options: dict, keep_defaul
                         "on the held-out people by more than the noise across them; --init none trains from scratch)")
     if keep_defaults or recipe.kind != "handwriting" or recipe.channels != 1:
         return None, ""
-    shipped = read_model_config(DEFAULT_MODEL)["model"]
-    probe = TrainConfig.from_dict({k: v for k, v in options.items() if k in TrainConfig.__dataclass_fields__})
-    if (probe.backbone, probe.dim, probe.backbone_options) != (shipped["backbone"], shipped["dim"],
-                                                               shipped.get("backbone_options", {})):
-        return None, ""
-    return "default", ("from the shipped handwriting model (the default for handwriting galleries; the best of "
-                       "it and each validated step is kept; --init none trains from scratch)")
+    kept = "the best of it and each validated step is kept; --init none trains from scratch"
+    if not any(key in options for key in ARCHITECTURE_KEYS):
+        return "default", f"from the shipped handwriting model (the start for handwriting galleries; {kept})"
+    asked = _architecture(TrainConfig.from_dict({k: v for k, v in options.items()
+                                                 if k in TrainConfig.__dataclass_fields__}).__dict__)
+    for name, path in HANDWRITING_MODELS.items():
+        if _architecture(read_model_config(path)["model"]) == asked:
+            which = "the shipped handwriting model" + ("" if name == "default" else f" {name!r}")
+            return name, f"from {which}, which has the architecture asked for ({kept})"
+    return None, ""
+
+
+def _architecture(settings: dict) -> dict:
+    """The backbone, dimension and backbone options of a model config or training config."""
+    return {"backbone": settings["backbone"], "dim": settings["dim"],
+            "backbone_options": dict(settings.get("backbone_options") or {})}
+
+
+def _starting_config(init: str) -> dict:
+    """The model file config of a starting model given by name, file or run folder."""
+    path = model_path(init)
+    return read_model_config(path / "model.safetensors" if path.is_dir() else path)
+
+
+def _fingerprint_of(init: str | None) -> str | None:
+    """The starting model's fingerprint (a name such as ``default`` names other models over time)."""
+    return None if init is None else _starting_config(init)["fingerprint"]
+
+
+def _take_starting_architecture(options: dict, init: str | None) -> None:
+    """A run that starts from a model and names no architecture takes the model's (in ``options``)."""
+    if init is None or any(key in options for key in ARCHITECTURE_KEYS):
+        return
+    options.update(_architecture(_starting_config(init)["model"]))
 
 
 def _init_model(init: str | None) -> Embedder | None:
@@ -402,6 +442,7 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
         for key, value in defaults.items():
             options.setdefault(key, value)
     init, init_reason = _starting_model(init, chosen, options, standard or from_config_file)
+    _take_starting_architecture(options, init)
     if init is not None and not from_config_file:
         options.setdefault("lr", FINE_TUNE_LR)
     if on_recipe is not None and init_reason:
@@ -420,7 +461,8 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
     options["val_way"] = way
     config = TrainConfig.from_dict(options)
     info = {"command": command, "data": found.described_source, "validation": found.described_validation,
-            "recipe_choice": how, "init": init, "init_choice": init_reason, "validation_within_group": within}
+            "recipe_choice": how, "init": init, "init_fingerprint": _fingerprint_of(init), "init_choice": init_reason,
+            "validation_within_group": within}
     if isinstance(source, OmniglotSplit) or synthetic:
         info["validation_alphabets"] = sorted(set(table.loc[found.held, "group"]))
     validate = OneShotValidation(genuine_val, config.val_way, config.val_episodes, config.seed + 1, within_group=within)
@@ -492,8 +534,9 @@ def _train_last_layer(out, options: dict, found: TrainingData, recipe: Recipe, h
     seconds = time.perf_counter() - started
     info = {**{k: v for k, v in model.info.items() if k not in ("thresholds",)},
             "command": command, "data": found.described_source, "recipe_choice": how, "init": init,
-            "validation": r.described, "tuning": {"tune": "last-layer", "summary": summary, "step": r.step,
-                                                  "gain": r.gain, "noise": r.noise, "options": asdict(settings)},
+            "init_fingerprint": _fingerprint_of(init), "validation": r.described,
+            "tuning": {"tune": "last-layer", "summary": summary, "step": r.step, "gain": r.gain, "noise": r.noise,
+                       "options": asdict(settings)},
             "train_config": {"val_way": r.way, "val_episodes": settings.val_episodes, "seed": settings.seed},
             "start_accuracy": r.start_accuracy, "val_noise": r.noise, "val_accuracy": r.accuracy,
             "step": r.step, "steps_run": max(settings.steps), "train_seconds": round(seconds, 1),
