@@ -36,13 +36,14 @@ HANDWRITING_MODELS = {"default": DEFAULT_MODEL, "handwriting-v1": HANDWRITING_V1
 
 
 def model_path(model: str | os.PathLike | None) -> Path:
-    """The file of a model given as a path or a shipped model's name (``None``: the default)."""
+    """The file of a model given as a path, a training run's folder (its ``model.safetensors``) or a
+    shipped model's name (``None``: the default)."""
     if model is None:
         return DEFAULT_MODEL
     path = Path(model)
     if not path.exists() and str(model) in SHIPPED_MODELS:
         return SHIPPED_MODELS[str(model)]
-    return path
+    return path / "model.safetensors" if path.is_dir() else path
 
 
 def shipped_model_with(fingerprint: str | None) -> Path | None:
@@ -140,8 +141,6 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     The returned model carries ``fingerprint`` and ``info`` attributes from its file.
     """
     path = model_path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
     config = read_model_config(path)
     try:
         model = Embedder.from_config(config["model"])

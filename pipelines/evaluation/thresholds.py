@@ -277,7 +277,7 @@ def resolve_cluster_thresholds(store_metadata: dict | None = None, model: str | 
         ``({"cluster_distance", "cluster_radius"}, source)``; thresholds from the same place share
         one sentence.
     """
-    from oneshot.embedder.artifact import read_model_config, shipped_model_with
+    from oneshot.embedder.artifact import model_path, read_model_config, shipped_model_with
     from oneshot.pipelines.evaluation.cluster_thresholds import (
         DEFAULT_FINGERPRINT,
         DEFAULT_SOURCE,
@@ -289,7 +289,7 @@ def resolve_cluster_thresholds(store_metadata: dict | None = None, model: str | 
     fingerprint = (store_metadata or {}).get("model_fingerprint")
     config, owner = None, "the model"
     if model is not None:
-        config = read_model_config(model if not os.path.isdir(model) else os.path.join(model, "model.safetensors"))
+        config = read_model_config(model_path(model))
         if fingerprint and config.get("fingerprint") != fingerprint:
             log.warning("the store was made with model %s but --model is %s", fingerprint, config.get("fingerprint"))
         owner = f"the model file {model}"

@@ -315,22 +315,12 @@ def _architecture(settings: dict) -> dict:
             "backbone_options": dict(settings.get("backbone_options") or {})}
 
 
-def _starting_config(init: str) -> dict:
-    """The model file config of a starting model given by name, file or run folder."""
-    path = model_path(init)
-    return read_model_config(path / "model.safetensors" if path.is_dir() else path)
-
-
-def _fingerprint_of(init: str | None) -> str | None:
-    """The starting model's fingerprint (a name such as ``default`` names other models over time)."""
-    return None if init is None else _starting_config(init)["fingerprint"]
-
-
-def _take_starting_architecture(options: dict, init: str | None) -> None:
-    """A run that starts from a model and names no architecture takes the model's (in ``options``)."""
-    if init is None or any(key in options for key in ARCHITECTURE_KEYS):
+def _take_starting_architecture(options: dict, start: dict | None) -> None:
+    """A run that starts from a model (``start``: its file's config) and names no architecture takes
+    the model's (in ``options``)."""
+    if start is None or any(key in options for key in ARCHITECTURE_KEYS):
         return
-    options.update(_architecture(_starting_config(init)["model"]))
+    options.update(_architecture(start["model"]))
 
 
 def _init_model(init: str | None) -> Embedder | None:
@@ -442,7 +432,8 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
         for key, value in defaults.items():
             options.setdefault(key, value)
     init, init_reason = _starting_model(init, chosen, options, standard or from_config_file)
-    _take_starting_architecture(options, init)
+    start = read_model_config(model_path(init)) if init is not None else None
+    _take_starting_architecture(options, start)
     if init is not None and not from_config_file:
         options.setdefault("lr", FINE_TUNE_LR)
     if on_recipe is not None and init_reason:
@@ -461,7 +452,7 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
     options["val_way"] = way
     config = TrainConfig.from_dict(options)
     info = {"command": command, "data": found.described_source, "validation": found.described_validation,
-            "recipe_choice": how, "init": init, "init_fingerprint": _fingerprint_of(init), "init_choice": init_reason,
+            "recipe_choice": how, "init": init, "init_fingerprint": start and start["fingerprint"], "init_choice": init_reason,
             "validation_within_group": within}
     if isinstance(source, OmniglotSplit) or synthetic:
         info["validation_alphabets"] = sorted(set(table.loc[found.held, "group"]))
@@ -506,6 +497,7 @@ def _train_last_layer(out, options: dict, found: TrainingData, recipe: Recipe, h
         if options.get(key) is not None:
             settings = replace(settings, **{key: options[key]})
     model = _init_model(init)
+    start_fingerprint = model.fingerprint
     tuning_recipe = _tuning_recipe(model.recipe, recipe)
     if tuning_recipe != recipe:
         how = f"{how}; tuned with the starting model's own input recipe"
@@ -534,7 +526,7 @@ def _train_last_layer(out, options: dict, found: TrainingData, recipe: Recipe, h
     seconds = time.perf_counter() - started
     info = {**{k: v for k, v in model.info.items() if k not in ("thresholds",)},
             "command": command, "data": found.described_source, "recipe_choice": how, "init": init,
-            "init_fingerprint": _fingerprint_of(init), "validation": r.described,
+            "init_fingerprint": start_fingerprint, "validation": r.described,
             "tuning": {"tune": "last-layer", "summary": summary, "step": r.step, "gain": r.gain, "noise": r.noise,
                        "options": asdict(settings)},
             "train_config": {"val_way": r.way, "val_episodes": settings.val_episodes, "seed": settings.seed},
