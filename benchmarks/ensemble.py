@@ -24,6 +24,7 @@ from oneshot.data.lake_runs import read_lake_runs
 from oneshot.data.omniglot import omniglot_root, split_location
 from oneshot.embedder.artifact import load_model
 from oneshot.embedder.encode import encode
+from oneshot.embedder.ensemble import ensemble_models
 from oneshot.embedder.train import TrainConfig, build_model, load_checkpoint
 from oneshot.pipelines.evaluation.evaluate import lake_run_errors, oneshot_accuracy
 from oneshot.pipelines.evaluation.metrics import confidence_interval95
@@ -42,11 +43,10 @@ def load_weights(path: str):
 
 
 def ensemble_encoder(models: list):
-    """``images -> float32 (N, sum of D)``: each model's unit vectors side by side, over sqrt(M)."""
-    def encode_images(images):
-        parts = [encode(model, images, show_progress=False) for model in models]
-        return np.ascontiguousarray(np.concatenate(parts, axis=1) / np.sqrt(len(models)), dtype=np.float32)
-    return encode_images
+    """``images -> float32 (N, sum of D)``: each model's unit vectors side by side, over sqrt(M)
+    (one model: its own vectors), as the model file ``oneshot ensemble`` writes encodes them."""
+    model = models[0] if len(models) == 1 else ensemble_models(models)
+    return lambda images: encode(model, images, show_progress=False)
 
 
 def figures(encode_images, data, episodes: int, seed: int) -> dict:

@@ -122,3 +122,6 @@ class Embedder(nn.Module):
         if images.ndim != 4 or images.shape[1] != channels or tuple(images.shape[2:]) != (height, width):
             raise InvalidInputError(f"expected images (N, {channels}, {height}, {width}), got {tuple(images.shape)}")
         return self.head(self.backbone(images))
+
+
+from oneshot.embedder import ensemble  # noqa: E402,F401  (registers the "ensemble" backbone)

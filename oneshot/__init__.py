@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 _API = {
     "load_model": "oneshot.embedder.artifact",
     "save_model": "oneshot.embedder.artifact",
+    "ensemble_models": "oneshot.embedder.ensemble",
     "Embedder": "oneshot.embedder.model",
     "Recipe": "oneshot.embedder.preprocess",
     "encode": "oneshot.embedder.encode",

@@ -20,6 +20,8 @@ TINY = {
     "resnet-small": ({"widths": (4, 8)}, 16),
     "koch": ({"hidden": 16, "input_size": 72}, 72),  # the smallest Koch input is 65 pixels
     "face-resnet29": ({"in_channels": 1}, 120),  # dlib's layout, full size (shipped input 150; under ~110 pixels too small)
+    "ensemble": ({"members": [Embedder("conv", 6, recipe=Recipe(size=16), backbone_options={"channels": 4, "blocks": 2})
+                              .config()] * 2}, 16),  # two trained models side by side (embedder.ensemble)
 }
 
 

@@ -69,7 +69,8 @@ def other_model_path(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("command", [["demo"], ["train"], ["embed"], ["index", "build"], ["identify"], ["eval"],
-                                     ["cluster"], ["assign"], ["report"], ["lake"], ["verify"]])
+                                     ["cluster"], ["assign"], ["report"], ["lake"], ["verify"],
+                                     ["ensemble"]])
 def test_help_shows_an_example(command):
     result = ok(run(*command, "--help"))
     assert "Example" in result.output

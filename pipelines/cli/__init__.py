@@ -20,9 +20,9 @@ from oneshot.pipelines.cli.embed import (
 from oneshot.pipelines.cli.evaluate import eval_command, report_command
 from oneshot.pipelines.cli.identify import identify_command, verify_command
 from oneshot.pipelines.cli.index import index_add, index_build, index_group, index_remove
-from oneshot.pipelines.cli.train import calibrate_command, lake_command, train_command
+from oneshot.pipelines.cli.train import calibrate_command, ensemble_command, lake_command, train_command
 
 __all__ = ["main", "BUG_NOTE", "ClusterCount", "assign_command", "cluster_command", "store_compact_command",
            "store_group", "store_info_command", "store_migrate_command", "store_remove_command", "eval_command",
            "report_command", "identify_command", "verify_command", "index_add", "index_build", "index_group",
-           "index_remove", "calibrate_command", "lake_command", "train_command"]
+           "index_remove", "calibrate_command", "ensemble_command", "lake_command", "train_command"]

@@ -145,6 +145,31 @@ def calibrate_command(model, data, split, groups, out, seed):
             click.echo(f"{kind} threshold {found.get('value')} ({found.get('rule', found.get('not_calibrated'))})")
 
 
+@main.command("ensemble")
+@click.argument("models", nargs=-1, required=True, type=MODEL)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Model file to write (.safetensors).")
+@friendly
+def ensemble_command(models, out):
+    """Join two or more trained cosine models into one model file: each image's vector is the members'
+    unit vectors side by side (its cosine the mean of theirs), at the sum of their encoding costs.
+    Calibrate its thresholds afterwards, as for any new model.
+
+    \b
+    Example:
+      oneshot ensemble runs/a runs/b --out runs/ab.safetensors
+      oneshot calibrate runs/ab.safetensors --data held_out_gallery/
+    """
+    from oneshot.embedder.artifact import save_model
+    from oneshot.embedder.ensemble import ensemble_models
+
+    if len(models) < 2:
+        raise click.UsageError("an ensemble needs at least two models")
+    model = ensemble_models(models)
+    command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path = save_model(model, out, info={**model.info, "command": command})
+    click.echo(f"{len(models)} models, {model.dim}-d vectors; fingerprint {model.fingerprint}; model: {path}")
+
+
 @main.command("lake")
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="all_runs.zip, its folder, or the Omniglot folder (default: $OMNIGLOT_DIR).")

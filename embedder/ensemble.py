@@ -1,0 +1,81 @@
+"""Ensembles: several trained cosine embedders as one model file.
+
+``ensemble_models([a, b])`` returns an :class:`~oneshot.embedder.model.Embedder` whose backbone is
+the members side by side: an image's vector is every member's unit vector concatenated and divided
+by ``sqrt(M)``, so it is a unit vector too and the cosine of two images is the mean of the members'
+cosines. Saved with ``save_model`` it is one ordinary model file (``--model`` everywhere: embed,
+index, identify, eval, cluster, lake), at the sum of the members' encoding costs; its thresholds
+are calibrated like any model's (``oneshot calibrate``). Members must share the preprocessing
+recipe and give unit vectors (the ``normalized`` head).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from oneshot.embedder.backbones import register_backbone
+from oneshot.embedder.model import Embedder
+from oneshot.errors import InvalidInputError
+
+
+class MemberStack(nn.Module):
+    """Member embedders side by side: images (N, C, S, S) -> (N, sum of the members' D) / sqrt(M).
+
+    Args:
+        members: each member's ``Embedder.config()`` (the ensemble's weights hold theirs).
+    """
+
+    def __init__(self, members: Sequence[dict], in_channels: int | None = None):
+        super().__init__()
+        if isinstance(members, (str, bytes, dict)) or len(members) < 2:
+            raise InvalidInputError(f"an ensemble needs at least two member configs, got {members!r}")
+        self.members = nn.ModuleList([Embedder.from_config(config) for config in members])
+        for member in self.members:
+            if member.metric != "cosine":
+                raise InvalidInputError(f"ensemble members must give unit vectors (cosine), not {member.metric!r}")
+            if in_channels is not None and member.recipe.channels != in_channels:
+                raise InvalidInputError(f"an ensemble member takes {member.recipe.channels} channels, the ensemble "
+                                        f"{in_channels}")
+        self.feature_dim = sum(member.dim for member in self.members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        joined = torch.cat([member(images) for member in self.members], dim=1)
+        return joined / len(self.members) ** 0.5
+
+
+register_backbone("ensemble")(MemberStack)
+
+
+def ensemble_models(models: Sequence[Embedder | str | os.PathLike]) -> Embedder:
+    """One model from two or more trained cosine models (files, run folders, shipped names or loaded).
+
+    Returns:
+        An eval-mode ``Embedder`` (backbone ``"ensemble"``, no projection) with the members' weights;
+        its ``info["members"]`` names each member's file (when given one) and fingerprint.
+    Raises:
+        InvalidInputError: fewer than two models, a member that is not cosine, or recipes that differ.
+    """
+    from oneshot.embedder.artifact import load_model  # artifact imports the model module, not this one
+
+    if len(models) < 2:
+        raise InvalidInputError(f"an ensemble needs at least two models, got {len(models)}")
+    loaded = [model if isinstance(model, Embedder) else load_model(model) for model in models]
+    names = [getattr(model, "fingerprint", None) if isinstance(model, Embedder) else str(model) for model in models]
+    for name, member in zip(names, loaded):
+        if member.metric != "cosine":
+            raise InvalidInputError(f"{name}: ensemble members must give unit vectors (cosine metric), "
+                                    f"not {member.metric!r}")
+        if member.recipe.to_dict() != loaded[0].recipe.to_dict():
+            raise InvalidInputError(f"{name}: preprocesses images as {member.recipe.to_dict()}, {names[0]} as "
+                                    f"{loaded[0].recipe.to_dict()}; ensemble members must match")
+    ensemble = Embedder("ensemble", dim=None, recipe=loaded[0].recipe,
+                        backbone_options={"members": [member.config() for member in loaded]})
+    for target, member in zip(ensemble.backbone.members, loaded):
+        target.load_state_dict(member.state_dict())
+    ensemble.info = {"members": [{"model": str(model) if not isinstance(model, Embedder) else None,
+                                  "fingerprint": getattr(member, "fingerprint", None), "dim": member.dim}
+                                 for model, member in zip(models, loaded)]}
+    return ensemble.to(next(loaded[0].parameters()).device).eval()

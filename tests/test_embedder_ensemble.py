@@ -1,0 +1,93 @@
+"""Ensembles: several cosine models as one model file (vectors side by side over sqrt(M))."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder.artifact import load_model, read_model_config, save_model
+from oneshot.embedder.encode import encode
+from oneshot.embedder.ensemble import ensemble_models
+from oneshot.embedder.model import Embedder
+from oneshot.embedder.preprocess import Recipe
+from oneshot.errors import InvalidInputError
+from oneshot.index.store import read_embeddings
+from oneshot.pipelines.cli import main
+
+RECIPE = Recipe(size=16)
+
+
+def _member(path, seed: int, dim: int = 8, recipe: Recipe = RECIPE, head: str = "normalized", backbone="conv",
+            options=None):
+    torch.manual_seed(seed)
+    model = Embedder(backbone, dim, head, recipe, options or {"channels": 4, "blocks": 2}).eval()
+    return save_model(model, path, {"seed": seed})
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("members")
+    return [_member(folder / "a.safetensors", 1),
+            _member(folder / "b.safetensors", 2, dim=6, backbone="resnet-small", options={"widths": [4, 8]})]
+
+
+@pytest.fixture(scope="module")
+def images():
+    gallery = make_alphabets(1, 5, drawers=4, seed=0)
+    return gallery.read(list(gallery.table["path"]))
+
+
+def test_an_ensembles_cosine_is_the_mean_of_its_members_cosines(members, images):
+    ensemble = ensemble_models(members)
+    joined = encode(ensemble, images)
+    a, b = (encode(load_model(path), images) for path in members)
+    assert joined.shape == (len(images), 14) and joined.dtype == np.float32 and joined.flags["C_CONTIGUOUS"]
+    assert ensemble.dim == 14 and ensemble.metric == "cosine"
+    np.testing.assert_allclose(np.linalg.norm(joined, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(joined @ joined.T, (a @ a.T + b @ b.T) / 2, atol=1e-5)
+
+
+def test_an_ensemble_saves_and_loads_as_one_model_file(members, images, tmp_path):
+    ensemble = ensemble_models(members)
+    path = save_model(ensemble, tmp_path / "ab.safetensors", ensemble.info)
+    loaded = load_model(path)
+    assert loaded.fingerprint == ensemble.fingerprint == read_model_config(path)["fingerprint"]
+    np.testing.assert_allclose(encode(loaded, images), encode(ensemble, images), atol=1e-6)
+    described = read_model_config(path)["info"]["members"]
+    assert [m["model"] for m in described] == [str(p) for p in members]
+    assert [m["fingerprint"] for m in described] == [load_model(p).fingerprint for p in members]
+    assert [m["dim"] for m in described] == [8, 6]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("one", "at least two models"),
+    ("recipe", "big.safetensors: preprocesses images as .* must match"),
+    ("siamese", "siamese.safetensors: ensemble members must give unit vectors"),
+])
+def test_members_that_cannot_be_joined_are_refused_by_name(members, tmp_path, case, message):
+    others = {"one": [], "recipe": [_member(tmp_path / "big.safetensors", 3, recipe=Recipe(size=20))],
+              "siamese": [_member(tmp_path / "siamese.safetensors", 3, head="siamese")]}[case]
+    with pytest.raises(InvalidInputError, match=message):
+        ensemble_models(members[:1] + others)
+
+
+def test_the_cli_writes_an_ensemble_that_embeds_a_gallery(members, synthetic_gallery, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "ab.safetensors"
+    result = runner.invoke(main, ["ensemble", *map(str, members), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 models, 14-d vectors" in result.output
+    info = json.loads(out.with_suffix(".json").read_text())["info"]
+    assert "command" in info and [m["model"] for m in info["members"]] == [str(p) for p in members]
+    store = tmp_path / "gallery.parquet"
+    result = runner.invoke(main, ["embed", str(synthetic_gallery), "--model", str(out), "--out", str(store)])
+    assert result.exit_code == 0, result.output
+    table = read_embeddings(store)
+    assert (len(table), table.dimension) == (60, 14)
+    result = runner.invoke(main, ["ensemble", str(members[0]), "--out", str(tmp_path / "one.safetensors")])
+    assert result.exit_code == 2 and "at least two models" in result.output
+    assert not (tmp_path / "one.safetensors").exists()
