@@ -21,6 +21,10 @@ from oneshot.embedder.model import Embedder
 from oneshot.errors import InvalidInputError
 
 
+#: What the ensemble's file repeats of each member's training record.
+MEMBER_FACTS = ("command", "seed", "train_seconds", "data")
+
+
 class MemberStack(nn.Module):
     """Member embedders side by side: images (N, C, S, S) -> (N, sum of the members' D) / sqrt(M).
 
@@ -76,6 +80,8 @@ def ensemble_models(models: Sequence[Embedder | str | os.PathLike]) -> Embedder:
     for target, member in zip(ensemble.backbone.members, loaded):
         target.load_state_dict(member.state_dict())
     ensemble.info = {"members": [{"model": str(model) if not isinstance(model, Embedder) else None,
-                                  "fingerprint": getattr(member, "fingerprint", None), "dim": member.dim}
+                                  "fingerprint": getattr(member, "fingerprint", None), "dim": member.dim,
+                                  **{key: value for key, value in getattr(member, "info", {}).items()
+                                     if key in MEMBER_FACTS}}
                                  for model, member in zip(models, loaded)]}
     return ensemble.to(next(loaded[0].parameters()).device).eval()

@@ -61,6 +61,7 @@ def test_an_ensemble_saves_and_loads_as_one_model_file(members, images, tmp_path
     assert [m["model"] for m in described] == [str(p) for p in members]
     assert [m["fingerprint"] for m in described] == [load_model(p).fingerprint for p in members]
     assert [m["dim"] for m in described] == [8, 6]
+    assert [m["seed"] for m in described] == [1, 2]  # each member's training record travels with it
 
 
 @pytest.mark.parametrize("case, message", [
@@ -80,7 +81,7 @@ def test_the_cli_writes_an_ensemble_that_embeds_a_gallery(members, synthetic_gal
     out = tmp_path / "ab.safetensors"
     result = runner.invoke(main, ["ensemble", *map(str, members), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "2 models, 14-d vectors" in result.output
+    assert "2 models, 14-d vectors" in result.stdout and "oneshot calibrate" in result.stderr
     info = json.loads(out.with_suffix(".json").read_text())["info"]
     assert "command" in info and [m["model"] for m in info["members"]] == [str(p) for p in members]
     store = tmp_path / "gallery.parquet"

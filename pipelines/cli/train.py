@@ -168,6 +168,8 @@ def ensemble_command(models, out):
     command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = save_model(model, out, info={**model.info, "command": command})
     click.echo(f"{len(models)} models, {model.dim}-d vectors; fingerprint {model.fingerprint}; model: {path}")
+    click.echo(f"no thresholds yet: give it its own with oneshot calibrate {shlex.quote(str(path))} --data HELD_OUT "
+               "(labelled images none of its members trained on)", err=True)
 
 
 @main.command("lake")
