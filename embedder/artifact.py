@@ -28,7 +28,7 @@ DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.safetensors"
 #: block): kept so that stores and indexes embedded with it go on working, and its figures reproduce.
 HANDWRITING_V1_MODEL = Path(__file__).parent / "weights" / "handwriting_v1.safetensors"
 #: The default and a residual net side by side (``oneshot ensemble``): more accurate on handwriting, at
-#: 5.6 times the default's encoding cost; for jobs where accuracy matters more than throughput.
+#: 5.6 times the default's FLOPs an image; for jobs where accuracy matters more than throughput.
 HANDWRITING_ENSEMBLE_MODEL = Path(__file__).parent / "weights" / "handwriting_ensemble.safetensors"
 FACE_MODEL = Path(__file__).parent / "weights" / "face.safetensors"
 #: The models shipped in the package, by the names ``--model`` takes.

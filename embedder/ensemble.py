@@ -20,7 +20,6 @@ from oneshot.embedder.backbones import register_backbone
 from oneshot.embedder.model import Embedder
 from oneshot.errors import InvalidInputError
 
-
 #: What the ensemble's file repeats of each member's training record.
 MEMBER_FACTS = ("command", "seed", "train_seconds", "data")
 
@@ -32,8 +31,11 @@ class MemberStack(nn.Module):
         members: each member's ``Embedder.config()`` (the ensemble's weights hold theirs).
     """
 
-    def __init__(self, members: Sequence[dict], in_channels: int | None = None):
+    def __init__(self, members: Sequence[dict] | None = None, in_channels: int | None = None):
         super().__init__()
+        if members is None:
+            raise InvalidInputError("the ensemble backbone is made from trained models by `oneshot ensemble` "
+                                    "(oneshot.ensemble_models), not trained from scratch")
         if isinstance(members, (str, bytes, dict)) or len(members) < 2:
             raise InvalidInputError(f"an ensemble needs at least two member configs, got {members!r}")
         self.members = nn.ModuleList([Embedder.from_config(config) for config in members])

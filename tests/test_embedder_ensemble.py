@@ -92,3 +92,9 @@ def test_the_cli_writes_an_ensemble_that_embeds_a_gallery(members, synthetic_gal
     result = runner.invoke(main, ["ensemble", str(members[0]), "--out", str(tmp_path / "one.safetensors")])
     assert result.exit_code == 2 and "at least two models" in result.output
     assert not (tmp_path / "one.safetensors").exists()
+
+
+def test_the_ensemble_backbone_is_not_trained_from_scratch(synthetic_gallery, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--data", str(synthetic_gallery), "--backbone", "ensemble",
+                                       "--steps", "2", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "made from trained models by `oneshot ensemble`" in result.stderr

@@ -210,19 +210,20 @@ def test_identify_with_another_model_fails_cleanly(built, synthetic_gallery, oth
 
 
 
-def test_a_gallery_embedded_with_the_first_shipped_model_is_identified_with_it(tmp_path, synthetic_gallery):
-    """After the default changed, an index built with handwriting-v1 still answers without --model:
-    the model is found by the fingerprint the index records, never the new default."""
+@pytest.mark.parametrize("name", ["handwriting-v1", "handwriting-ensemble"])
+def test_a_gallery_embedded_with_another_shipped_model_is_identified_with_it(tmp_path, synthetic_gallery, name):
+    """An index built with a shipped model other than the default (the first default, or the ensemble)
+    answers without --model: the model is found by the fingerprint the index records, never the default."""
     from oneshot.embedder.artifact import load_model
 
     store, index = tmp_path / "old.parquet", tmp_path / "old.faiss"
-    ok(run("embed", synthetic_gallery, "--out", store, "--model", "handwriting-v1"))
+    ok(run("embed", synthetic_gallery, "--out", store, "--model", name))
     ok(run("index", "build", store, "--out", index))
     result = ok(run("identify", synthetic_gallery, "--index", index, "--threshold", "none"))
     answers = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(answers) == 60 and all(a["label"] == a["true_label"] for a in answers)
     assert all(a["score"] == pytest.approx(1.0, abs=1e-4) for a in answers)  # the same vectors: the same model
-    assert load_model("handwriting-v1").fingerprint != load_model().fingerprint
+    assert load_model(name).fingerprint != load_model().fingerprint
 
 
 # ---------------------------------------------------------------- eval and cluster
