@@ -20,6 +20,7 @@ from oneshot.embedder.artifact import load_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import embed_tensor
 from oneshot.embedder.losses import PrototypicalLoss
+from oneshot.embedder.model import require_unit_vectors
 from oneshot.embedder.preprocess import Recipe
 from oneshot.errors import InvalidInputError
 
@@ -41,11 +42,7 @@ def teacher_vectors(paths: Sequence[str | os.PathLike], train_set: LabelledImage
     parts, described = [], []
     for path in paths:
         teacher = load_model(path, device=device)
-        if teacher.recipe.to_dict() != recipe.to_dict():
-            raise InvalidInputError(f"{path}: the teacher preprocesses images as {teacher.recipe.to_dict()}, "
-                                    f"the student as {recipe.to_dict()}; they must match")
-        if teacher.metric != "cosine":
-            raise InvalidInputError(f"{path}: a teacher must give unit vectors (cosine metric), not {teacher.metric!r}")
+        require_unit_vectors(teacher, path, recipe, "the student", "teachers and student")
         chunks = [F.normalize(embed_tensor(teacher, train_set.fetch(rows[start:start + batch_size]).to(device)), dim=1)
                   for start in range(0, len(rows), batch_size)]
         parts.append(torch.cat(chunks).float())

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from oneshot.embedder.backbones import register_backbone
-from oneshot.embedder.model import Embedder
+from oneshot.embedder.model import Embedder, require_unit_vectors
 from oneshot.errors import InvalidInputError
 
 #: What the ensemble's file repeats of each member's training record.
@@ -71,12 +71,7 @@ def ensemble_models(models: Sequence[Embedder | str | os.PathLike]) -> Embedder:
     loaded = [model if isinstance(model, Embedder) else load_model(model) for model in models]
     names = [getattr(model, "fingerprint", None) if isinstance(model, Embedder) else str(model) for model in models]
     for name, member in zip(names, loaded):
-        if member.metric != "cosine":
-            raise InvalidInputError(f"{name}: ensemble members must give unit vectors (cosine metric), "
-                                    f"not {member.metric!r}")
-        if member.recipe.to_dict() != loaded[0].recipe.to_dict():
-            raise InvalidInputError(f"{name}: preprocesses images as {member.recipe.to_dict()}, {names[0]} as "
-                                    f"{loaded[0].recipe.to_dict()}; ensemble members must match")
+        require_unit_vectors(member, name, loaded[0].recipe, names[0], "ensemble members")
     ensemble = Embedder("ensemble", dim=None, recipe=loaded[0].recipe,
                         backbone_options={"members": [member.config() for member in loaded]})
     for target, member in zip(ensemble.backbone.members, loaded):

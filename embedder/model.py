@@ -124,4 +124,14 @@ class Embedder(nn.Module):
         return self.head(self.backbone(images))
 
 
+def require_unit_vectors(model: Embedder, name, recipe: Recipe, recipe_of: str, role: str) -> None:
+    """Refuse, naming ``name``, a model that does not give unit vectors or preprocesses images other
+    than ``recipe`` (``recipe_of``'s): what joining models' vectors (ensembles, teachers) needs."""
+    if model.metric != "cosine":
+        raise InvalidInputError(f"{name}: {role} must give unit vectors (cosine metric), not {model.metric!r}")
+    if model.recipe.to_dict() != recipe.to_dict():
+        raise InvalidInputError(f"{name}: preprocesses images as {model.recipe.to_dict()}, {recipe_of} as "
+                                f"{recipe.to_dict()}; {role} must match")
+
+
 from oneshot.embedder import ensemble  # noqa: E402,F401  (registers the "ensemble" backbone)

@@ -79,7 +79,7 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
         options["teachers"] = list(teachers)
     if size is not None:
         options["recipe"] = {**options.get("recipe", {}), "size": size}
-    command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _invoked_command()
     rejects = rejects_for(on_error, max_rejects)
     result = train_from_cli(out, options, data=data, split=split, synthetic=synthetic,
                             val_alphabets=val_groups.split(",") if val_groups else None,
@@ -103,6 +103,11 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
         value = found.get("value", found.get("cluster_distance"))  # the cluster kind carries a distance
         click.echo(f"{kind} threshold " + (f"{value:.4f}" if value is not None else f"none ({found.get('not_calibrated')})")
                    + f", calibrated on {found.get('calibrated_on')}")
+
+
+def _invoked_command() -> str:
+    """The command line as run, for the model file's record."""
+    return "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def _read_config(path: str) -> dict:
@@ -135,7 +140,7 @@ def calibrate_command(model, data, split, groups, out, seed):
     """
     from oneshot.pipelines.jobs.calibrate import calibrate_model_file
 
-    command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _invoked_command()
     thresholds = calibrate_model_file(model, data, out, groups.split(",") if groups else None, split, seed, command)
     for kind, found in thresholds.items():
         if kind == "cluster" and "cluster_distance" in found:
@@ -165,7 +170,7 @@ def ensemble_command(models, out):
     if len(models) < 2:
         raise click.UsageError("an ensemble needs at least two models")
     model = ensemble_models(models)
-    command = "oneshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _invoked_command()
     path = save_model(model, out, info={**model.info, "command": command})
     click.echo(f"{len(models)} models, {model.dim}-d vectors; fingerprint {model.fingerprint}; model: {path}")
     click.echo(f"no thresholds yet: give it its own with oneshot calibrate {shlex.quote(str(path))} --data HELD_OUT "
