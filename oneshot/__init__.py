@@ -55,6 +55,7 @@ _API = {
     "build_index": "oneshot.pipelines.jobs.index",
     "load_index": "oneshot.pipelines.jobs.index",
     "identify_images": "oneshot.pipelines.jobs.identify",
+    "Reranker": "oneshot.pipelines.engines.rerank",
     "verify_images": "oneshot.pipelines.jobs.verify",
     "evaluate_store": "oneshot.pipelines.jobs.evaluate",
     "cluster_store": "oneshot.pipelines.jobs.cluster",

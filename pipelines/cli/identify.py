@@ -8,6 +8,7 @@ import click
 
 from oneshot.pipelines.cli.app import friendly, main
 from oneshot.pipelines.cli.options import MODEL, engine_options, reject_options, rejects_for
+from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN_TEXT
 
 
 @main.command("identify")
@@ -23,11 +24,21 @@ from oneshot.pipelines.cli.options import MODEL, engine_options, reject_options,
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading query images.")
 @click.option("--out", type=click.Path(), default=None,
               help="Folder of Parquet shards (resumable), or a .jsonl file; default: JSON lines on stdout.")
+@click.option("--rerank", "rerank_model", type=MODEL, default=None,
+              help="A second, stronger model (e.g. handwriting-ensemble) that re-scores the index's best rows of "
+                   "each query the index hesitates on; it must preprocess images as --model does.")
+@click.option("--rerank-depth", type=click.IntRange(min=1), default=DEFAULT_DEPTH, show_default=True,
+              help="Gallery rows re-scored per query.")
+@click.option("--rerank-margin", default=DEFAULT_MARGIN_TEXT, show_default=True,
+              help="Re-score only queries whose two best identities are closer than this in the index's score; "
+                   "'all': every query.")
+@click.option("--gallery-images", type=click.Path(exists=True), default=None,
+              help="Where the gallery's images are, for --rerank (default: the source its store was embedded from).")
 @reject_options
 @engine_options
 @friendly
-def identify_command(queries, index_path, model, threshold, k, top, batch_size, workers, out, on_error, max_rejects,
-                     engine, ray_address):
+def identify_command(queries, index_path, model, threshold, k, top, batch_size, workers, out, rerank_model,
+                     rerank_depth, rerank_margin, gallery_images, on_error, max_rejects, engine, ray_address):
     """Name each query after its nearest gallery identity, or 'unknown'.
 
     QUERIES: images (folder, zip, list, IDX file) or an embedding store (its vectors are used).
@@ -47,12 +58,21 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
 
     from oneshot.pipelines.engines.ray import executor_for
 
+    rerank = None
+    if rerank_model is not None:
+        from oneshot.index.vector_index import VectorIndex
+        from oneshot.pipelines.engines.rerank import Reranker, gallery_images_of, parse_margin
+
+        index_path = VectorIndex.load(index_path)
+        rerank = Reranker(rerank_model, gallery_images_of(index_path, gallery_images), depth=rerank_depth,
+                          margin=parse_margin(rerank_margin))
     rejects = rejects_for(on_error, max_rejects)
     with executor_for(engine, ray_address, on_error=on_error) as executor:
         if executor is not None and not is_query_store(Path(queries)):
             executor.prepare(model)  # the encode actors start while the job opens the index
         summary = identify_job(queries, index_path, out, model, threshold, k, top, batch_size=batch_size,
-                               workers=workers, emit=None if out else echo, rejects=rejects, executor=executor)
+                               workers=workers, emit=None if out else echo, rejects=rejects, executor=executor,
+                               rerank=rerank)
     click.echo(f"threshold: {summary.threshold_text}", err=True)
     if out:
         click.echo(f"wrote {summary.queries} answers to {out}"
@@ -63,6 +83,12 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
     click.echo(rejects.summary(summary.queries, "identified"), err=True)
     if summary.accuracy is not None:
         click.echo(f"accuracy against folder labels: {summary.accuracy:.4f}", err=True)
+    if rerank is not None:
+        stats = rerank.stats
+        click.echo(f"re-ranked {stats.reranked} of {stats.queries} queries with {rerank_model} ({stats.gallery_encoded} "
+                   f"gallery images encoded, {stats.seconds:.1f} s)"
+                   + (f"; {stats.gallery_unreadable} gallery images unreadable" if stats.gallery_unreadable else ""),
+                   err=True)
     rejects.check(summary.queries + len(rejects))
 
 

@@ -242,6 +242,7 @@ def encode_source(model: Embedder, source: ImageSource, rejects: Rejects | None 
 class QueryBatch:
     rows: pd.DataFrame  # id, path, label (maybe "")
     vectors: np.ndarray  # float32 (n, D)
+    pixels: np.ndarray | None = None  # float32 (n, C, H, W) as prepared, kept for a re-ranker
 
 
 def top_candidates(scores: np.ndarray, ids: np.ndarray, labels: np.ndarray, top: int,
@@ -273,10 +274,18 @@ def top_candidates(scores: np.ndarray, ids: np.ndarray, labels: np.ndarray, top:
 
 
 def answer_batch(index: VectorIndex, batch: QueryBatch, threshold: float | None, k: int, top: int,
-                 per_identity: int) -> pd.DataFrame:
-    """One batch of queries -> one answer row each (see the module docstring)."""
-    depth = max(1, min(len(index), max(k, top * per_identity)))
-    result = index.search(batch.vectors, depth)
+                 per_identity: int, reranker=None, rerank_threshold: float | None = None) -> pd.DataFrame:
+    """One batch of queries -> one answer row each (see the module docstring).
+
+    With a :class:`~oneshot.pipelines.engines.rerank.Reranker` (``k`` = 1, ``batch.pixels`` given), the
+    queries it re-scores are decided on its scores and ``rerank_threshold``, and the answer has a
+    ``reranked`` column.
+    """
+    depth = max(k, top * per_identity) if reranker is None else reranker.search_depth(top, per_identity)
+    result = index.search(batch.vectors, max(1, min(len(index), depth)))
+    reranked = None
+    if reranker is not None:
+        result, reranked = reranker.rescore(result, batch.pixels)
     candidates = top_candidates(result.scores, result.ids, result.labels, top, per_identity)
     if k == 1:
         candidate = np.array([c[0]["label"] if c else None for c in candidates], dtype=object)
@@ -285,6 +294,12 @@ def answer_batch(index: VectorIndex, batch: QueryBatch, threshold: float | None,
         candidate, score = knn_classify(index, batch.vectors, k=k)
     rows = batch.rows
     answer = decide(candidate, score, threshold)
+    if reranked is not None:
+        second = decide(candidate, score, rerank_threshold)
+        for column in ("label", "known"):
+            answer[column] = np.where(reranked, second[column].to_numpy(), answer[column].to_numpy())
+        answer["known"] = answer["known"].astype(bool)
+        answer["reranked"] = reranked
     answer.insert(0, "path", rows["path"].astype(str).to_numpy())
     answer.insert(0, "query_id", rows["id"].to_numpy(dtype=np.int64))
     if "label" in rows and (rows["label"].astype(str) != "").all():
@@ -294,7 +309,8 @@ def answer_batch(index: VectorIndex, batch: QueryBatch, threshold: float | None,
 
 
 def answer_stream(batches: Iterator[QueryBatch], index: VectorIndex, index_path: str | None,
-                  threshold: float | None, k: int, top: int, per_identity: int) -> Iterator[pd.DataFrame]:
+                  threshold: float | None, k: int, top: int, per_identity: int, reranker=None,
+                  rerank_threshold: float | None = None) -> Iterator[pd.DataFrame]:
     """:func:`answer_batch` of each batch in this process, in order (``index_path`` is unused here)."""
     for batch in batches:
-        yield answer_batch(index, batch, threshold, k, top, per_identity)
+        yield answer_batch(index, batch, threshold, k, top, per_identity, reranker, rerank_threshold)

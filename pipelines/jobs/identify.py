@@ -166,6 +166,8 @@ class IdentifySummary:
     seconds: float
     threshold_text: str = ""
     threshold: float | None = None
+    rerank: Any = None  # RerankStats when a re-ranker ran
+
 
     @property
     def accuracy(self) -> float | None:
@@ -173,7 +175,8 @@ class IdentifySummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"queries": self.queries, "known": self.known, "correct": self.correct, "labelled": self.labelled,
-                "accuracy": self.accuracy, "resumed_from": self.resumed_from, "seconds": round(self.seconds, 3)}
+                "accuracy": self.accuracy, "resumed_from": self.resumed_from, "seconds": round(self.seconds, 3),
+                **({"rerank": self.rerank.to_dict()} if self.rerank is not None else {})}
 
 
 def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathLike,
@@ -182,7 +185,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
                  shard_rows: int = DEFAULT_SHARD_ROWS, device: str | None = None,
                  emit: Callable[[pd.DataFrame], None] | None = None,
                  show_progress: bool | None = None, rejects: Rejects | None = None,
-                 executor=None) -> IdentifySummary:
+                 executor=None, rerank=None) -> IdentifySummary:
     """Identify every query against an index, streaming, and write the answers.
 
     Args:
@@ -202,6 +205,10 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
             (as :func:`~oneshot.pipelines.engines.local.encode_stream`) and ``answer_stream`` (as
             :func:`answer_stream`), e.g. :class:`oneshot.pipelines.engines.ray.RayEngine`; answers
             are written here either way.
+        rerank: a :class:`~oneshot.pipelines.engines.rerank.Reranker`: a second model re-scores the index's
+            best rows of the queries the index hesitates on (image queries, ``k`` = 1, this
+            process). Its queries are decided on its own "unknown" threshold (``threshold="model"``)
+            or on ``threshold`` when a number is given; answers get a ``reranked`` column.
 
     Raises:
         ModelMismatchError: the queries (store or model) and the index come from different models.
@@ -224,21 +231,39 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
     if expected and actual and expected != actual:
         raise ModelMismatchError(f"the index was built with model {expected} but {what} model {actual}; "
                                  "pass the same --model used for `oneshot embed`")
+    given_threshold = threshold
     threshold, threshold_text = _threshold(model, expected, threshold, enrolled_count(index))
+    rerank_threshold = None
+    if rerank is not None:
+        if from_store or k != 1 or executor is not None:
+            raise InvalidInputError("re-ranking needs image queries (not an embedding store), k = 1 and the local "
+                                    "engine (re-scoring reads the queries' pixels)")
+        rerank.bind(model.recipe, index)
+        rerank_threshold, rerank_text = _threshold(rerank.embedder, rerank.fingerprint, given_threshold,
+                                                   enrolled_count(index))
+        threshold_text = f"{threshold_text}; re-scored queries ({rerank.name}): {rerank_text}"
     if threshold is not None and index.metadata.get("pca") and threshold_text.startswith("carried by"):
         log.warning("the index reduces vectors with PCA; the model's threshold was calibrated without it")
     rejects = rejects if rejects is not None else Rejects()
     job = {"queries": str(queries_path.resolve()), "index": index_path, "model_fingerprint": actual,
            "threshold": threshold, "k": k, "top": top, "per_identity": per_identity, "shard_rows": shard_rows}
+    if rerank is not None:
+        job["rerank"] = {"model_fingerprint": rerank.fingerprint, "depth": rerank.depth, "margin": rerank.margin,
+                         "threshold": rerank_threshold}
     out = Path(out) if out is not None else None
     sink = _ShardOutput(out, job) if out is not None and out.suffix != ".jsonl" else None
     skip = sink.done if sink else 0
     batches, total = _query_batches(queries_path, from_store, model, batch_size, workers, device, shard_rows, skip,
-                                    show_progress, rejects, encode_stream if executor is None else executor.encode_stream)
-    answering = answer_stream if executor is None else executor.answer_stream
-    answer_iter = answering(batches, index, index_path, threshold, k, top, per_identity)
+                                    show_progress, rejects, encode_stream if executor is None else executor.encode_stream,
+                                    keep_pixels=rerank is not None)
+    if executor is None:
+        answer_iter = answer_stream(batches, index, index_path, threshold, k, top, per_identity, rerank,
+                                    rerank_threshold)
+    else:
+        answer_iter = executor.answer_stream(batches, index, index_path, threshold, k, top, per_identity)
     jsonl = None
-    summary = IdentifySummary(0, 0, 0, 0, skip, 0.0, threshold_text, threshold)
+    summary = IdentifySummary(0, 0, 0, 0, skip, 0.0, threshold_text, threshold,
+                              rerank.stats if rerank is not None else None)
     buffered: list[pd.DataFrame] = []
     pending = 0
     with (atomic_path(out) if out is not None and sink is None else _null()) as tmp:
@@ -308,7 +333,8 @@ def _tally(summary: IdentifySummary, answers: pd.DataFrame) -> None:
 
 
 def _query_batches(path: Path, from_store: bool, model, batch_size, workers, device, shard_rows: int, skip: int,
-                   show_progress, rejects: Rejects, stream=encode_stream) -> tuple[Iterator[QueryBatch], int]:
+                   show_progress, rejects: Rejects, stream=encode_stream,
+                   keep_pixels: bool = False) -> tuple[Iterator[QueryBatch], int]:
     if from_store:
         total = int(read_store_metadata(path).get("count") or 0) - skip
         return _store_batches(path, batch_size or 8192, skip), max(0, total)
@@ -322,14 +348,14 @@ def _query_batches(path: Path, from_store: bool, model, batch_size, workers, dev
     def generate():
         for batch, vectors in stream(engine, source, table, plan, workers or default_workers(),
                                      show_progress=show_progress, desc="identify", rejects=rejects):
-            yield QueryBatch(batch.rows, vectors)
+            yield QueryBatch(batch.rows, vectors, batch.pixels if keep_pixels else None)
 
     return generate(), len(table) - skip
 
 
 def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.PathLike,
                     model=None, threshold: float | str | None = "model", k: int = 1, batch_size: int | None = None,
-                    rejects: Rejects | None = None, top: int = 1) -> pd.DataFrame:
+                    rejects: Rejects | None = None, top: int = 1, rerank=None) -> pd.DataFrame:
     """:func:`identify_job` with its answers collected into one DataFrame (for query sets that fit in memory).
 
     Query files that cannot be read get no row; they are recorded in ``rejects`` (default: skip
@@ -350,7 +376,7 @@ def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.Pa
     rejects = rejects if rejects is not None else Rejects()
     answers: list[pd.DataFrame] = []
     summary = identify_job(queries, index, model=model, threshold=threshold, k=k, top=top, batch_size=batch_size,
-                           emit=answers.append, show_progress=False, rejects=rejects)
+                           emit=answers.append, show_progress=False, rejects=rejects, rerank=rerank)
     if not summary.queries:
         raise InvalidInputError(f"{queries}: no query image could be read ({len(rejects)} rejected)")
     result = pd.concat(answers, ignore_index=True)

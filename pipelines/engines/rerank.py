@@ -1,0 +1,263 @@
+"""Re-ranking: a second, stronger model re-scores the index's top gallery rows of each query.
+
+The index, built with a fast model, does the bulk work (encoding the gallery once, searching it);
+a slower, more accurate model (e.g. ``handwriting-ensemble``) then scores only the ``depth`` best
+rows of each query: the query's vector from the pixels the job already prepared, the gallery rows'
+vectors from their images (read by the paths the index keeps, encoded once and cached). A query
+whose two best identities the index already separates by ``margin`` or more keeps its answer, so
+the second model only runs where the first one hesitates.
+
+A re-scored query's ``score`` is the re-ranking model's cosine, its candidates are the ``depth``
+rows in that order, and ``reranked`` is True; other queries keep the index's scores.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from oneshot.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from oneshot.data.source import ImageSource
+    from oneshot.index.search import SearchResult
+    from oneshot.index.vector_index import VectorIndex
+
+DEFAULT_DEPTH = 10
+# Chosen on the 4 background validation alphabets (the shipped default re-ranked by handwriting-ensemble,
+# one drawing enrolled per character): the margin re-scoring the fewest queries that keeps >= 90% of the
+# gain of re-scoring every query (`python -m benchmarks.rerank`, benchmarks/results/rerank.json).
+DEFAULT_MARGIN = 0.05
+DEFAULT_MARGIN_TEXT = str(DEFAULT_MARGIN)
+DEFAULT_CACHE_ROWS = 200_000  # gallery vectors kept between batches (200,000 x 256 float32 = 205 MB)
+
+
+@dataclass
+class RerankStats:
+    """What a job's re-ranking did: queries re-scored, gallery images encoded, and the time it took."""
+
+    queries: int = 0
+    reranked: int = 0
+    gallery_encoded: int = 0
+    gallery_unreadable: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"queries": self.queries, "reranked": self.reranked, "gallery_encoded": self.gallery_encoded,
+                "gallery_unreadable": self.gallery_unreadable, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class Reranker:
+    """A model that re-scores the ``depth`` best gallery rows of the queries the index hesitates on.
+
+    Args:
+        model: the re-ranking model (file, run folder, shipped name or :class:`Embedder`); cosine,
+            with the index model's preprocessing (it reuses the query pixels the job prepared).
+        gallery: the images the index's rows were embedded from (folder, zip, list: the source
+            given to ``oneshot embed``); their ``path`` column must name files in it.
+        depth: gallery rows re-scored per query (at least ``top * per_identity`` of the job).
+        margin: re-score only queries whose best and second-best identities differ by less than
+            this in the index's score (default chosen on validation alphabets, see
+            ``DEFAULT_MARGIN``); ``None`` re-scores every query.
+        cache_rows: gallery vectors kept between batches (least recently used dropped first).
+    """
+
+    model: object
+    gallery: ImageSource | str | os.PathLike
+    depth: int = DEFAULT_DEPTH
+    margin: float | None = DEFAULT_MARGIN
+    cache_rows: int = DEFAULT_CACHE_ROWS
+    device: str | None = None
+    stats: RerankStats = field(default_factory=RerankStats)
+
+    def __post_init__(self):
+        if self.depth < 1:
+            raise InvalidInputError(f"rerank depth must be >= 1, got {self.depth}")
+        if self.margin is not None and not self.margin >= 0:
+            raise InvalidInputError(f"rerank margin must be >= 0 (or None for every query), got {self.margin}")
+        if self.cache_rows < 0:
+            raise InvalidInputError(f"rerank cache_rows must be >= 0, got {self.cache_rows}")
+        from oneshot.embedder.artifact import as_model
+        from oneshot.embedder.encode import default_device
+        from oneshot.embedder.inference import InferenceModel
+
+        self.name = self.model if isinstance(self.model, (str, os.PathLike)) else "the re-ranking model"
+        model = as_model(self.model)
+        if model.metric != "cosine":
+            raise InvalidInputError(f"{self.name}: a re-ranking model must give unit vectors (cosine metric), "
+                                    f"not {model.metric!r}")
+        self.fingerprint = getattr(model, "fingerprint", None)
+        self.embedder = model
+        self.engine = InferenceModel(model.to(self.device or default_device()))
+        self.source: ImageSource | None = None
+        self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
+
+    def bind(self, base_recipe, index: VectorIndex) -> None:
+        """Check the re-ranking model against the index's model and open the gallery's images.
+
+        Raises:
+            InvalidInputError: the two models preprocess images differently, or the index's rows
+                carry no image paths.
+        """
+        from oneshot.embedder.model import require_unit_vectors
+
+        require_unit_vectors(self.embedder, self.name, base_recipe, "the index's model", "a re-ranking model")
+        if base_recipe.kind == "face":
+            raise InvalidInputError("re-ranking reads gallery images by path, and face galleries keep a row per face "
+                                    "of an image; it is not supported for face models")
+        paths = index.table["path"].astype(str)
+        if len(paths) and (paths == "").any():
+            raise InvalidInputError(f"the index has {int((paths == '').sum())} rows without an image path; "
+                                    "re-ranking reads the gallery's images by path (build the index from a store "
+                                    "made by `oneshot embed`)")
+        self.source = _open_gallery(self.gallery, paths.iloc[0] if len(paths) else "")
+        self._paths = pd.Series(paths.to_numpy(), index=index.table["id"].to_numpy(dtype=np.int64))
+
+    def search_depth(self, top: int, per_identity: int) -> int:
+        """Rows the index must return per query."""
+        return max(self.depth, top * per_identity)
+
+    def _gallery_vectors(self, ids: np.ndarray) -> dict[int, np.ndarray | None]:
+        """Vectors of gallery ``ids`` (None for an image that cannot be read), cached."""
+        from oneshot.data.archive import escape_name
+        from oneshot.pipelines.reading import Rejects, read_batch
+
+        wanted = [int(i) for i in pd.unique(ids[ids >= 0])]
+        missing = [i for i in wanted if i not in self._cache]
+        if missing:
+            paths = self._paths.loc[missing].tolist()
+            images, kept = read_batch(self.source, paths, Rejects(), color=self.engine.recipe.channels == 3)
+            kept_set = set(kept)
+            read_ids = [i for i, p in zip(missing, paths) if p in kept_set]
+            for i, p in zip(missing, paths):
+                if p not in kept_set:
+                    self._cache[i] = None
+                    self.stats.gallery_unreadable += 1
+            if read_ids:
+                prepared = self.engine.recipe.prepare(images)
+                if len(prepared.kept) != len(read_ids):
+                    raise InvalidInputError("re-ranking: the recipe dropped gallery images "
+                                            f"({', '.join(escape_name(p) for p in paths[:3])}, ...)")
+                vectors = np.concatenate([self.engine(prepared.pixels[s : s + self.engine.batch_size])
+                                          for s in range(0, len(read_ids), self.engine.batch_size)])
+                for i, vector in zip(read_ids, vectors):
+                    self._cache[i] = vector
+                self.stats.gallery_encoded += len(read_ids)
+        found = {}
+        for i in wanted:
+            self._cache.move_to_end(i)
+            found[i] = self._cache[i]
+        while len(self._cache) > max(self.cache_rows, len(wanted)):
+            self._cache.popitem(last=False)
+        return found
+
+    def hesitant(self, result: SearchResult) -> np.ndarray:
+        """(Q,) bool: queries whose best two identities differ by less than ``margin`` (all without one)."""
+        count = len(result.scores)
+        if self.margin is None:
+            return np.ones(count, dtype=bool)
+        gaps = np.full(count, np.inf, dtype=np.float32)
+        for q in range(count):
+            best_label, best = None, None
+            for score, gid, label in zip(result.scores[q], result.ids[q], result.labels[q]):
+                if gid == -1:
+                    break
+                if best is None:
+                    best_label, best = label, score
+                elif label != best_label:
+                    gaps[q] = best - score
+                    break
+        return gaps < self.margin
+
+    def rescore(self, result: SearchResult, pixels: np.ndarray) -> tuple[SearchResult, np.ndarray]:
+        """Re-score the hesitant queries' rows with the re-ranking model.
+
+        Args:
+            result: the index's (Q, K) answer, best first, K = :meth:`search_depth`.
+            pixels: float32 (Q, C, H, W), the queries as the job prepared them.
+        Returns:
+            (the result with re-scored rows re-sorted, (Q,) bool: which queries were re-scored).
+            Rows whose image cannot be read are dropped from a re-scored query's answer.
+        """
+        from oneshot.index.search import SearchResult
+
+        started = time.perf_counter()
+        chosen = self.hesitant(result)
+        self.stats.queries += len(chosen)
+        scores, ids, labels = result.scores.copy(), result.ids.copy(), result.labels.copy()
+        rows = np.flatnonzero(chosen)
+        if len(rows):
+            depth = ids.shape[1]
+            queries = self.engine(pixels[rows])
+            found = self._gallery_vectors(ids[rows])
+            dim = queries.shape[1]
+            for q, query in zip(rows, queries):
+                row_ids = ids[q, :depth]
+                keep = [j for j, gid in enumerate(row_ids) if gid >= 0 and found.get(int(gid)) is not None]
+                gallery = np.stack([found[int(row_ids[j])] for j in keep]) if keep else np.zeros((0, dim), np.float32)
+                new = gallery @ query
+                order = np.argsort(-new, kind="stable")
+                count = len(keep)
+                picked = [keep[j] for j in order]
+                ids_q, labels_q = ids[q, picked].copy(), labels[q, picked].copy()
+                scores[q, :] = -np.inf
+                ids[q, :] = -1
+                labels[q, :] = None
+                scores[q, :count], ids[q, :count], labels[q, :count] = new[order], ids_q, labels_q
+            self.stats.reranked += len(rows)
+        self.stats.seconds += time.perf_counter() - started
+        return SearchResult(scores, ids, labels), chosen
+
+
+def parse_margin(text: str | float | None) -> float | None:
+    """``"all"``/None -> None (every query), else a margin >= 0."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInputError(f"rerank margin must be a number >= 0 or 'all', got {text!r}") from None
+    if not value >= 0:
+        raise InvalidInputError(f"rerank margin must be a number >= 0 or 'all', got {text!r}")
+    return value
+
+
+def _open_gallery(gallery, sample_path: str) -> ImageSource:
+    """The gallery's images as a source whose ``read`` takes the index's paths (an Omniglot folder
+    opens the split the paths name)."""
+    from oneshot.data.omniglot import SPLITS, OmniglotSplit
+    from oneshot.data.source import ImageSource, open_source
+
+    if isinstance(gallery, ImageSource):
+        return gallery
+    source = open_source(gallery, labelled=False)
+    split = sample_path.split("/", 1)[0]
+    if isinstance(source, OmniglotSplit) and split in SPLITS:
+        source = OmniglotSplit(gallery, split)
+    return source
+
+
+def gallery_images_of(index: VectorIndex, given: str | os.PathLike | None) -> str:
+    """Where the index's gallery images are: ``given``, else the single source its store was embedded from."""
+    if given is not None:
+        return str(given)
+    from oneshot.index.store import read_store_metadata
+
+    store = index.metadata.get("source")
+    if not store or not Path(store).exists():
+        raise InvalidInputError("re-ranking needs the gallery's images: pass --gallery-images (the folder or zip "
+                                "given to `oneshot embed`)")
+    metadata = read_store_metadata(Path(store))
+    appended = [h.get("source") for h in metadata.get("history", []) if isinstance(h, dict)]
+    sources = {str(s) for s in [metadata.get("source_path"), *appended] if s}
+    if len(sources) != 1:
+        raise InvalidInputError(f"the index's store {store} was embedded from {len(sources)} sources; pass "
+                                "--gallery-images (the folder or zip its paths are in)")
+    return sources.pop()

@@ -1,0 +1,178 @@
+"""Tests for re-ranking in identify: a second model re-scores the index's top rows of hesitant queries."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from oneshot.embedder.preprocess import Recipe
+from oneshot.errors import InvalidInputError
+from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.jobs.embed import embed_to_store
+from oneshot.pipelines.jobs.identify import identify_job
+from oneshot.pipelines.engines.rerank import Reranker, gallery_images_of, parse_margin
+
+
+def _tiny(seed: int, tmp_path, name: str, size: int = 16, head: str = "normalized"):
+    import torch
+
+    from oneshot.embedder.artifact import save_model
+    from oneshot.embedder.model import Embedder
+
+    torch.manual_seed(seed)
+    model = Embedder("conv", dim=8, head=head, recipe=Recipe(size=size),
+                     backbone_options={"channels": 4, "blocks": 2})
+    return save_model(model, tmp_path / f"{name}.safetensors")
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory, synthetic_gallery, tiny_model_path):
+    """A copy of the synthetic gallery (tests may break files), its store and index (tiny model),
+    and a second tiny model with the same preprocessing."""
+    folder = tmp_path_factory.mktemp("rerank")
+    gallery = folder / "gallery"
+    shutil.copytree(synthetic_gallery, gallery)
+    store = embed_to_store(gallery, folder / "g.parquet", tiny_model_path).store.folder
+    index = VectorIndex.from_store(store)
+    return {"gallery": gallery, "store": store, "index": index, "other": _tiny(7, folder, "other")}
+
+
+def _answers(setting, model, rerank, queries=None, **options) -> pd.DataFrame:
+    rows = []
+    identify_job(queries or setting["gallery"], setting["index"], None, model, threshold=None, top=3,
+                 emit=rows.append, show_progress=False, rerank=rerank, **options)
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_reranking_with_the_index_model_changes_nothing(setting, tiny_model_path):
+    plain = _answers(setting, tiny_model_path, None)
+    rerank = Reranker(tiny_model_path, setting["gallery"], depth=10, margin=None)
+    again = _answers(setting, tiny_model_path, rerank)
+    assert again["reranked"].all() and rerank.stats.reranked == len(plain) == 60
+    assert again["label"].tolist() == plain["label"].tolist()
+    np.testing.assert_allclose(again["score"], plain["score"], atol=1e-5)
+    assert [[c["label"] for c in row] for row in again["candidates"]] == \
+           [[c["label"] for c in row] for row in plain["candidates"]]
+    assert rerank.stats.gallery_encoded == 60  # each gallery image encoded once, then cached
+
+
+def test_reranked_scores_are_the_second_models_cosines(setting, tiny_model_path):
+    from oneshot.embedder.artifact import load_model
+    from oneshot.embedder.encode import encode
+
+    rerank = Reranker(setting["other"], setting["gallery"], depth=10, margin=None)
+    answers = _answers(setting, tiny_model_path, rerank)
+    table = setting["index"].table
+    other = load_model(setting["other"])
+    images = [__import__("cv2").imread(str(setting["gallery"] / p), 0) for p in table["path"]]
+    vectors = encode(other, images)
+    by_id = dict(zip(table["id"].tolist(), vectors))
+    query = dict(zip(table["path"].tolist(), vectors))
+    for _, row in answers.iterrows():
+        expected = [float(by_id[g] @ query[row["path"]]) for c in row["candidates"] for g in c["gallery_ids"]]
+        got = [s for c in row["candidates"] for s in c["gallery_scores"]]
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        assert row["score"] == pytest.approx(max(got), abs=1e-6)
+        assert got[0] == pytest.approx(max(got), abs=1e-6)  # best first
+
+
+def test_margin_gates_which_queries_are_rescored(setting, tiny_model_path):
+    plain = _answers(setting, tiny_model_path, None)
+    none = Reranker(setting["other"], setting["gallery"], margin=0.0)
+    untouched = _answers(setting, tiny_model_path, none)
+    assert not untouched["reranked"].any() and none.stats.gallery_encoded == 0
+    np.testing.assert_allclose(untouched["score"], plain["score"])
+    gaps = []
+    for row in plain["candidates"]:
+        gaps.append(row[0]["score"] - row[1]["score"])
+    margin = float(np.median(gaps))
+    some = Reranker(setting["other"], setting["gallery"], margin=margin)
+    answers = _answers(setting, tiny_model_path, some)
+    assert answers["reranked"].tolist() == [g < margin for g in gaps]
+
+
+def test_model_threshold_of_rescored_queries_is_the_second_models(setting, tiny_model_path):
+    rows = []
+    rerank = Reranker(setting["other"], setting["gallery"], margin=None)
+    summary = identify_job(setting["gallery"], setting["index"], None, tiny_model_path, threshold=0.999,
+                           emit=rows.append, show_progress=False, rerank=rerank)
+    answers = pd.concat(rows)
+    assert (answers["known"] == (answers["score"] >= np.float32(0.999))).all()
+    assert "re-scored queries" in summary.threshold_text
+    assert summary.to_dict()["rerank"]["reranked"] == 60
+
+
+def test_unreadable_gallery_images_are_counted_and_left_out(setting, tiny_model_path, tmp_path):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(setting["gallery"], gallery)
+    broken = min(gallery.rglob("*.png"))
+    broken.write_bytes(b"not a png")
+    rerank = Reranker(setting["other"], gallery, margin=None, depth=10)
+    answers = _answers({**setting, "gallery": gallery}, tiny_model_path, rerank, queries=setting["gallery"])
+    assert rerank.stats.gallery_unreadable == 1
+    broken_id = int(setting["index"].table.set_index("path").loc[str(broken.relative_to(gallery)), "id"])
+    listed = {g for row in answers["candidates"] for c in row for g in c["gallery_ids"]}
+    assert broken_id not in listed and len(answers) == 60
+
+
+def test_cache_stays_bounded(setting, tiny_model_path):
+    rerank = Reranker(setting["other"], setting["gallery"], margin=None, depth=4, cache_rows=5)
+    _answers(setting, tiny_model_path, rerank, batch_size=2)
+    one_batch = 2 * rerank.search_depth(top=3, per_identity=3)  # 2 queries x 9 rows
+    assert len(rerank._cache) <= max(5, one_batch) < 60  # the bound, or one batch's rows when more
+    assert rerank.stats.gallery_encoded > 60  # evicted rows were encoded again when needed
+
+
+def test_refusals_are_clear(setting, tiny_model_path, tmp_path):
+    with pytest.raises(InvalidInputError, match="preprocesses images"):
+        _answers(setting, tiny_model_path, Reranker(_tiny(1, tmp_path, "wide", size=20), setting["gallery"]))
+    with pytest.raises(InvalidInputError, match="cosine"):
+        Reranker(_tiny(1, tmp_path, "siamese", head="siamese"), setting["gallery"])
+    with pytest.raises(InvalidInputError, match="image queries"):
+        _answers(setting, tiny_model_path, Reranker(setting["other"], setting["gallery"]), queries=setting["store"])
+    with pytest.raises(InvalidInputError, match="k = 1"):
+        _answers(setting, tiny_model_path, Reranker(setting["other"], setting["gallery"]), k=3)
+    with pytest.raises(InvalidInputError, match="depth"):
+        Reranker(setting["other"], setting["gallery"], depth=0)
+    for text in ("-1", "x"):
+        with pytest.raises(InvalidInputError, match="margin"):
+            parse_margin(text)
+    assert parse_margin("all") is None and parse_margin("0.1") == 0.1
+
+
+def test_gallery_images_come_from_the_store_or_must_be_given(setting, tmp_path):
+    assert gallery_images_of(setting["index"], None) == str(setting["gallery"])
+    assert gallery_images_of(setting["index"], tmp_path) == str(tmp_path)
+    from oneshot.index.store import read_embeddings
+
+    stored = read_embeddings(setting["store"])
+    bare = VectorIndex.build(stored.embeddings, stored.table, "cosine")
+    with pytest.raises(InvalidInputError, match="--gallery-images"):
+        gallery_images_of(bare, None)
+
+
+def test_cli_reranks_and_reports(setting, tiny_model_path, tmp_path):
+    from oneshot.pipelines.cli import main
+
+    setting["index"].save(tmp_path / "g.faiss")
+    result = CliRunner().invoke(main, ["identify", str(setting["gallery"]), "--index", str(tmp_path / "g.faiss"),
+                                       "--model", str(tiny_model_path), "--rerank", str(setting["other"]),
+                                       "--rerank-margin", "all", "--threshold", "none",
+                                       "--out", str(tmp_path / "a.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "re-ranked 60 of 60 queries" in result.output
+    answers = pd.read_json(tmp_path / "a.jsonl", lines=True)
+    assert answers["reranked"].all() and len(answers) == 60
+
+
+def test_omniglot_folder_opens_the_split_the_paths_name(omniglot_dir):
+    from oneshot.data.omniglot import OmniglotSplit
+    from oneshot.pipelines.engines.rerank import _open_gallery
+
+    evaluation = OmniglotSplit(omniglot_dir, "evaluation")
+    path = evaluation.table["path"].iloc[0]
+    source = _open_gallery(omniglot_dir, path)
+    assert source.read([path])[0].shape == evaluation.read([path])[0].shape
