@@ -63,9 +63,8 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
         from oneshot.index.vector_index import VectorIndex
         from oneshot.pipelines.engines.rerank import Reranker, gallery_images_of, parse_margin
 
-        index_path = VectorIndex.load(index_path)
-        rerank = Reranker(rerank_model, gallery_images_of(index_path, gallery_images), depth=rerank_depth,
-                          margin=parse_margin(rerank_margin))
+        gallery = gallery_images_of(VectorIndex.load(index_path), gallery_images)  # the job loads it again (mmap)
+        rerank = Reranker(rerank_model, gallery, depth=rerank_depth, margin=parse_margin(rerank_margin))
     rejects = rejects_for(on_error, max_rejects)
     with executor_for(engine, ray_address, on_error=on_error) as executor:
         if executor is not None and not is_query_store(Path(queries)):

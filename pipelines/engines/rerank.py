@@ -233,13 +233,11 @@ def _open_gallery(gallery, sample_path: str) -> ImageSource:
     """The gallery's images as a source whose ``read`` takes the index's paths (an Omniglot folder
     opens the split the paths name)."""
     from oneshot.data.omniglot import SPLITS, OmniglotSplit
-    from oneshot.data.source import ImageSource, open_source
+    from oneshot.pipelines.reading import open_store_source
 
-    if isinstance(gallery, ImageSource):
-        return gallery
-    source = open_source(gallery, labelled=False)
+    source = open_store_source(gallery)
     split = sample_path.split("/", 1)[0]
-    if isinstance(source, OmniglotSplit) and split in SPLITS:
+    if isinstance(source, OmniglotSplit) and source is not gallery and split in SPLITS:
         source = OmniglotSplit(gallery, split)
     return source
 
@@ -252,8 +250,9 @@ def gallery_images_of(index: VectorIndex, given: str | os.PathLike | None) -> st
 
     store = index.metadata.get("source")
     if not store or not Path(store).exists():
-        raise InvalidInputError("re-ranking needs the gallery's images: pass --gallery-images (the folder or zip "
-                                "given to `oneshot embed`)")
+        where = f"its store {store} is not found from here" if store else "it records no store"
+        raise InvalidInputError(f"re-ranking needs the gallery's images and the index does not say where they are "
+                                f"({where}): pass --gallery-images (the folder or zip given to `oneshot embed`)")
     metadata = read_store_metadata(Path(store))
     appended = [h.get("source") for h in metadata.get("history", []) if isinstance(h, dict)]
     sources = {str(s) for s in [metadata.get("source_path"), *appended] if s}
