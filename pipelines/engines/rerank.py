@@ -126,30 +126,22 @@ class Reranker:
 
     def _gallery_vectors(self, ids: np.ndarray) -> dict[int, np.ndarray | None]:
         """Vectors of gallery ``ids`` (None for an image that cannot be read), cached."""
-        from oneshot.data.archive import escape_name
-        from oneshot.pipelines.reading import Rejects, read_batch
+        from oneshot.pipelines.engines.local import prepare_batch
 
         wanted = [int(i) for i in pd.unique(ids[ids >= 0])]
         missing = [i for i in wanted if i not in self._cache]
         if missing:
-            paths = self._paths.loc[missing].tolist()
-            images, kept = read_batch(self.source, paths, Rejects(), color=self.engine.recipe.channels == 3)
-            kept_set = set(kept)
-            read_ids = [i for i, p in zip(missing, paths) if p in kept_set]
-            for i, p in zip(missing, paths):
-                if p not in kept_set:
-                    self._cache[i] = None
-                    self.stats.gallery_unreadable += 1
-            if read_ids:
-                prepared = self.engine.recipe.prepare(images)
-                if len(prepared.kept) != len(read_ids):
-                    raise InvalidInputError("re-ranking: the recipe dropped gallery images "
-                                            f"({', '.join(escape_name(p) for p in paths[:3])}, ...)")
-                vectors = np.concatenate([self.engine(prepared.pixels[s : s + self.engine.batch_size])
-                                          for s in range(0, len(read_ids), self.engine.batch_size)])
-                for i, vector in zip(read_ids, vectors):
-                    self._cache[i] = vector
-                self.stats.gallery_encoded += len(read_ids)
+            batch = prepare_batch(self.source, pd.DataFrame({"id": missing, "path": self._paths.loc[missing].to_numpy()}),
+                                  self.engine.recipe)
+            for i in batch.rejected["id"]:
+                self._cache[int(i)] = None
+            self.stats.gallery_unreadable += len(batch.rejected)
+            if len(batch.rows):
+                step = self.engine.batch_size
+                vectors = np.concatenate([self.engine(batch.pixels[s : s + step]) for s in range(0, len(batch.rows), step)])
+                for i, vector in zip(batch.rows["id"].tolist(), vectors):
+                    self._cache[int(i)] = vector
+                self.stats.gallery_encoded += len(batch.rows)
         found = {}
         for i in wanted:
             self._cache.move_to_end(i)
@@ -160,20 +152,12 @@ class Reranker:
 
     def hesitant(self, result: SearchResult) -> np.ndarray:
         """(Q,) bool: queries whose best two identities differ by less than ``margin`` (all without one)."""
-        count = len(result.scores)
+        from oneshot.pipelines.engines.local import top_candidates
+
         if self.margin is None:
-            return np.ones(count, dtype=bool)
-        gaps = np.full(count, np.inf, dtype=np.float32)
-        for q in range(count):
-            best_label, best = None, None
-            for score, gid, label in zip(result.scores[q], result.ids[q], result.labels[q]):
-                if gid == -1:
-                    break
-                if best is None:
-                    best_label, best = label, score
-                elif label != best_label:
-                    gaps[q] = best - score
-                    break
+            return np.ones(len(result.scores), dtype=bool)
+        best_two = top_candidates(result.scores, result.ids, result.labels, top=2, per_identity=1)
+        gaps = np.array([c[0]["score"] - c[1]["score"] if len(c) == 2 else np.inf for c in best_two], dtype=np.float32)
         return gaps < self.margin
 
     def rescore(self, result: SearchResult, pixels: np.ndarray) -> tuple[SearchResult, np.ndarray]:
@@ -194,12 +178,11 @@ class Reranker:
         scores, ids, labels = result.scores.copy(), result.ids.copy(), result.labels.copy()
         rows = np.flatnonzero(chosen)
         if len(rows):
-            depth = ids.shape[1]
             queries = self.engine(pixels[rows])
             found = self._gallery_vectors(ids[rows])
             dim = queries.shape[1]
             for q, query in zip(rows, queries):
-                row_ids = ids[q, :depth]
+                row_ids = ids[q]
                 keep = [j for j, gid in enumerate(row_ids) if gid >= 0 and found.get(int(gid)) is not None]
                 gallery = np.stack([found[int(row_ids[j])] for j in keep]) if keep else np.zeros((0, dim), np.float32)
                 new = gallery @ query
