@@ -22,12 +22,15 @@ class LabelledImages:
         groups: int64 (N,) group (alphabet) codes.
         rotations: with True, each class rotated by 90, 180 and 270 degrees is a new class (in a
             new group), so the set holds ``4 N`` virtual items.
+        reflections: with True, each class's mirror image (left-right) is a new class (in a new
+            group), and with rotations so are the mirror image's rotations: ``8 N`` virtual items.
     """
 
     images: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
     rotations: bool = False
+    reflections: bool = False
 
     def __post_init__(self):
         n = len(self.images)
@@ -41,7 +44,8 @@ class LabelledImages:
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, read: Callable[[Sequence[str]], list], recipe: Recipe,
-                   rotations: bool = False, unusable: Callable[[str, str], None] | None = None) -> "LabelledImages":
+                   rotations: bool = False, unusable: Callable[[str, str], None] | None = None,
+                   reflections: bool = False) -> "LabelledImages":
         """Read and preprocess the rows of a table with ``path``, ``label`` and ``group`` columns.
 
         Rows the recipe cannot use (a photo without a face) are left out and passed to
@@ -55,11 +59,12 @@ class LabelledImages:
         images = prepared.pixels
         labels = pd.factorize(table["label"], sort=True)[0].astype(np.int64)
         groups = pd.factorize(table["group"], sort=True)[0].astype(np.int64)
-        return cls(images, labels, groups, rotations)
+        return cls(images, labels, groups, rotations, reflections)
 
     @property
     def copies(self) -> int:
-        return 4 if self.rotations else 1
+        """Virtual copies of each item: 1, 2 (mirror images), 4 (rotations) or 8 (both)."""
+        return (4 if self.rotations else 1) * (2 if self.reflections else 1)
 
     def virtual_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """Labels and groups of all virtual items, shape (copies * N,) each."""
@@ -69,10 +74,17 @@ class LabelledImages:
                 np.tile(self.groups, self.copies) + turns * n_groups)
 
     def fetch(self, rows: np.ndarray) -> torch.Tensor:
-        """Images of virtual rows -> float32 (B, C, H, W), rotated as their copy says."""
-        base, turns = rows % len(self.images), rows // len(self.images)
+        """Images of virtual rows -> float32 (B, C, H, W), mirrored and rotated as their copy says
+        (copy k: mirrored when ``k >= 4`` with rotations, ``k >= 1`` without; then ``k % 4``
+        quarter turns counter-clockwise with rotations)."""
+        base, copy = rows % len(self.images), rows // len(self.images)
         batch = torch.from_numpy(self.images[base])
-        for k in range(1, self.copies):
+        turns_per_mirror = 4 if self.rotations else 1
+        mirrored = torch.from_numpy(copy >= turns_per_mirror)
+        if mirrored.any():
+            batch[mirrored] = torch.flip(batch[mirrored], dims=(3,))
+        turns = copy % turns_per_mirror
+        for k in range(1, turns_per_mirror):
             chosen = torch.from_numpy(turns == k)
             if chosen.any():
                 batch[chosen] = torch.rot90(batch[chosen], k, dims=(2, 3))

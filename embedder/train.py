@@ -49,7 +49,8 @@ OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax"
 PAIR_OBJECTIVES = ("siamese", "contrastive")
 _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "classes_per_group",
                     "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed")
-_BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations", "small_groups")
+_BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations", "reflections",
+                    "small_groups")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class TrainConfig:
     pairs: int = 128
     same_group_negatives: bool = True
     rotations: bool = True
+    reflections: bool = False
     augment: dict = field(default_factory=lambda: AugmentConfig().to_dict())
     val_every: int = 250
     val_way: int = 20

@@ -1,4 +1,4 @@
-"""LabelledImages: 90-degree rotations as new classes, and fetching rotated copies."""
+"""LabelledImages: 90-degree rotations and mirror images as new classes, and fetching those copies."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,12 +10,12 @@ from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.preprocess import Recipe
 
 
-def _set(rotations: bool) -> LabelledImages:
+def _set(rotations: bool, reflections: bool = False) -> LabelledImages:
     rng = np.random.default_rng(0)
-    images = rng.random((6, 1, 8, 8)).astype(np.float32)  # asymmetric: every rotation differs
+    images = rng.random((6, 1, 8, 8)).astype(np.float32)  # asymmetric: every rotation and mirror image differs
     labels = np.array([0, 0, 1, 1, 2, 2])
     groups = np.array([0, 0, 0, 0, 1, 1])
-    return LabelledImages(images, labels, groups, rotations)
+    return LabelledImages(images, labels, groups, rotations, reflections)
 
 
 def test_without_rotations():
@@ -54,6 +54,25 @@ def test_rotated_copies_are_true_rot90s():
         if turns:
             assert not np.array_equal(out[0], original[base, 0])
     np.testing.assert_array_equal(data.images, original)  # fetching never rotates the stored images
+
+
+@pytest.mark.parametrize("rotations", [False, True])
+def test_mirror_images_are_new_classes(rotations):
+    data = _set(rotations, reflections=True)
+    turns_per_mirror = 4 if rotations else 1
+    assert data.copies == 2 * turns_per_mirror
+    labels, groups = data.virtual_labels()
+    assert len(np.unique(labels)) == 3 * data.copies and len(np.unique(groups)) == 2 * data.copies
+    rows = np.arange(6 * data.copies)[::-1].copy()  # every copy, out of order
+    batch = data.fetch(rows).numpy()
+    for out, row in zip(batch, rows):
+        base, copy = row % 6, row // 6
+        expected = data.images[base, 0][:, ::-1] if copy >= turns_per_mirror else data.images[base, 0]
+        np.testing.assert_array_equal(out[0], np.rot90(expected, copy % turns_per_mirror))
+    # the eight copies of one image are the eight symmetries of the square: all different
+    if rotations:
+        copies = data.fetch(np.arange(8) * 6).numpy().reshape(8, -1)
+        assert len(np.unique(copies, axis=0)) == 8
 
 
 def test_from_table_with_synthetic_alphabets():

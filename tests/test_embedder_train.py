@@ -286,7 +286,7 @@ def test_config_checks():
         TrainConfig(every_support="yes")
     with pytest.raises(ValueError, match="every_support needs the prototypical objective"):
         TrainConfig(objective="triplet", every_support=True)
-    for name in ("rotations", "within_group", "same_group_negatives", "small_groups"):
+    for name in ("rotations", "reflections", "within_group", "same_group_negatives", "small_groups"):
         with pytest.raises(ValueError, match=f"{name} must be true or false"):
             TrainConfig(**{name: 1})
     with pytest.raises(ValueError, match="classes_per_group must be an integer"):

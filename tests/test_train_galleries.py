@@ -126,6 +126,28 @@ def test_forgery_layout_is_recognised(signature_gallery):
 def test_rotations_refused_for_photos(tmp_path, colour_gallery):
     result = run("train", "--data", colour_gallery, "--out", tmp_path / "r", "--rotations", *FEW_STEPS)
     assert result.exit_code == 1 and "handwriting only" in result.output
+    result = run("train", "--data", colour_gallery, "--out", tmp_path / "m", "--reflections", *FEW_STEPS)
+    assert result.exit_code == 1 and "handwriting only" in result.output and "--reflections" in result.output
+
+
+def test_reflections_reach_the_training_set(tmp_path, mnist_dir, monkeypatch):
+    import oneshot.pipelines.jobs.train as train_job
+
+    made = []
+
+    def recording(*args, **kwargs):
+        sets = training_sets(*args, **kwargs)
+        made.append(sets)
+        return sets
+
+    training_sets = train_job.training_sets
+    monkeypatch.setattr(train_job, "training_sets", recording)
+    out = tmp_path / "mirrored"
+    ok(run("train", "--data", mnist_dir, "--val-split", "images", "--out", out, "--rotations", "--reflections",
+           *FEW_STEPS))
+    train_set, val_set = made[0]
+    assert train_set.copies == 8 and val_set.copies == 1  # validation stays on the real classes
+    assert load_model(out).info["train_config"]["reflections"] is True
 
 
 def test_init_from_shipped_model_adapts_first_layer_to_colour(tmp_path, colour_gallery):

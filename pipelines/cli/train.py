@@ -29,6 +29,8 @@ from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
 @click.option("--augment", type=click.Choice(["handwriting", "photo", "none"]), default=None,
               help="Augmentation preset; default: the recipe's.")
 @click.option("--rotations/--no-rotations", default=None, help="90-degree rotations as new classes (handwriting only; off by default).")
+@click.option("--reflections/--no-reflections", default=None,
+              help="Mirror images as new classes, with rotations their rotations too (handwriting only; off by default).")
 @click.option("--init", default=None, help="Start from 'default' (the shipped model), a model file (fine-tuning), or 'none' (from scratch). Default: the shipped model for handwriting galleries, else scratch.")
 @click.option("--tune", type=click.Choice(["last-layer", "all"]), default=None,
               help="What fine-tuning trains: last-layer (the starting model's last layer, validated by folds over the "
@@ -52,8 +54,8 @@ from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
 @reject_options
 @friendly
-def train_command(data, split, synthetic, val_groups, val_classes, val_split, recipe, augment, rotations, init, tune,
-                  max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, teachers,
+def train_command(data, split, synthetic, val_groups, val_classes, val_split, recipe, augment, rotations, reflections,
+                  init, tune, max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, teachers,
                   resume, on_error, max_rejects):
     """Train an embedder on any gallery; keeps the best model by validation accuracy and stores its
     verification and "unknown" thresholds, calibrated on the validation split. A gallery of face
@@ -73,7 +75,7 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
 
     options = _read_config(config_file) if config_file else {}
     overrides = dict(objective=objective, mining=mining, backbone=backbone, dim=dim, steps=steps, lr=lr, seed=seed)
-    overrides.update(rotations=rotations, max_seconds=None if max_minutes is None else 60.0 * max_minutes)
+    overrides.update(rotations=rotations, reflections=reflections, max_seconds=None if max_minutes is None else 60.0 * max_minutes)
     options.update({k: v for k, v in overrides.items() if v is not None})
     if teachers:
         options["teachers"] = list(teachers)

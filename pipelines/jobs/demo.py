@@ -75,7 +75,8 @@ def run_demo(out: str | os.PathLike, data: str | os.PathLike | None = None, seed
 
     config = demo_train_config(steps, seed)
     recipe = Recipe.from_dict(config.recipe)
-    train_set, val_set = training_sets(background.table, background.read, recipe, validation, config.rotations)
+    train_set, val_set = training_sets(background.table, background.read, recipe, validation, config.rotations,
+                                       reflections=config.reflections)
     tick = time.perf_counter()
     result = train(config, train_set, OneShotValidation.from_config(val_set, config), out / "model", resume=False,
                    show_progress=show_progress, info={"command": "oneshot demo", "data": "omniglot" if data else "synthetic"})

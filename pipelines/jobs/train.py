@@ -176,9 +176,11 @@ def _training_labels(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def training_sets(table: pd.DataFrame, read, recipe: Recipe, validation: tuple[str, ...] | np.ndarray,
-                  rotations: bool, rejects: Rejects | None = None) -> tuple[LabelledImages, LabelledImages]:
+                  rotations: bool, rejects: Rejects | None = None,
+                  reflections: bool = False) -> tuple[LabelledImages, LabelledImages]:
     """Split a table into (training, validation) image sets, by held-out groups or a row mask
-    (photos the recipe cannot use, such as one without a face, go to ``rejects``)."""
+    (photos the recipe cannot use, such as one without a face, go to ``rejects``); rotations and
+    mirror images as new classes apply to the training set only."""
     if isinstance(validation, np.ndarray) and validation.dtype == bool:
         held = validation
     else:
@@ -186,7 +188,7 @@ def training_sets(table: pd.DataFrame, read, recipe: Recipe, validation: tuple[s
     train_table = _training_labels(table[~held])
     val_table = table[held]
     unusable = rejects.add if rejects is not None else None
-    return (LabelledImages.from_table(train_table, read, recipe, rotations, unusable),
+    return (LabelledImages.from_table(train_table, read, recipe, rotations, unusable, reflections),
             LabelledImages.from_table(val_table, read, recipe, unusable=unusable))
 
 
@@ -421,6 +423,8 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
     options.setdefault("rotations", False)
     if options["rotations"] and chosen.kind != "handwriting":
         raise InvalidInputError("90-degree rotations as new classes are for handwriting only; drop --rotations")
+    if options.get("reflections") and chosen.kind != "handwriting":
+        raise InvalidInputError("mirror images as new classes are for handwriting only; drop --reflections")
     standard = synthetic or isinstance(source, (OmniglotSplit, SyntheticSet))
     face_start = "face" if chosen.kind == "face" and not (standard or from_config_file) else None
     tune = _choose_tune(tune, chosen, init if init is not None else face_start, standard or from_config_file)
@@ -443,7 +447,8 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
     options["classes_per_batch"] = max(2, min(options["classes_per_batch"], n_train_classes))
     read = lambda paths: read_images(source, paths, color=chosen.channels == 3)  # noqa: E731
     config_probe = TrainConfig.from_dict(options)
-    train_set, val_set = training_sets(table, read, chosen, found.held, config_probe.rotations, rejects)
+    train_set, val_set = training_sets(table, read, chosen, found.held, config_probe.rotations, rejects,
+                                       config_probe.reflections)
     rejects.write(Path(out) / "rejects.csv")
     forged = table.loc[found.held, "forged"].astype(bool).to_numpy() if has_forgeries(table) else None
     genuine_val = val_set if forged is None else LabelledImages(val_set.images[~forged], val_set.labels[~forged],
