@@ -77,7 +77,7 @@ def build_from_store(store: str | os.PathLike, out: str | os.PathLike, metric: s
     """
     meta = store_metadata(store)
     source = StoreBlocks(store, keep)
-    metadata = {"model_fingerprint": meta.get("model_fingerprint"), "source": str(store),
+    metadata = {"model_fingerprint": meta.get("model_fingerprint"), "source": str(Path(store).resolve()),
                 **(options.pop("metadata", None) or {})}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(out):

@@ -229,12 +229,13 @@ class VectorIndex:
             parquet_path: the store.
             metric: defaults to the store's recorded metric.
             pca_dim, pca_variance, seed, build_options: as in :meth:`build`.
-            metadata: merged over ``{"model_fingerprint": ..., "source": parquet_path}``.
+            metadata: merged over ``{"model_fingerprint": ..., "source": parquet_path}`` (made absolute,
+                so the index finds its store from any working directory).
         """
         stored = read_embeddings(parquet_path)
         meta = {
             "model_fingerprint": stored.metadata.get("model_fingerprint"),
-            "source": str(parquet_path),
+            "source": str(Path(parquet_path).resolve()),
             **(metadata or {}),
         }
         return cls.build(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -152,6 +153,18 @@ def test_gallery_images_come_from_the_store_or_must_be_given(setting, tmp_path):
     bare = VectorIndex.build(stored.embeddings, stored.table, "cosine")
     with pytest.raises(InvalidInputError, match="--gallery-images"):
         gallery_images_of(bare, None)
+
+
+def test_index_built_from_a_relative_store_path_finds_it_from_elsewhere(setting, tmp_path, monkeypatch):
+    from oneshot.index.gallery_index import build_from_store
+
+    monkeypatch.chdir(Path(setting["store"]).parent)
+    built = build_from_store(Path(setting["store"]).name, tmp_path / "relative.faiss")
+    relative = VectorIndex.from_store(Path(setting["store"]).name)
+    monkeypatch.chdir(tmp_path)
+    for index in (built, VectorIndex.load(tmp_path / "relative.faiss"), relative):
+        assert Path(index.metadata["source"]).is_absolute()
+        assert gallery_images_of(index, None) == str(setting["gallery"])
 
 
 def test_cli_reranks_and_reports(setting, tiny_model_path, tmp_path):
