@@ -118,6 +118,24 @@ def read_index_files(path: str | os.PathLike, mmap: bool = False) -> IndexFiles:
     raise last
 
 
+def read_index_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``metadata`` an index was saved with (model fingerprint, store, ...), read from its
+    sidecar's schema alone: no FAISS file, no row table.
+
+    Raises:
+        MissingDataError: the sidecar is missing.
+        CorruptFileError: it is not an index metadata file; the message names it.
+    """
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        raise MissingDataError(f"{sidecar}: not found (an index needs {path} and {sidecar})")
+    try:
+        meta = json.loads((pq.read_schema(sidecar).metadata or {})[METADATA_KEY])
+    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{sidecar}: not an index metadata file ({exc})") from exc
+    return dict(meta.get("metadata") or {})
+
+
 class _Disagreement(Exception):
     pass
 

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from oneshot.embedder.preprocess import Recipe
 from oneshot.errors import InvalidInputError
 from oneshot.index.vector_index import VectorIndex
+from oneshot.pipelines.engines.rerank import Reranker, gallery_images_of, parse_margin
 from oneshot.pipelines.jobs.embed import embed_to_store
 from oneshot.pipelines.jobs.identify import identify_job
-from oneshot.pipelines.engines.rerank import Reranker, gallery_images_of, parse_margin
 
 
 def _tiny(seed: int, tmp_path, name: str, size: int = 16, head: str = "normalized"):
@@ -145,26 +145,27 @@ def test_refusals_are_clear(setting, tiny_model_path, tmp_path):
 
 
 def test_gallery_images_come_from_the_store_or_must_be_given(setting, tmp_path):
-    assert gallery_images_of(setting["index"], None) == str(setting["gallery"])
-    assert gallery_images_of(setting["index"], tmp_path) == str(tmp_path)
+    assert gallery_images_of(setting["index"].metadata, None) == str(setting["gallery"])
+    assert gallery_images_of(setting["index"].metadata, tmp_path) == str(tmp_path)
     from oneshot.index.store import read_embeddings
 
     stored = read_embeddings(setting["store"])
     bare = VectorIndex.build(stored.embeddings, stored.table, "cosine")
     with pytest.raises(InvalidInputError, match="--gallery-images"):
-        gallery_images_of(bare, None)
+        gallery_images_of(bare.metadata, None)
 
 
 def test_index_built_from_a_relative_store_path_finds_it_from_elsewhere(setting, tmp_path, monkeypatch):
     from oneshot.index.gallery_index import build_from_store
+    from oneshot.index.index_file import read_index_metadata
 
     monkeypatch.chdir(Path(setting["store"]).parent)
     built = build_from_store(Path(setting["store"]).name, tmp_path / "relative.faiss")
     relative = VectorIndex.from_store(Path(setting["store"]).name)
     monkeypatch.chdir(tmp_path)
-    for index in (built, VectorIndex.load(tmp_path / "relative.faiss"), relative):
-        assert Path(index.metadata["source"]).is_absolute()
-        assert gallery_images_of(index, None) == str(setting["gallery"])
+    for metadata in (built.metadata, read_index_metadata(tmp_path / "relative.faiss"), relative.metadata):
+        assert Path(metadata["source"]).is_absolute()
+        assert gallery_images_of(metadata, None) == str(setting["gallery"])
 
 
 def test_cli_reranks_and_reports(setting, tiny_model_path, tmp_path):

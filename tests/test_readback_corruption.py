@@ -74,6 +74,23 @@ def test_truncated_faiss_file_names_it(index, keep):
     assert result.exit_code == 1 and "g.faiss" in result.stderr
 
 
+def test_index_metadata_alone_names_a_missing_or_foreign_sidecar(tmp_path, store, index):
+    from oneshot.errors import MissingDataError
+    from oneshot.index.index_file import read_index_metadata
+
+    assert read_index_metadata(index)["source"] == str(store.resolve())
+    sidecar = sidecar_path(index)
+    pq.write_table(pa.table({"id": [1]}), sidecar)
+    with pytest.raises(CorruptFileError, match="g.faiss.meta.parquet: not an index metadata file"):
+        read_index_metadata(index)
+    sidecar.write_bytes(b"not parquet")
+    with pytest.raises(CorruptFileError, match="g.faiss.meta.parquet: not an index metadata file"):
+        read_index_metadata(index)
+    sidecar.unlink()
+    with pytest.raises(MissingDataError, match="g.faiss.meta.parquet: not found"):
+        read_index_metadata(index)
+
+
 def test_sidecar_of_another_index_is_refused(tmp_path, index):
     vectors = np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)
     other = VectorIndex.build(vectors, table(30), "l2").save(tmp_path / "other.faiss")

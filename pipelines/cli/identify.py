@@ -60,10 +60,10 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
 
     rerank = None
     if rerank_model is not None:
-        from oneshot.index.vector_index import VectorIndex
+        from oneshot.index.index_file import read_index_metadata
         from oneshot.pipelines.engines.rerank import Reranker, gallery_images_of, parse_margin
 
-        gallery = gallery_images_of(VectorIndex.load(index_path), gallery_images)  # the job loads it again (mmap)
+        gallery = gallery_images_of(read_index_metadata(index_path), gallery_images)
         rerank = Reranker(rerank_model, gallery, depth=rerank_depth, margin=parse_margin(rerank_margin))
     rejects = rejects_for(on_error, max_rejects)
     with executor_for(engine, ray_address, on_error=on_error) as executor:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -225,13 +226,14 @@ def _open_gallery(gallery, sample_path: str) -> ImageSource:
     return source
 
 
-def gallery_images_of(index: VectorIndex, given: str | os.PathLike | None) -> str:
-    """Where the index's gallery images are: ``given``, else the single source its store was embedded from."""
+def gallery_images_of(index_metadata: Mapping[str, Any], given: str | os.PathLike | None) -> str:
+    """Where an index's gallery images are: ``given``, else the single source its store (named in
+    the index's ``metadata``, e.g. from ``index_file.read_index_metadata``) was embedded from."""
     if given is not None:
         return str(given)
     from oneshot.index.store import read_store_metadata
 
-    store = index.metadata.get("source")
+    store = index_metadata.get("source")
     if not store or not Path(store).exists():
         where = f"its store {store} is not found from here" if store else "it records no store"
         raise InvalidInputError(f"re-ranking needs the gallery's images and the index does not say where they are "
