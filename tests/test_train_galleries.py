@@ -133,14 +133,12 @@ def test_rotations_refused_for_photos(tmp_path, colour_gallery):
 def test_reflections_reach_the_training_set(tmp_path, mnist_dir, monkeypatch):
     import oneshot.pipelines.jobs.train as train_job
 
-    made = []
+    made, original = [], train_job.training_sets
 
     def recording(*args, **kwargs):
-        sets = training_sets(*args, **kwargs)
-        made.append(sets)
-        return sets
+        made.append(original(*args, **kwargs))
+        return made[-1]
 
-    training_sets = train_job.training_sets
     monkeypatch.setattr(train_job, "training_sets", recording)
     out = tmp_path / "mirrored"
     ok(run("train", "--data", mnist_dir, "--val-split", "images", "--out", out, "--rotations", "--reflections",
