@@ -5,8 +5,9 @@ the members side by side: an image's vector is every member's unit vector concat
 by ``sqrt(M)``, so it is a unit vector too and the cosine of two images is the mean of the members'
 cosines. Saved with ``save_model`` it is one ordinary model file (``--model`` everywhere: embed,
 index, identify, eval, cluster, lake), at the sum of the members' encoding costs; its thresholds
-are calibrated like any model's (``oneshot calibrate``). Members must share the preprocessing
-recipe and give unit vectors (the ``normalized`` head).
+start as the mean of the members' calibrated thresholds (:func:`mean_member_thresholds`) until
+``oneshot calibrate`` gives it its own. Members must share the preprocessing recipe and give unit
+vectors (the ``normalized`` head).
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from oneshot.errors import InvalidInputError
 
 #: What the ensemble's file repeats of each member's training record.
 MEMBER_FACTS = ("command", "seed", "train_seconds", "data")
+#: How a threshold taken from the members is described (``rule``).
+MEAN_RULE = ("the mean of its members' calibrated values (an ensemble's cosine is the mean of theirs); "
+             "`oneshot calibrate` gives it its own")
 
 
 class MemberStack(nn.Module):
@@ -81,4 +85,40 @@ def ensemble_models(models: Sequence[Embedder | str | os.PathLike]) -> Embedder:
                                   **{key: value for key, value in getattr(member, "info", {}).items()
                                      if key in MEMBER_FACTS}}
                                  for model, member in zip(models, loaded)]}
+    thresholds = mean_member_thresholds([getattr(member, "info", None) for member in loaded])
+    if thresholds:
+        ensemble.info["thresholds"] = thresholds
     return ensemble.to(next(loaded[0].parameters()).device).eval()
+
+
+def mean_member_thresholds(members_info: Sequence[dict | None]) -> dict:
+    """``info["thresholds"]`` for an ensemble: each threshold that every member carries, averaged.
+
+    An ensemble's cosine is the mean of its members' cosines, so the mean of their thresholds
+    (each calibrated on the member's own held-out data) stands in for the ensemble's own until
+    ``oneshot calibrate`` measures those. Kinds some member lacks are left out; the ``unknown``
+    threshold keeps its per-database-size values when every member was calibrated at the same sizes.
+    """
+    carried = [(info or {}).get("thresholds") or {} for info in members_info]
+    if not carried:
+        return {}
+    thresholds = {}
+    for kind in ("verification", "unknown", "cluster"):
+        records = [member.get(kind) or {} for member in carried]
+        keys = ("cluster_distance", "cluster_radius") if kind == "cluster" else ("value",)
+        if not all(isinstance(record.get(key), (int, float)) for record in records for key in keys):
+            continue
+        places = sorted({str(record.get("calibrated_on")) for record in records})
+        where = places[0] if len(places) == 1 else "; ".join(places)
+        mean = {key: float(sum(record[key] for record in records) / len(records)) for key in keys}
+        thresholds[kind] = {**mean, "calibrated_on": f"its members' held-out data ({where}), averaged",
+                            "rule": MEAN_RULE, "members": len(records)}
+        if kind != "cluster":
+            thresholds[kind]["metric"] = "cosine"
+        by_size = [record.get("by_enrolled") or {} for record in records]
+        if kind == "unknown" and all(size.get("enrolled") == by_size[0].get("enrolled") and size.get("values")
+                                     for size in by_size):
+            values = [float(sum(column) / len(column)) for column in zip(*(size["values"] for size in by_size))]
+            thresholds[kind]["by_enrolled"] = {"enrolled": list(by_size[0]["enrolled"]), "values": values,
+                                               "rule": f"{by_size[0].get('rule', 'by database size')}; {MEAN_RULE}"}
+    return thresholds

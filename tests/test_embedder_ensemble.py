@@ -82,6 +82,7 @@ def test_the_cli_writes_an_ensemble_that_embeds_a_gallery(members, synthetic_gal
     result = runner.invoke(main, ["ensemble", *map(str, members), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "2 models, 14-d vectors" in result.stdout and "oneshot calibrate" in result.stderr
+    assert "no thresholds yet (its members carry none to average)" in result.stderr
     info = json.loads(out.with_suffix(".json").read_text())["info"]
     assert "command" in info and [m["model"] for m in info["members"]] == [str(p) for p in members]
     store = tmp_path / "gallery.parquet"
@@ -98,3 +99,54 @@ def test_the_ensemble_backbone_is_not_trained_from_scratch(synthetic_gallery, tm
     result = CliRunner().invoke(main, ["train", "--data", str(synthetic_gallery), "--backbone", "ensemble",
                                        "--steps", "2", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "made from trained models by `oneshot ensemble`" in result.stderr
+
+
+def _calibrated(path, seed: int, verification: float, unknown: float, cluster: tuple[float, float], sizes=(10, 30)):
+    where = f"held-out set {seed}"
+    return save_model(load_model(_member(path, seed)), path, {
+        "seed": seed, "thresholds": {
+            "verification": {"value": verification, "metric": "cosine", "calibrated_on": where, "rule": "r"},
+            "unknown": {"value": unknown, "metric": "cosine", "calibrated_on": where, "rule": "r",
+                        "by_enrolled": {"enrolled": list(sizes), "values": [unknown - 0.1, unknown + 0.1],
+                                        "rule": "by size"}},
+            "cluster": {"cluster_distance": cluster[0], "cluster_radius": cluster[1], "calibrated_on": where}}})
+
+
+def test_an_ensemble_starts_with_the_mean_of_its_members_thresholds(tmp_path):
+    from oneshot.pipelines.evaluation.thresholds import resolve_cluster_thresholds, resolve_threshold
+
+    a = _calibrated(tmp_path / "a.safetensors", 1, 0.6, 0.8, (0.10, 0.20))
+    b = _calibrated(tmp_path / "b.safetensors", 2, 0.7, 0.7, (0.14, 0.16))
+    path = save_model(ensemble_models([a, b]), tmp_path / "ab.safetensors", ensemble_models([a, b]).info)
+    model = load_model(path)
+    value, source = resolve_threshold(model, "verification", owner="the ensemble")
+    assert value == pytest.approx(0.65)
+    assert "its members' held-out data (held-out set 1; held-out set 2), averaged" in source
+    assert "`oneshot calibrate` gives it its own" in source
+    assert resolve_threshold(model, "unknown")[0] == pytest.approx(0.75)
+    # per database size: each size's mean (0.7 and 0.6 for 10 enrolled, 0.9 and 0.8 for 30)
+    assert resolve_threshold(model, "unknown", enrolled=10)[0] == pytest.approx(0.65)
+    assert resolve_threshold(model, "unknown", enrolled=30)[0] == pytest.approx(0.85)
+    values, source = resolve_cluster_thresholds(model=path)
+    assert values == pytest.approx({"cluster_distance": 0.12, "cluster_radius": 0.18})
+    assert "averaged" in source and "built-in" not in source
+
+
+def test_a_threshold_some_member_lacks_is_left_out_and_sizes_that_differ_are_dropped(members, tmp_path):
+    a = _calibrated(tmp_path / "a.safetensors", 1, 0.6, 0.8, (0.10, 0.20))
+    b = _calibrated(tmp_path / "b.safetensors", 2, 0.7, 0.7, (0.14, 0.16), sizes=(10, 100))
+    assert "thresholds" not in ensemble_models([a, members[0]]).info  # the member without any: nothing averaged
+    thresholds = ensemble_models([a, b]).info["thresholds"]
+    assert set(thresholds) == {"verification", "unknown", "cluster"}
+    assert "by_enrolled" not in thresholds["unknown"] and thresholds["unknown"]["value"] == pytest.approx(0.75)
+
+
+def test_the_cli_says_where_an_ensembles_thresholds_come_from(tmp_path):
+    a = _calibrated(tmp_path / "a.safetensors", 1, 0.6, 0.8, (0.10, 0.20))
+    b = _calibrated(tmp_path / "b.safetensors", 2, 0.7, 0.7, (0.14, 0.16))
+    result = CliRunner().invoke(main, ["ensemble", str(a), str(b), "--out", str(tmp_path / "ab.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "thresholds (cluster, unknown, verification): the mean of its members' calibrated values" in result.stderr
+    assert "oneshot calibrate" in result.stderr
+    carried = read_model_config(tmp_path / "ab.safetensors")["info"]["thresholds"]
+    assert carried["verification"]["value"] == pytest.approx(0.65)

@@ -159,7 +159,7 @@ def calibrate_command(model, data, split, groups, out, seed):
 def ensemble_command(models, out):
     """Join two or more trained cosine models into one model file: each image's vector is the members'
     unit vectors side by side (its cosine the mean of theirs), at the sum of their encoding costs.
-    Calibrate its thresholds afterwards, as for any new model.
+    Its thresholds start as the mean of the members' calibrated ones; calibrate it for its own.
 
     \b
     Example:
@@ -175,8 +175,14 @@ def ensemble_command(models, out):
     command = _invoked_command()
     path = save_model(model, out, info={**model.info, "command": command})
     click.echo(f"{len(models)} models, {model.dim}-d vectors; fingerprint {model.fingerprint}; model: {path}")
-    click.echo(f"no thresholds yet: give it its own with oneshot calibrate {shlex.quote(str(path))} --data HELD_OUT "
-               "(labelled images none of its members trained on)", err=True)
+    own = (f"oneshot calibrate {shlex.quote(str(path))} --data HELD_OUT (labelled images none of its members "
+           "trained on)")
+    kinds = sorted(model.info.get("thresholds", {}))
+    if kinds:
+        click.echo(f"thresholds ({', '.join(kinds)}): the mean of its members' calibrated values; for its own: {own}",
+                   err=True)
+    else:
+        click.echo(f"no thresholds yet (its members carry none to average): give it its own with {own}", err=True)
 
 
 @main.command("lake")
