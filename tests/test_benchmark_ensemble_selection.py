@@ -1,0 +1,34 @@
+"""The greedy ensemble selection of ``benchmarks.ensemble_selection`` (issue 19's ensembling ceiling)."""
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.ensemble_selection import chosen_size, greedy_selection, joined, unit_vectors
+
+
+def test_joined_unit_vectors_have_the_mean_of_the_members_cosines():
+    rng = np.random.default_rng(0)
+    a, b = unit_vectors(rng.normal(size=(5, 8))), unit_vectors(rng.normal(size=(5, 3)))
+    both = joined([a, b])
+    assert both.dtype == np.float32 and both.flags.c_contiguous and both.shape == (5, 11)
+    np.testing.assert_allclose(both @ both.T, (a @ a.T + b @ b.T) / 2, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1, atol=1e-6)
+
+
+def test_greedy_selection_adds_the_member_that_helps_most_given_those_chosen():
+    # "a" is best alone; with "a", "c" helps more than "b" (which repeats what "a" knows).
+    value = {"a": 0.90, "b": 0.89, "c": 0.85}
+    def score(members):
+        s = max(value[m] for m in members)
+        return s + (0.03 if {"a", "c"} <= set(members) else 0) + (0.001 if {"a", "b"} <= set(members) else 0)
+    path = greedy_selection(score, ["b", "c", "a"], max_members=5)
+    assert [step["added"] for step in path] == ["a", "c", "b"]
+    assert path[-1]["members"] == ["a", "c", "b"] and len(path) == 3
+    assert path[1]["score"] == 0.93
+
+
+def test_chosen_size_is_the_last_step_that_gained_enough():
+    path = [{"size": 1, "score": 0.90}, {"size": 2, "score": 0.91}, {"size": 3, "score": 0.9105},
+            {"size": 4, "score": 0.912}, {"size": 5, "score": 0.9121}]
+    assert chosen_size(path, 0.001) == 4
+    assert chosen_size(path, 0.05) == 1
