@@ -1,4 +1,5 @@
-"""The greedy ensemble selection of ``benchmarks.ensemble_selection`` (issue 19's ensembling ceiling)."""
+"""Helpers of issue 19's benchmarks: greedy ensemble selection (``benchmarks.ensemble_selection``) and
+test-time centring (``benchmarks.centring``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,3 +33,16 @@ def test_chosen_size_is_the_last_step_that_gained_enough():
             {"size": 4, "score": 0.912}, {"size": 5, "score": 0.9121}]
     assert chosen_size(path, 0.001) == 4
     assert chosen_size(path, 0.05) == 1
+
+
+def test_centred_accuracy_counts_queries_nearest_their_own_support_after_moving_the_origin():
+    from benchmarks.centring import centred_accuracy, unit
+
+    # Two classes that differ only slightly from a shared direction; query 0 leans to class 0, query 1 to class 1.
+    support = unit(np.array([[[10.0, 1.0, 0.0], [10.0, 0.0, 1.0]]]))
+    query = unit(np.array([[[10.0, 0.6, 0.5], [10.0, 0.2, 0.9]]]))
+    target = np.array([[0, 1]])
+    assert centred_accuracy(support, query, target, np.zeros(3)) == 1.0
+    assert centred_accuracy(support, query, np.array([[1, 0]]), np.zeros(3)) == 0.0
+    # Subtracting the supports' mean leaves only what tells them apart: the answers stay right.
+    assert centred_accuracy(support, query, target, support.mean(axis=1, keepdims=True)) == 1.0
