@@ -108,10 +108,9 @@ def mean_member_thresholds(members_info: Sequence[dict | None]) -> dict:
         keys = ("cluster_distance", "cluster_radius") if kind == "cluster" else ("value",)
         if not all(isinstance(record.get(key), (int, float)) for record in records for key in keys):
             continue
-        places = sorted({str(record.get("calibrated_on")) for record in records})
-        where = places[0] if len(places) == 1 else "; ".join(places)
+        where = "; ".join(sorted({str(record["calibrated_on"]) for record in records if record.get("calibrated_on")}))
         mean = {key: float(sum(record[key] for record in records) / len(records)) for key in keys}
-        thresholds[kind] = {**mean, "calibrated_on": f"its members' held-out data ({where}), averaged",
+        thresholds[kind] = {**mean, "calibrated_on": f"its members' held-out data ({where or 'not recorded'}), averaged",
                             "rule": MEAN_RULE, "members": len(records)}
         if kind != "cluster":
             thresholds[kind]["metric"] = "cosine"
