@@ -26,13 +26,11 @@ from benchmarks import command_line, validation_alphabets, write_result
 from benchmarks.ensemble import ensemble_encoder, load_weights, provenance
 from oneshot.data.folders import read_gallery
 from oneshot.data.omniglot import omniglot_root, split_location
-from oneshot.pipelines.evaluation.evaluate import oneshot_accuracy
+from oneshot.index.metric import get_metric
+from oneshot.pipelines.evaluation.episodes import sample_episodes
+from oneshot.pipelines.evaluation.prototypes import evaluate_episodes
 
-
-def unit_vectors(vectors: np.ndarray) -> np.ndarray:
-    """(N, D) -> (N, D) float32 rows of length 1."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+COSINE = get_metric("cosine")
 
 
 def joined(vectors: list[np.ndarray]) -> np.ndarray:
@@ -78,21 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     gallery = read_gallery(split_location(data, "evaluation"))
     validation_images = split.read(list(validation_table["path"]))
     evaluation_images = gallery.read(list(gallery.table["path"]))
+    # The same seeded episodes as benchmarks.ensemble's oneshot_accuracy, sampled once for every score here.
+    episodes = {which: sample_episodes(table["label"].to_numpy(dtype=object), table["group"].to_numpy(dtype=object),
+                                       n_way=20, k_shot=1, n_query=1, n_episodes=args.episodes, within_group=True,
+                                       seed=args.seed)
+                for which, table in (("validation", validation_table), ("evaluation", gallery.table))}
     vectors: dict[str, dict[str, np.ndarray]] = {}
     files = {}
     for path in args.models:
         started = time.perf_counter()
         model = load_weights(path)
         encode_images = ensemble_encoder([model])
-        vectors[path] = {"validation": unit_vectors(encode_images(validation_images)),
-                         "evaluation": unit_vectors(encode_images(evaluation_images))}
+        vectors[path] = {"validation": COSINE.prepare(encode_images(validation_images)),
+                         "evaluation": COSINE.prepare(encode_images(evaluation_images))}
         files[path] = provenance(model)
         print(f"encoded {path} in {time.perf_counter() - started:.0f} s", flush=True)
 
     def accuracy(members: list[str], which: str) -> float:
-        table = validation_table if which == "validation" else gallery.table
-        embeddings = joined([vectors[name][which] for name in members])
-        return oneshot_accuracy(embeddings, table, "cosine", 20, 1, args.episodes, True, args.seed)["accuracy"]
+        return evaluate_episodes(joined([vectors[name][which] for name in members]), episodes[which], COSINE).accuracy
 
     single = {path: {"validation_20way_within_alphabet": accuracy([path], "validation"),
                      "evaluation_20way_within_alphabet": accuracy([path], "evaluation")} for path in args.models}

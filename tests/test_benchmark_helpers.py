@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.ensemble_selection import chosen_size, greedy_selection, joined, unit_vectors
+from benchmarks.ensemble_selection import COSINE, chosen_size, greedy_selection, joined
 
 
 def test_joined_unit_vectors_have_the_mean_of_the_members_cosines():
     rng = np.random.default_rng(0)
-    a, b = unit_vectors(rng.normal(size=(5, 8))), unit_vectors(rng.normal(size=(5, 3)))
+    a, b = COSINE.prepare(rng.normal(size=(5, 8))), COSINE.prepare(rng.normal(size=(5, 3)))
     both = joined([a, b])
     assert both.dtype == np.float32 and both.flags.c_contiguous and both.shape == (5, 11)
     np.testing.assert_allclose(both @ both.T, (a @ a.T + b @ b.T) / 2, atol=1e-6)
