@@ -73,9 +73,10 @@ def seed_mean(per_model: list[dict]) -> dict:
 
 
 def provenance(model) -> dict:
-    """Where a model came from, as its file records it: seed, command and (when trained) training seconds."""
-    return {"train_seed": model.info.get("seed"), "train_command": model.info.get("command"),
-            "train_seconds": model.info.get("train_seconds")}
+    """Where a model came from, as its file records it: fingerprint (which model a path meant, should the
+    file at that path change, as the shipped default's does), seed, command and training seconds."""
+    return {"fingerprint": getattr(model, "fingerprint", None), "train_seed": model.info.get("seed"),
+            "train_command": model.info.get("command"), "train_seconds": model.info.get("train_seconds")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Helpers of issue 19's benchmarks: greedy ensemble selection (``benchmarks.ensemble_selection``) and
-test-time centring (``benchmarks.centring``)."""
+test-time centring (``benchmarks.centring``), and what they record of each model."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,3 +46,12 @@ def test_centred_accuracy_counts_queries_nearest_their_own_support_after_moving_
     assert centred_accuracy(support, query, np.array([[1, 0]]), np.zeros(3)) == 0.0
     # Subtracting the supports' mean leaves only what tells them apart: the answers stay right.
     assert centred_accuracy(support, query, target, support.mean(axis=1, keepdims=True)) == 1.0
+
+
+def test_provenance_names_the_model_by_fingerprint_so_a_path_that_changes_model_stays_traceable():
+    from benchmarks.ensemble import provenance
+    from oneshot.embedder.artifact import load_model
+
+    v2, default = load_model("handwriting-v2"), load_model()
+    assert provenance(v2)["fingerprint"] == v2.fingerprint != provenance(default)["fingerprint"]
+    assert provenance(default)["train_command"].startswith("oneshot train ")

@@ -37,6 +37,22 @@ def test_shipped_model_error_on_lake_runs_matches_readme(omniglot_dir):
     assert abs(measured - stated_error_percent()) <= 1.0, f"measured {measured:.2f}% error"
 
 
+def test_the_second_default_still_ships_and_serves_what_was_embedded_with_it():
+    """``handwriting-v2`` (the default before the current one) is the same net as the default, so a store
+    embedded with it is found by fingerprint, never taken for the default's."""
+    from oneshot.embedder.artifact import HANDWRITING_V2_MODEL, shipped_model_with
+    from oneshot.pipelines.evaluation.thresholds import resolve_cluster_thresholds
+
+    v2, default = load_model("handwriting-v2"), load_model()
+    assert v2.fingerprint != default.fingerprint and v2.config() == default.config()
+    assert shipped_model_with(v2.fingerprint) == HANDWRITING_V2_MODEL
+    assert shipped_model_with(default.fingerprint) == DEFAULT_MODEL
+    values, source = resolve_cluster_thresholds({"model_fingerprint": v2.fingerprint})
+    carried = read_model_config(HANDWRITING_V2_MODEL)["info"]["thresholds"]["cluster"]
+    assert values["cluster_distance"] == carried["cluster_distance"]
+    assert "carried by the shipped model handwriting_v2.safetensors" in source
+
+
 def test_the_first_handwriting_model_still_ships_and_serves_what_was_embedded_with_it():
     from oneshot.embedder.artifact import HANDWRITING_V1_MODEL, shipped_model_with
     from oneshot.pipelines.evaluation.cluster_thresholds import DEFAULT_FINGERPRINT
@@ -52,12 +68,12 @@ def test_the_first_handwriting_model_still_ships_and_serves_what_was_embedded_wi
     assert "carried by the shipped model handwriting_v1.safetensors" in source
 
 
-def test_the_ensemble_ships_as_the_default_beside_a_residual_net_with_its_own_thresholds():
+def test_the_ensemble_ships_as_handwriting_v2_beside_a_residual_net_with_its_own_thresholds():
     from oneshot.embedder.artifact import HANDWRITING_ENSEMBLE_MODEL, shipped_model_with
 
-    ensemble, default = load_model("handwriting-ensemble"), load_model()
+    ensemble, v2 = load_model("handwriting-ensemble"), load_model("handwriting-v2")
     members = read_model_config(HANDWRITING_ENSEMBLE_MODEL)["info"]["members"]
-    assert [m["fingerprint"] for m in members][1] == default.fingerprint
+    assert [m["fingerprint"] for m in members][1] == v2.fingerprint
     assert ensemble.backbone.members[0].backbone_name == "resnet-small" and ensemble.dim == 256
     assert all(m["command"].startswith("oneshot train ") and m["train_seconds"] > 0 for m in members)
     assert sum(m["train_seconds"] for m in members) <= 30 * 60  # the issue's training budget, both members
