@@ -72,6 +72,7 @@ def main(argv=None) -> dict:
         model = load_model(args.model)
         result.update(model=str(args.model or "shipped default"), train_seconds=model.info.get("train_seconds"),
                       validation_accuracy=model.info.get("val_accuracy"), train_command=model.info.get("command"))
+    result["model_fingerprint"] = getattr(model, "fingerprint", None)  # which model a path such as the default's meant
     started = time.perf_counter()
     result["results"] = [evaluate_model(model, data, tta, args.episodes, args.seed) for tta in (False, True)]
     result["eval_seconds"] = round(time.perf_counter() - started, 1)

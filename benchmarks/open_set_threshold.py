@@ -55,7 +55,8 @@ def main(argv=None) -> dict:
     threshold = calibrate_unknown_threshold(index, embeddings[known_rows], labels[known_rows], embeddings[unknown_rows])
     known_rows, unknown_rows = parts["report"]
     report = open_set_report(index, embeddings[known_rows], labels[known_rows], embeddings[unknown_rows], threshold)
-    result = {"model": args.model or "shipped default", "validation_alphabets": list(VALIDATION_ALPHABETS["background"]),
+    result = {"model": args.model or "shipped default", "model_fingerprint": model.fingerprint,
+              "validation_alphabets": list(VALIDATION_ALPHABETS["background"]),
               "gallery_drawers": args.gallery_drawers, "seed": args.seed,
               "calibrated_on": f"known characters' drawers {args.gallery_drawers + 1}-{middle} and "
                                f"{int(calibration_unknown.sum() // 20)} unknown characters",
