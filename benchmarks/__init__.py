@@ -19,6 +19,21 @@ def validation_alphabets(data: str | os.PathLike | None):
     return split, table
 
 
+def model_benchmark_parser(doc: str, models_help: str, out: str):
+    """An ``argparse`` parser with the options every benchmark over trained Omniglot models takes:
+    ``--data``, ``--models``, ``--episodes``, ``--seed`` and ``--out`` (default ``out``); ``doc``'s
+    first line describes it. Callers add their own options."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data", default=None, help="Omniglot root (default: $OMNIGLOT_DIR)")
+    parser.add_argument("--models", nargs="+", required=True, help=models_help)
+    parser.add_argument("--episodes", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=out)
+    return parser
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
     """How a benchmark was run, for its JSON: ``python -m benchmarks.<module> <arguments>``
     (``argv`` as given to its ``main``, else the process's own)."""

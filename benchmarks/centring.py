@@ -14,14 +14,12 @@ Run from the repository root::
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from benchmarks import command_line, validation_alphabets, write_result
+from benchmarks import command_line, model_benchmark_parser, validation_alphabets, write_result
 from benchmarks.ensemble import ensemble_encoder, load_weights
 from oneshot.data.omniglot import omniglot_root
-from oneshot.pipelines.evaluation.episodes import sample_episodes
+from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
 from oneshot.pipelines.jobs.train import VALIDATION_ALPHABETS
 
 
@@ -43,21 +41,14 @@ def centred_accuracy(support: np.ndarray, query: np.ndarray, target: np.ndarray,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="Omniglot root (default: $OMNIGLOT_DIR)")
-    parser.add_argument("--models", nargs="+", required=True, help="model files (cosine models)")
-    parser.add_argument("--episodes", type=int, default=2000)
+    parser = model_benchmark_parser(__doc__, "model files (cosine models)", "benchmarks/results/centring.json")
     parser.add_argument("--base-images", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/centring.json")
     args = parser.parse_args(argv)
     data = omniglot_root(args.data)
     split, table = validation_alphabets(data)
     training = split.table[~split.table["group"].isin(VALIDATION_ALPHABETS["background"])].reset_index(drop=True)
     base_rows = np.sort(np.random.default_rng(args.seed).choice(len(training), args.base_images, replace=False))
-    episodes = sample_episodes(table["label"].to_numpy(dtype=object), table["group"].to_numpy(dtype=object),
-                               n_way=20, k_shot=1, n_query=1, n_episodes=args.episodes, within_group=True,
-                               seed=args.seed)
+    episodes = oneshot_episodes(table, n_way=20, k_shot=1, n_episodes=args.episodes, within_group=True, seed=args.seed)
     support_rows = np.stack([np.asarray(episode.support)[:, 0] for episode in episodes])
     query_rows = np.stack([np.asarray(episode.query) for episode in episodes])
     target = np.stack([np.asarray(episode.query_target) for episode in episodes])

@@ -14,11 +14,9 @@ Run from the repository root::
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from benchmarks import command_line, validation_alphabets, write_result
+from benchmarks import command_line, model_benchmark_parser, validation_alphabets, write_result
 from oneshot.data.folders import read_gallery
 from oneshot.data.lake_runs import read_lake_runs
 from oneshot.data.omniglot import omniglot_root, split_location
@@ -80,17 +78,12 @@ def provenance(model) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="Omniglot root (default: $OMNIGLOT_DIR)")
-    parser.add_argument("--models", nargs="+", required=True,
-                        help="model files (cosine models), or checkpoint.pt files for a run's raw last weights")
+    parser = model_benchmark_parser(__doc__, "model files (cosine models), or checkpoint.pt files for a run's raw "
+                                    "last weights", "benchmarks/results/ensemble.json")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-ensemble", action="store_true", help="each model and their mean only")
     group.add_argument("--ensemble-only", action="store_true",
                        help="the ensemble's figures only (the models' own are in another run's JSON)")
-    parser.add_argument("--episodes", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/ensemble.json")
     args = parser.parse_args(argv)
     data = omniglot_root(args.data)
     models = [load_weights(path) for path in args.models]

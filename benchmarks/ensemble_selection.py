@@ -16,18 +16,17 @@ Run from the repository root::
 """
 from __future__ import annotations
 
-import argparse
 import time
 from itertools import pairwise
 
 import numpy as np
 
-from benchmarks import command_line, validation_alphabets, write_result
+from benchmarks import command_line, model_benchmark_parser, validation_alphabets, write_result
 from benchmarks.ensemble import ensemble_encoder, load_weights, provenance
 from oneshot.data.folders import read_gallery
 from oneshot.data.omniglot import omniglot_root, split_location
 from oneshot.index.metric import get_metric
-from oneshot.pipelines.evaluation.episodes import sample_episodes
+from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
 from oneshot.pipelines.evaluation.prototypes import evaluate_episodes
 
 COSINE = get_metric("cosine")
@@ -61,15 +60,11 @@ def chosen_size(path: list[dict], min_gain: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="Omniglot root (default: $OMNIGLOT_DIR)")
-    parser.add_argument("--models", nargs="+", required=True, help="the pool: model files (cosine models)")
+    parser = model_benchmark_parser(__doc__, "the pool: model files (cosine models)",
+                                    "benchmarks/results/ensemble_selection.json")
     parser.add_argument("--max-members", type=int, default=10)
     parser.add_argument("--min-gain", type=float, default=0.001,
                         help="validation accuracy a step must add to count (0.001 = 0.1 points)")
-    parser.add_argument("--episodes", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/ensemble_selection.json")
     args = parser.parse_args(argv)
     data = omniglot_root(args.data)
     split, validation_table = validation_alphabets(data)
@@ -77,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     validation_images = split.read(list(validation_table["path"]))
     evaluation_images = gallery.read(list(gallery.table["path"]))
     # The same seeded episodes as benchmarks.ensemble's oneshot_accuracy, sampled once for every score here.
-    episodes = {which: sample_episodes(table["label"].to_numpy(dtype=object), table["group"].to_numpy(dtype=object),
-                                       n_way=20, k_shot=1, n_query=1, n_episodes=args.episodes, within_group=True,
-                                       seed=args.seed)
+    episodes = {which: oneshot_episodes(table, n_way=20, k_shot=1, n_episodes=args.episodes, within_group=True,
+                                        seed=args.seed)
                 for which, table in (("validation", validation_table), ("evaluation", gallery.table))}
     vectors: dict[str, dict[str, np.ndarray]] = {}
     files = {}

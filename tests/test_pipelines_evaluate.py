@@ -140,3 +140,17 @@ def test_pair_verification_separates_separated_classes_and_not_random_ones():
     assert report["accuracy"] == pytest.approx(1.0) and report["roc_auc"] == pytest.approx(1.0)
     noise = rng.standard_normal((len(table), 32)).astype(np.float32)
     assert pair_verification(noise, table, "cosine", n_pairs=400, seed=3)["roc_auc"] < 0.65
+
+
+def test_oneshot_accuracy_scores_the_episodes_oneshot_episodes_gives():
+    from oneshot.pipelines.evaluation.evaluate import oneshot_accuracy, oneshot_episodes
+    from oneshot.pipelines.evaluation.prototypes import evaluate_episodes
+
+    table = labelled_table()
+    vectors = np.random.default_rng(3).standard_normal((len(table), 16)).astype(np.float32)  # noisy: accuracy < 1
+    episodes = oneshot_episodes(table, n_way=5, k_shot=1, n_episodes=300, within_group=True, seed=2)
+    assert len(episodes) == 300
+    assert all(len({table["group"][i] for i in np.ravel(e.support)}) == 1 for e in episodes)  # one alphabet each
+    expected = evaluate_episodes(vectors, episodes, "cosine").accuracy
+    assert 0 < expected < 1
+    assert oneshot_accuracy(vectors, table, "cosine", 5, 1, 300, True, 2)["accuracy"] == expected

@@ -29,6 +29,15 @@ def has_groups(table: pd.DataFrame) -> bool:
     return bool(table["group"].astype(bool).any())
 
 
+def oneshot_episodes(table: pd.DataFrame, n_way: int = 20, k_shot: int = 1, n_episodes: int = 1000,
+                     within_group: bool = True, seed: int = 0) -> list:
+    """The seeded episodes :func:`oneshot_accuracy` scores (one query per class), for callers that score
+    many embeddings of the same ``table`` (rows with ``label`` and ``group``) on the same episodes."""
+    groups = table["group"].to_numpy(dtype=object) if within_group else None
+    return sample_episodes(table["label"].to_numpy(dtype=object), groups, n_way=n_way, k_shot=k_shot,
+                           n_query=1, n_episodes=n_episodes, within_group=within_group, seed=seed)
+
+
 def oneshot_accuracy(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric | str, n_way: int = 20,
                      k_shot: int = 1, n_episodes: int = 1000, within_group: bool = True, seed: int = 0) -> dict:
     """N-way k-shot accuracy over seeded episodes (one query per class).
@@ -38,9 +47,7 @@ def oneshot_accuracy(embeddings: np.ndarray, table: pd.DataFrame, metric: Metric
     Returns:
         ``{"accuracy", "ci95", "episodes", "n_way", "k_shot", "within_group"}``.
     """
-    groups = table["group"].to_numpy(dtype=object) if within_group else None
-    episodes = sample_episodes(table["label"].to_numpy(dtype=object), groups, n_way=n_way, k_shot=k_shot,
-                               n_query=1, n_episodes=n_episodes, within_group=within_group, seed=seed)
+    episodes = oneshot_episodes(table, n_way, k_shot, n_episodes, within_group, seed)
     result = evaluate_episodes(embeddings, episodes, metric)
     return {"accuracy": result.accuracy, "ci95": result.ci95, "episodes": n_episodes, "n_way": n_way,
             "k_shot": k_shot, "within_group": within_group}
