@@ -76,7 +76,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    from oneshot.embedder.artifact import load_model
+
     result = {"command": command_line("gallery_defaults", argv),
+              "shipped_default_fingerprint": load_model().fingerprint,  # the trained runs' start, the zero-shot model
               "machine": f"{os.cpu_count()} cores, load average before the run {os.getloadavg()[0]:.2f}"}
     for family in args.families.split(","):
         result[family] = run_family(family, Path(args.root), args.episodes, args.seed, args.way)

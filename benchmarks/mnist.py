@@ -129,6 +129,7 @@ def main(argv=None) -> dict:
     options = {"steps": args.steps, "max_seconds": 60.0 * args.max_minutes, "seed": args.seed}
     runs = Path(args.runs)
     result = {"command": command_line("mnist", argv),
+              "shipped_default_fingerprint": load_model().fingerprint,  # the start of --init default, the zero-shot model
               "machine": f"{os.cpu_count()} cores, load average before the run {os.getloadavg()[0]:.2f}; a time cap can stop training early"}
     protocols = args.protocols.split(",")
     if "pairs" in protocols:

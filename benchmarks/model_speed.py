@@ -44,7 +44,8 @@ def main(argv=None) -> dict:
 
     source = open_source(OMNIGLOT_EVAL)
     images = len(source.table)
-    rows = {name: {"mflops_per_image": round(flops_per_image(load_model(name)) / 1e6, 2),
+    rows = {name: {"fingerprint": load_model(name).fingerprint,
+                   "mflops_per_image": round(flops_per_image(load_model(name)) / 1e6, 2),
                    "forward_img_per_s": [], "embed_seconds": []} for name in args.models}
     with tempfile.TemporaryDirectory(prefix="model_speed_") as work:
         for round_number in range(args.rounds):

@@ -17,6 +17,9 @@ base model (the shipped default); the re-ranking model (``handwriting-ensemble``
   find themselves far ahead and few are re-scored), and the evaluation enrolment job above.
 
     python -m benchmarks.rerank --data ../shared/data/omniglot --out benchmarks/results/rerank.json
+
+``--store-margin`` writes the chosen margin into the base model's file (``info["rerank_margin"]``),
+where ``identify --rerank`` finds it for that model's indexes.
 """
 from __future__ import annotations
 
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--store-margin", action="store_true",
+                        help="write the chosen margin into the base model's file")
     args = parser.parse_args(argv)
     from oneshot.embedder.artifact import load_model
     from oneshot.pipelines.engines.rerank import parse_margin
@@ -170,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = args.sections.split(",")
     margins = [parse_margin(m) for m in args.margins.split(",")]
     base = load_model(args.base)
-    result = {"command": command_line("rerank", argv), "base": args.base or "default", "rerank": args.rerank,
+    result = {"command": command_line("rerank", argv), "base": args.base or "default",
+              "base_fingerprint": base.fingerprint, "rerank": args.rerank,
               "depth": args.depth, "seed": args.seed}
     work = Path(tempfile.mkdtemp(prefix="oneshot_rerank_"))
     try:
@@ -181,6 +187,19 @@ def main(argv: list[str] | None = None) -> int:
         result["chosen"] = choose_margin(result["validation"], args.keep)
         print(f"  chosen margin: {result['chosen']['margin']} ({result['chosen']['rule']})")
         chosen = result["chosen"]["margin"]
+        if args.store_margin and chosen is None:
+            print("  no margin met the rule; nothing stored")
+        elif args.store_margin:
+            from oneshot.embedder.artifact import model_path
+            from oneshot.pipelines.engines.rerank import store_margin
+
+            target = model_path(args.base)
+            store_margin(target, chosen, "the 4 background validation alphabets of Omniglot (one drawing of each "
+                         "character enrolled, the other 19 identified)", result["chosen"]["rule"],
+                         f"{args.rerank} (fingerprint {load_model(args.rerank).fingerprint})",
+                         result["command"])
+            result["chosen"]["stored_in"] = {"path": str(target), "model_fingerprint": base.fingerprint}
+            print(f"  stored in {target}")
         if "evaluation" in sections:
             from oneshot.data.omniglot import OmniglotSplit, omniglot_root
 

@@ -299,6 +299,8 @@ def test_config_checks():
         TrainConfig(objective="triplet", classes_per_group=20)
     with pytest.raises(ValueError, match="small_groups needs classes_per_group"):
         TrainConfig(small_groups=True)
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        TrainConfig(precision="fp16")
     config = _config()
     assert TrainConfig.from_dict(config.to_dict()) == config
 
@@ -436,3 +438,23 @@ def test_channels_last_training_is_the_same_arithmetic(data, tmp_path, monkeypat
     a = load_model(tmp_path / "channels_last" / "model.safetensors").state_dict()
     b = load_model(tmp_path / "contiguous" / "model.safetensors").state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+
+
+def test_bf16_training_follows_fp32_and_saves_a_float32_model(data, tmp_path):
+    """bf16 mixed precision is an arithmetic choice, not another recipe: the same run's losses stay
+    near fp32's, the vectors for the loss are float32 unit vectors, and the saved model is float32."""
+    config = _config(steps=10, val_every=5, checkpoint_every=5)
+    full = _run(config, data, tmp_path / "fp32")
+    half = _run(_config(steps=10, val_every=5, checkpoint_every=5, precision="bf16"), data, tmp_path / "bf16")
+    assert half.history["loss"].tolist() == pytest.approx(full.history["loss"].tolist(), rel=0.05)
+    assert half.model.fingerprint != full.model.fingerprint  # the arithmetic did change
+    saved = load_model(tmp_path / "bf16" / "model.safetensors")
+    assert all(value.dtype == torch.float32 for value in saved.state_dict().values() if value.is_floating_point())
+    assert read_model_config(tmp_path / "bf16" / "model.safetensors")["info"]["train_config"]["precision"] == "bf16"
+    model = build_model(config).train()
+    images = torch.rand(6, 1, 16, 16)
+    vectors = train_module.embed_batch(model, images, "bf16")
+    assert vectors.dtype == torch.float32 and vectors.norm(dim=1).tolist() == pytest.approx([1.0] * 6, abs=1e-5)
+    assert torch.nn.functional.cosine_similarity(vectors, train_module.embed_batch(model, images, "fp32")).min() > 0.99
+    again = _run(_config(steps=10, val_every=5, checkpoint_every=5, precision="bf16"), data, tmp_path / "bf16_again")
+    assert again.model.fingerprint == half.model.fingerprint  # same seed, same numbers

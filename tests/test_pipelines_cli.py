@@ -356,6 +356,9 @@ def test_train_synthetic_with_config(tmp_path):
     model = load_model(out / "model.safetensors")
     assert model.dim == 8 and model.recipe.size == 16
     assert model.info["val_accuracy"] == pytest.approx(float(found.group(1)), abs=1e-4)
+    assert model.info["train_config"]["precision"] == "fp32"
+    ok(run("train", "--synthetic", "--config", config, "--precision", "bf16", "--out", tmp_path / "bf16"))
+    assert load_model(tmp_path / "bf16" / "model.safetensors").info["train_config"]["precision"] == "bf16"
 
 
 def test_train_with_teachers_distills_and_refuses_a_teacher_of_other_images(tmp_path):

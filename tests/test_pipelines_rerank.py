@@ -12,7 +12,14 @@ from click.testing import CliRunner
 from oneshot.embedder.preprocess import Recipe
 from oneshot.errors import InvalidInputError
 from oneshot.index.vector_index import VectorIndex
-from oneshot.pipelines.engines.rerank import Reranker, gallery_images_of, parse_margin
+from oneshot.pipelines.engines.rerank import (
+    DEFAULT_MARGIN,
+    MODEL_MARGIN,
+    Reranker,
+    gallery_images_of,
+    parse_margin,
+    store_margin,
+)
 from oneshot.pipelines.jobs.embed import embed_to_store
 from oneshot.pipelines.jobs.identify import identify_job
 
@@ -141,7 +148,42 @@ def test_refusals_are_clear(setting, tiny_model_path, tmp_path):
     for text in ("-1", "x"):
         with pytest.raises(InvalidInputError, match="margin"):
             parse_margin(text)
-    assert parse_margin("all") is None and parse_margin("0.1") == 0.1
+    assert parse_margin("all") is None and parse_margin("0.1") == 0.1 and parse_margin(" Model") == MODEL_MARGIN
+    with pytest.raises(InvalidInputError, match="margin"):
+        Reranker(setting["other"], setting["gallery"], margin=-0.5)
+
+
+def test_the_margin_is_the_index_models_own_when_it_carries_one(setting, tiny_model_path, tmp_path):
+    """The margin is in the index model's cosine: a model file carries the one chosen for it, and a
+    model without one gets the library default; either way the job says which it used."""
+    from oneshot.embedder.artifact import load_model
+
+    plain = _answers(setting, tiny_model_path, None)
+    gaps = [row[0]["score"] - row[1]["score"] for row in plain["candidates"]]
+    default = Reranker(setting["other"], setting["gallery"])
+    assert default.margin == MODEL_MARGIN
+    rows = []
+    summary = identify_job(setting["gallery"], setting["index"], None, tiny_model_path, threshold=None, top=3,
+                           emit=rows.append, show_progress=False, rerank=default)
+    assert default.margin == DEFAULT_MARGIN and "library default" in summary.threshold_text
+    assert pd.concat(rows)["reranked"].tolist() == [g < DEFAULT_MARGIN for g in gaps]
+
+    carrying = tmp_path / "carrying.safetensors"
+    shutil.copy(tiny_model_path, carrying)
+    shutil.copy(Path(tiny_model_path).with_suffix(".json"), carrying.with_suffix(".json"))
+    median = float(np.median(gaps))
+    record = store_margin(carrying, median, "validation data", "a rule", "other", "a command")
+    assert load_model(carrying).fingerprint == load_model(tiny_model_path).fingerprint  # weights untouched
+    assert load_model(carrying).info["rerank_margin"] == record and record["value"] == median
+    own = Reranker(setting["other"], setting["gallery"])
+    rows = []
+    summary = identify_job(setting["gallery"], setting["index"], None, carrying, threshold=None, top=3,
+                           emit=rows.append, show_progress=False, rerank=own)
+    assert own.margin == median and "carried by the index's model, chosen on validation data" in summary.threshold_text
+    assert pd.concat(rows)["reranked"].tolist() == [g < median for g in gaps]
+    given = Reranker(setting["other"], setting["gallery"], margin=0.0)
+    _answers(setting, carrying, given)
+    assert given.margin == 0.0 and given.margin_source == "given"  # a number given wins over the model's
 
 
 def test_gallery_images_come_from_the_store_or_must_be_given(setting, tmp_path):

@@ -90,3 +90,16 @@ def test_the_ensembles_error_on_lake_runs_matches_readme(omniglot_dir):
     table = lake_errors(omniglot_dir, load_model("handwriting-ensemble"))
     measured = 100 * table["error_rate"].mean()
     assert abs(measured - stated_error_percent(STATED_ENSEMBLE)) <= 1.0, f"measured {measured:.2f}% error"
+
+
+def test_the_handwriting_index_models_carry_their_own_rerank_margins():
+    """The re-ranking margin is in the index model's cosine: each shipped index model carries the one
+    benchmarks.rerank chose for it on the validation alphabets, and identify takes it by default."""
+    from oneshot.pipelines.engines.rerank import DEFAULT_MARGIN, stored_margin
+
+    for name, expected in (("default", DEFAULT_MARGIN), ("handwriting-v2", 0.05)):
+        model = load_model(name)
+        record = model.info["rerank_margin"]
+        assert record["value"] == expected and "validation alphabets" in record["chosen_on"]
+        assert record["command"].startswith("python -m benchmarks.rerank ") and "--store-margin" in record["command"]
+        assert stored_margin(model) == (expected, f"carried by the index's model, chosen on {record['chosen_on']}")

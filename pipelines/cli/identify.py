@@ -8,7 +8,7 @@ import click
 
 from oneshot.pipelines.cli.app import friendly, main
 from oneshot.pipelines.cli.options import MODEL, engine_options, reject_options, rejects_for
-from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN_TEXT
+from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN, MODEL_MARGIN
 
 
 @main.command("identify")
@@ -29,9 +29,10 @@ from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN_TEXT
                    "each query the index hesitates on; it must preprocess images as --model does.")
 @click.option("--rerank-depth", type=click.IntRange(min=1), default=DEFAULT_DEPTH, show_default=True,
               help="Gallery rows re-scored per query.")
-@click.option("--rerank-margin", default=DEFAULT_MARGIN_TEXT, show_default=True,
+@click.option("--rerank-margin", default=MODEL_MARGIN, show_default=True,
               help="Re-score only queries whose two best identities are closer than this in the index's score; "
-                   "'all': every query.")
+                   f"'all': every query; 'model': the margin the index's model carries (chosen for it on "
+                   f"validation data), else {DEFAULT_MARGIN}.")
 @click.option("--gallery-images", type=click.Path(exists=True), default=None,
               help="Where the gallery's images are, for --rerank (default: the source its store was embedded from).")
 @reject_options

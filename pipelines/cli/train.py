@@ -48,6 +48,9 @@ from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
 @click.option("--steps", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Training arithmetic: fp32 (default) or bf16 mixed precision (about twice as fast on "
+                   "CPUs with AVX-512 BF16 and on recent GPUs; the saved model is float32 either way).")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(exists=True),
               help="A trained model to distill from (repeatable; prototypical objective; their vectors of the "
                    "unaugmented training images are soft targets). See embedder.distill.")
@@ -55,8 +58,8 @@ from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
 @reject_options
 @friendly
 def train_command(data, split, synthetic, val_groups, val_classes, val_split, recipe, augment, rotations, reflections,
-                  init, tune, max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, teachers,
-                  resume, on_error, max_rejects):
+                  init, tune, max_minutes, out, config_file, objective, mining, backbone, size, dim, steps, lr, seed, precision,
+                  teachers, resume, on_error, max_rejects):
     """Train an embedder on any gallery; keeps the best model by validation accuracy and stores its
     verification and "unknown" thresholds, calibrated on the validation split. A gallery of face
     photos tunes the shipped face model's last layer, validated by folds over its people.
@@ -74,7 +77,8 @@ def train_command(data, split, synthetic, val_groups, val_classes, val_split, re
     from oneshot.pipelines.jobs.train import train_from_cli
 
     options = _read_config(config_file) if config_file else {}
-    overrides = dict(objective=objective, mining=mining, backbone=backbone, dim=dim, steps=steps, lr=lr, seed=seed)
+    overrides = dict(objective=objective, mining=mining, backbone=backbone, dim=dim, steps=steps, lr=lr, seed=seed,
+                     precision=precision)
     overrides.update(rotations=rotations, reflections=reflections, max_seconds=None if max_minutes is None else 60.0 * max_minutes)
     options.update({k: v for k, v in overrides.items() if v is not None})
     if teachers:

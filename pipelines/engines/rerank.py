@@ -7,6 +7,11 @@ vectors from their images (read by the paths the index keeps, encoded once and c
 whose two best identities the index already separates by ``margin`` or more keeps its answer, so
 the second model only runs where the first one hesitates.
 
+The margin is in the index model's cosine, so it belongs to that model: a model file may carry its
+own (``info["rerank_margin"]``, written by ``python -m benchmarks.rerank --store-margin`` with the
+rule and data it was chosen on), and ``margin="model"`` (the default) uses it, or ``DEFAULT_MARGIN``
+for a model without one.
+
 A re-scored query's ``score`` is the re-ranking model's cosine, its candidates are the ``depth``
 rows in that order, and ``reranked`` is True; other queries keep the index's scores.
 """
@@ -35,9 +40,10 @@ DEFAULT_DEPTH = 10
 # one drawing enrolled per character): the margin re-scoring the fewest queries that keeps >= 90% of the
 # gain of re-scoring every query (`python -m benchmarks.rerank`, benchmarks/results/rerank.json). The
 # margin is in the index model's cosine, so the rule was applied again when the default changed: 0.05
-# for handwriting-v2 (benchmarks/results/rerank_handwriting_v2.json), 0.02 for the current default.
+# for handwriting-v2 (benchmarks/results/rerank_handwriting_v2.json), 0.02 for the current default. Each
+# of the two carries its own in its file; DEFAULT_MARGIN is for index models that carry none.
 DEFAULT_MARGIN = 0.02
-DEFAULT_MARGIN_TEXT = str(DEFAULT_MARGIN)
+MODEL_MARGIN = "model"  # Reranker(margin=MODEL_MARGIN): the index model's stored margin, else DEFAULT_MARGIN
 DEFAULT_CACHE_ROWS = 200_000  # gallery vectors kept between batches (200,000 x 256 float32 = 205 MB)
 
 
@@ -67,15 +73,16 @@ class Reranker:
             given to ``oneshot embed``); their ``path`` column must name files in it.
         depth: gallery rows re-scored per query (at least ``top * per_identity`` of the job).
         margin: re-score only queries whose best and second-best identities differ by less than
-            this in the index's score (default chosen on validation alphabets, see
-            ``DEFAULT_MARGIN``); ``None`` re-scores every query.
+            this in the index's score; ``None`` re-scores every query; ``"model"`` (default): the
+            margin the index's model carries (chosen for it on validation data), else
+            ``DEFAULT_MARGIN``, resolved by :meth:`bind` (``margin_source`` says which).
         cache_rows: gallery vectors kept between batches (least recently used dropped first).
     """
 
     model: object
     gallery: ImageSource | str | os.PathLike
     depth: int = DEFAULT_DEPTH
-    margin: float | None = DEFAULT_MARGIN
+    margin: float | str | None = MODEL_MARGIN
     cache_rows: int = DEFAULT_CACHE_ROWS
     device: str | None = None
     stats: RerankStats = field(default_factory=RerankStats)
@@ -83,8 +90,9 @@ class Reranker:
     def __post_init__(self):
         if self.depth < 1:
             raise InvalidInputError(f"rerank depth must be >= 1, got {self.depth}")
-        if self.margin is not None and not self.margin >= 0:
-            raise InvalidInputError(f"rerank margin must be >= 0 (or None for every query), got {self.margin}")
+        if self.margin != MODEL_MARGIN:
+            self.margin = parse_margin(self.margin)
+        self.margin_source = "given" if self.margin is not None else "every query re-scored"
         if self.cache_rows < 0:
             raise InvalidInputError(f"rerank cache_rows must be >= 0, got {self.cache_rows}")
         from oneshot.embedder.artifact import as_model
@@ -102,8 +110,9 @@ class Reranker:
         self.source: ImageSource | None = None
         self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
 
-    def bind(self, base_recipe, index: VectorIndex) -> None:
-        """Check the re-ranking model against the index's model and open the gallery's images.
+    def bind(self, base_recipe, index: VectorIndex, base_model=None) -> None:
+        """Check the re-ranking model against the index's model and open the gallery's images; with
+        ``margin="model"``, take the margin ``base_model`` (the index's model) carries.
 
         Raises:
             InvalidInputError: the two models preprocess images differently, or the index's rows
@@ -112,6 +121,8 @@ class Reranker:
         from oneshot.embedder.model import require_unit_vectors
 
         require_unit_vectors(self.embedder, self.name, base_recipe, "the index's model", "a re-ranking model")
+        if self.margin == MODEL_MARGIN:
+            self.margin, self.margin_source = stored_margin(base_model)
         if base_recipe.kind == "face":
             raise InvalidInputError("re-ranking reads gallery images by path, and face galleries keep a row per face "
                                     "of an image; it is not supported for face models")
@@ -202,16 +213,44 @@ class Reranker:
         return SearchResult(scores, ids, labels), chosen
 
 
-def parse_margin(text: str | float | None) -> float | None:
-    """``"all"``/None -> None (every query), else a margin >= 0."""
+def stored_margin(model) -> tuple[float, str]:
+    """(margin, where it came from): the margin ``model`` (an :class:`Embedder` or None) carries in
+    ``info["rerank_margin"]``, else ``DEFAULT_MARGIN``."""
+    stored = (getattr(model, "info", None) or {}).get("rerank_margin")
+    if isinstance(stored, dict) and isinstance(stored.get("value"), (int, float)) and stored["value"] >= 0:
+        return float(stored["value"]), f"carried by the index's model, chosen on {stored.get('chosen_on', '?')}"
+    return DEFAULT_MARGIN, "the library default (the index's model carries no margin of its own)"
+
+
+def store_margin(model_path: str | os.PathLike, margin: float, chosen_on: str, rule: str, reranker: str,
+                 command: str | None = None) -> dict:
+    """Write ``margin`` into the model file at ``model_path`` (``info["rerank_margin"]``, weights and
+    fingerprint untouched, atomically) as the margin identify uses when that model's index is re-ranked."""
+    from oneshot.embedder.artifact import load_model, save_model
+    from oneshot.errors import ModelMismatchError
+
+    model = load_model(model_path)
+    fingerprint = model.fingerprint
+    record = {"value": float(parse_margin(margin)), "chosen_on": chosen_on, "rule": rule, "reranker": reranker,
+              "command": command}
+    save_model(model, model_path, {**model.info, "rerank_margin": record})
+    if load_model(model_path).fingerprint != fingerprint:
+        raise ModelMismatchError(f"{model_path}: fingerprint changed while storing the margin (a bug)")
+    return record
+
+
+def parse_margin(text: str | float | None) -> float | str | None:
+    """``"all"``/None -> None (every query), ``"model"`` -> ``MODEL_MARGIN``, else a margin >= 0."""
     if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
         return None
+    if isinstance(text, str) and text.strip().lower() == MODEL_MARGIN:
+        return MODEL_MARGIN
     try:
         value = float(text)
     except ValueError:
-        raise InvalidInputError(f"rerank margin must be a number >= 0 or 'all', got {text!r}") from None
+        raise InvalidInputError(f"rerank margin must be a number >= 0, 'all' or 'model', got {text!r}") from None
     if not value >= 0:
-        raise InvalidInputError(f"rerank margin must be a number >= 0 or 'all', got {text!r}")
+        raise InvalidInputError(f"rerank margin must be a number >= 0, 'all' or 'model', got {text!r}")
     return value
 
 

@@ -238,10 +238,11 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
         if from_store or k != 1 or executor is not None:
             raise InvalidInputError("re-ranking needs image queries (not an embedding store), k = 1 and the local "
                                     "engine (re-scoring reads the queries' pixels)")
-        rerank.bind(model.recipe, index)
+        rerank.bind(model.recipe, index, model)
         rerank_threshold, rerank_text = _threshold(rerank.embedder, rerank.fingerprint, given_threshold,
                                                    enrolled_count(index))
-        threshold_text = f"{threshold_text}; re-scored queries ({rerank.name}): {rerank_text}"
+        threshold_text = (f"{threshold_text}; re-scored queries ({rerank.name}): {rerank_text}; re-scoring margin "
+                          f"{'none (every query)' if rerank.margin is None else rerank.margin} ({rerank.margin_source})")
     if threshold is not None and index.metadata.get("pca") and threshold_text.startswith("carried by"):
         log.warning("the index reduces vectors with PCA; the model's threshold was calibrated without it")
     rejects = rejects if rejects is not None else Rejects()
