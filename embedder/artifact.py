@@ -30,14 +30,19 @@ HANDWRITING_V1_MODEL = Path(__file__).parent / "weights" / "handwriting_v1.safet
 #: The block recipe's net, the default from the first change until the recipe took mirror images and twice
 #: the steps (same net, same encoding cost): kept for the same reason, and as ``handwriting-ensemble``'s member.
 HANDWRITING_V2_MODEL = Path(__file__).parent / "weights" / "handwriting_v2.safetensors"
-#: ``handwriting-v2`` and a residual net side by side (``oneshot ensemble``): more accurate on handwriting, at
-#: 5.6 times the default's FLOPs an image; for jobs where accuracy matters more than throughput.
+#: A residual net and the default's recipe, both trained with mirror images as new classes, side by side
+#: (``oneshot ensemble``): more accurate on handwriting, at 5.6 times the default's FLOPs an image; for
+#: jobs where accuracy matters more than throughput, and as ``identify --rerank``'s second model.
 HANDWRITING_ENSEMBLE_MODEL = Path(__file__).parent / "weights" / "handwriting_ensemble.safetensors"
+#: The first ``handwriting-ensemble`` (``handwriting-v2`` beside an 800-step residual net): kept so that
+#: stores and indexes embedded with it go on working, and its figures reproduce.
+HANDWRITING_ENSEMBLE_V1_MODEL = Path(__file__).parent / "weights" / "handwriting_ensemble_v1.safetensors"
 FACE_MODEL = Path(__file__).parent / "weights" / "face.safetensors"
 #: The models shipped in the package, by the names ``--model`` takes.
 SHIPPED_MODELS = {"handwriting": DEFAULT_MODEL, "default": DEFAULT_MODEL, "handwriting-v2": HANDWRITING_V2_MODEL,
                   "handwriting-v1": HANDWRITING_V1_MODEL,
-                  "handwriting-ensemble": HANDWRITING_ENSEMBLE_MODEL, "face": FACE_MODEL}
+                  "handwriting-ensemble": HANDWRITING_ENSEMBLE_MODEL,
+                  "handwriting-ensemble-v1": HANDWRITING_ENSEMBLE_V1_MODEL, "face": FACE_MODEL}
 #: The shipped handwriting models by name, newest first.
 HANDWRITING_MODELS = {"default": DEFAULT_MODEL, "handwriting-v2": HANDWRITING_V2_MODEL,
                       "handwriting-v1": HANDWRITING_V1_MODEL}

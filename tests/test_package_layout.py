@@ -180,6 +180,7 @@ def test_the_wheel_holds_only_the_oneshot_package(tmp_path):
     assert "oneshot/embedder/weights/handwriting_v1.safetensors" in names
     assert "oneshot/embedder/weights/handwriting_v2.safetensors" in names
     assert "oneshot/embedder/weights/handwriting_ensemble.safetensors" in names
+    assert "oneshot/embedder/weights/handwriting_ensemble_v1.safetensors" in names
     assert "oneshot/embedder/weights/face.safetensors" in names and "oneshot/embedder/weights/face_landmarks_5.dat" in names
     missing = [name for name, path in installed_modules().items() if _wheel_path(name, path) not in names]
     assert not missing, f"modules left out of the wheel (list their package in pyproject.toml): {missing}"

@@ -210,7 +210,7 @@ def test_identify_with_another_model_fails_cleanly(built, synthetic_gallery, oth
 
 
 
-@pytest.mark.parametrize("name", ["handwriting-v1", "handwriting-v2", "handwriting-ensemble"])
+@pytest.mark.parametrize("name", ["handwriting-v1", "handwriting-v2", "handwriting-ensemble", "handwriting-ensemble-v1"])
 def test_a_gallery_embedded_with_another_shipped_model_is_identified_with_it(tmp_path, synthetic_gallery, name):
     """An index built with a shipped model other than the default (an earlier default, or the ensemble)
     answers without --model: the model is found by the fingerprint the index records, never the default."""

@@ -20,7 +20,7 @@ from oneshot.pipelines.cli.options import (
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--out", type=click.Path(), required=True,
               help="Store folder of Parquet shards to write (a name ending in .parquet is fine).")
-@click.option("--model", type=MODEL, default=None, help="Model file, or a shipped model: face, handwriting, handwriting-ensemble (slower, more accurate), handwriting-v2, handwriting-v1 (default: the shipped model that suits the images).")
+@click.option("--model", type=MODEL, default=None, help="Model file, or a shipped model: face, handwriting, handwriting-ensemble (slower, more accurate), handwriting-v2, handwriting-v1, handwriting-ensemble-v1 (default: the shipped model that suits the images).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass (default: chosen for the machine).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading and preprocessing images (default: cores, at most 4).")
 @click.option("--append", is_flag=True, help="Add only new or changed images (by path and content hash) to an existing store.")

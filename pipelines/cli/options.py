@@ -8,7 +8,7 @@ import click
 
 class ModelParam(click.ParamType):
     """``--model``: a model file (or a training run folder), or a shipped model's name (handwriting,
-    handwriting-v2, handwriting-v1, handwriting-ensemble, face)."""
+    handwriting-v2, handwriting-v1, handwriting-ensemble, handwriting-ensemble-v1, face)."""
 
     name = "model"
 
