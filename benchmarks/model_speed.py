@@ -44,9 +44,9 @@ def main(argv=None) -> dict:
 
     source = open_source(OMNIGLOT_EVAL)
     images = len(source.table)
-    rows = {name: {"fingerprint": load_model(name).fingerprint,
-                   "mflops_per_image": round(flops_per_image(load_model(name)) / 1e6, 2),
-                   "forward_img_per_s": [], "embed_seconds": []} for name in args.models}
+    models = {name: load_model(name) for name in args.models}
+    rows = {name: {"fingerprint": model.fingerprint, "mflops_per_image": round(flops_per_image(model) / 1e6, 2),
+                   "forward_img_per_s": [], "embed_seconds": []} for name, model in models.items()}
     with tempfile.TemporaryDirectory(prefix="model_speed_") as work:
         for round_number in range(args.rounds):
             for name, row in rows.items():

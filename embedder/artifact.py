@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from oneshot.atomic import atomic_path
 from oneshot.embedder.model import Embedder
-from oneshot.errors import CorruptFileError, InvalidInputError, MissingDataError
+from oneshot.errors import CorruptFileError, InvalidInputError, MissingDataError, ModelMismatchError
 
 FORMAT = "oneshot-embedder"
 FORMAT_VERSION = 1
@@ -122,6 +122,17 @@ def save_model(model: Embedder, path: str | os.PathLike, info: dict | None = Non
     return path
 
 
+def rewrite_info(model: Embedder, path: str | os.PathLike, info: dict) -> Path:
+    """Write ``model`` (loaded from a file) to ``path`` with ``info`` as its facts, weights untouched
+    (atomically, as :func:`save_model`); raises :class:`ModelMismatchError` if the written file's
+    fingerprint is not the model's."""
+    fingerprint = model.fingerprint
+    save_model(model, path, info)
+    if load_model(path).fingerprint != fingerprint:
+        raise ModelMismatchError(f"{path}: fingerprint changed while rewriting the model's info (a bug)")
+    return Path(path)
+
+
 def read_model_config(path: str | os.PathLike) -> dict:
     """The config stored in a model file's header."""
     path = Path(path)
@@ -149,7 +160,8 @@ def read_model_config(path: str | os.PathLike) -> dict:
 
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Embedder:
     """Load a model file, or a shipped model by name (``"face"``, ``"handwriting"``, ``"handwriting-v2"``,
-    ``"handwriting-v1"``, ``"handwriting-ensemble"``; ``None``: the default handwriting model), in eval mode.
+    ``"handwriting-v1"``, ``"handwriting-ensemble"``, ``"handwriting-ensemble-v1"``; ``None``: the default
+    handwriting model), in eval mode.
 
     The returned model carries ``fingerprint`` and ``info`` attributes from its file.
     """

@@ -10,7 +10,6 @@ With ``teachers`` (model files) a prototypical run is distilled: see :mod:`onesh
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -183,22 +182,18 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
-def training_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The forward pass's numeric format: ``fp32`` as written, or ``bf16`` mixed precision (autocast:
-    convolutions and matrix products in bfloat16, weights, batch-norm statistics, the loss and the
-    optimiser in float32, so the saved model is an ordinary float32 one). On CPUs with AVX-512 BF16 a
-    step of the default's net takes about half the time; elsewhere bfloat16 is emulated and may be slower."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def embed_batch(model: Embedder, images: torch.Tensor, precision: str) -> torch.Tensor:
-    """images (N, C, H, W) -> vectors (N, D) float32 for the loss: the backbone in ``precision``, the
-    head (projection and unit length) always in float32."""
+    """images (N, C, H, W) -> vectors (N, D) float32 for the loss.
+
+    ``fp32``: the model as written. ``bf16``: mixed precision, the backbone under bfloat16 autocast
+    (convolutions and matrix products in bfloat16), the head (projection and unit length) in float32;
+    weights, batch-norm statistics, the loss and the optimiser stay float32, so the saved model is an
+    ordinary float32 one. On CPUs with AVX-512 BF16 a step of the default's net takes about half the
+    time; elsewhere bfloat16 is emulated and may be slower.
+    """
     if precision == "fp32":
         return model(images)
-    with training_autocast(precision, images.device):
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
         features = model.backbone(images)
     return model.head(features.float())
 

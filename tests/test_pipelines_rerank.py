@@ -175,6 +175,10 @@ def test_the_margin_is_the_index_models_own_when_it_carries_one(setting, tiny_mo
     record = store_margin(carrying, median, "validation data", "a rule", "other", "a command")
     assert load_model(carrying).fingerprint == load_model(tiny_model_path).fingerprint  # weights untouched
     assert load_model(carrying).info["rerank_margin"] == record and record["value"] == median
+    for bad in ("all", "model", -1.0):
+        with pytest.raises(InvalidInputError, match="margin"):
+            store_margin(carrying, bad, "validation data", "a rule", "other")
+    assert load_model(carrying).info["rerank_margin"] == record  # a refused margin leaves the file as it was
     own = Reranker(setting["other"], setting["gallery"])
     rows = []
     summary = identify_job(setting["gallery"], setting["index"], None, carrying, threshold=None, top=3,

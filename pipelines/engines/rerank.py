@@ -110,9 +110,9 @@ class Reranker:
         self.source: ImageSource | None = None
         self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
 
-    def bind(self, base_recipe, index: VectorIndex, base_model=None) -> None:
-        """Check the re-ranking model against the index's model and open the gallery's images; with
-        ``margin="model"``, take the margin ``base_model`` (the index's model) carries.
+    def bind(self, base_model, index: VectorIndex) -> None:
+        """Check the re-ranking model against ``base_model`` (the index's model, an :class:`Embedder`)
+        and open the gallery's images; with ``margin="model"``, take the margin ``base_model`` carries.
 
         Raises:
             InvalidInputError: the two models preprocess images differently, or the index's rows
@@ -120,6 +120,7 @@ class Reranker:
         """
         from oneshot.embedder.model import require_unit_vectors
 
+        base_recipe = base_model.recipe
         require_unit_vectors(self.embedder, self.name, base_recipe, "the index's model", "a re-ranking model")
         if self.margin == MODEL_MARGIN:
             self.margin, self.margin_source = stored_margin(base_model)
@@ -226,16 +227,14 @@ def store_margin(model_path: str | os.PathLike, margin: float, chosen_on: str, r
                  command: str | None = None) -> dict:
     """Write ``margin`` into the model file at ``model_path`` (``info["rerank_margin"]``, weights and
     fingerprint untouched, atomically) as the margin identify uses when that model's index is re-ranked."""
-    from oneshot.embedder.artifact import load_model, save_model
-    from oneshot.errors import ModelMismatchError
+    from oneshot.embedder.artifact import load_model, rewrite_info
 
+    value = parse_margin(margin)
+    if not isinstance(value, float):
+        raise InvalidInputError(f"a stored rerank margin must be a number >= 0, got {margin!r}")
     model = load_model(model_path)
-    fingerprint = model.fingerprint
-    record = {"value": float(parse_margin(margin)), "chosen_on": chosen_on, "rule": rule, "reranker": reranker,
-              "command": command}
-    save_model(model, model_path, {**model.info, "rerank_margin": record})
-    if load_model(model_path).fingerprint != fingerprint:
-        raise ModelMismatchError(f"{model_path}: fingerprint changed while storing the margin (a bug)")
+    record = {"value": value, "chosen_on": chosen_on, "rule": rule, "reranker": reranker, "command": command}
+    rewrite_info(model, model_path, {**model.info, "rerank_margin": record})
     return record
 
 

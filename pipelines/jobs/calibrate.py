@@ -11,8 +11,7 @@ from pathlib import Path
 
 from oneshot.data.forgeries import has_forgeries
 from oneshot.data.source import describe_source, open_source, rows_of_groups
-from oneshot.embedder.artifact import load_model, save_model
-from oneshot.errors import ModelMismatchError
+from oneshot.embedder.artifact import load_model, rewrite_info
 from oneshot.pipelines.engines.local import encode_source
 from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds
 from oneshot.pipelines.reading import Rejects
@@ -28,7 +27,6 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
         The thresholds stored (``info["thresholds"]``).
     """
     model = load_model(model_path)
-    fingerprint = model.fingerprint
     source = open_source(data, split=split)
     table = source.table
     if groups:
@@ -50,8 +48,5 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
     for found in thresholds.values():
         found["command"] = command
     info = {**model.info, "thresholds": thresholds}
-    target = Path(out) if out is not None else Path(model_path)
-    save_model(model, target, info)
-    if load_model(target).fingerprint != fingerprint:
-        raise ModelMismatchError(f"{target}: fingerprint changed while storing thresholds (a bug)")
+    rewrite_info(model, Path(out) if out is not None else Path(model_path), info)
     return thresholds

@@ -238,7 +238,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
         if from_store or k != 1 or executor is not None:
             raise InvalidInputError("re-ranking needs image queries (not an embedding store), k = 1 and the local "
                                     "engine (re-scoring reads the queries' pixels)")
-        rerank.bind(model.recipe, index, model)
+        rerank.bind(model, index)
         rerank_threshold, rerank_text = _threshold(rerank.embedder, rerank.fingerprint, given_threshold,
                                                    enrolled_count(index))
         threshold_text = (f"{threshold_text}; re-scored queries ({rerank.name}): {rerank_text}; re-scoring margin "
