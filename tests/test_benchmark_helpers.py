@@ -55,3 +55,20 @@ def test_provenance_names_the_model_by_fingerprint_so_a_path_that_changes_model_
     v2, default = load_model("handwriting-v2"), load_model()
     assert provenance(v2)["fingerprint"] == v2.fingerprint != provenance(default)["fingerprint"]
     assert provenance(default)["train_command"].startswith("oneshot train ")
+
+
+def test_train_step_speed_times_both_precisions_of_a_configs_real_training_step(tmp_path):
+    import json
+
+    from benchmarks.train_step_speed import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"backbone": "conv", "backbone_options": {"channels": 4, "blocks": 2}, "dim": 8,
+                                  "recipe": {"size": 16}, "classes_per_batch": 4, "items_per_class": 2}))
+    result = main(["--configs", str(config), "--steps", "2", "--rounds", "2", "--out", str(tmp_path / "r.json")])
+    row = result["configs"][str(config)]
+    assert row["batch_images"] == 8 and set(row["step_seconds"]) == {"fp32", "bf16"}
+    assert all(len(times) == 2 and all(t > 0 for t in times) for times in row["step_seconds"].values())
+    assert row["best_step_seconds"]["bf16"] == min(row["step_seconds"]["bf16"])
+    assert row["bf16_speed_up"] == round(row["best_step_seconds"]["fp32"] / row["best_step_seconds"]["bf16"], 2)
+    assert json.loads((tmp_path / "r.json").read_text()) == result
