@@ -49,12 +49,14 @@ class ConvNet(nn.Module):
 
     The classic 4-block few-shot backbone (Vinyals et al., Snell et al.): ``channels`` in every
     block, or ``widths`` (one per block, e.g. ``(64, 64, 128, 256)``: the late blocks work on small
-    maps, so widening them adds features for little compute).
+    maps, so widening them adds features for little compute). ``pool_last=False``: the last block
+    has no max-pool, so the global average sees its whole map (see :func:`_check_pool_last`).
     """
 
     def __init__(self, channels: int = 64, blocks: int = 4, in_channels: int = 1,
-                 widths: Sequence[int] | None = None):
+                 widths: Sequence[int] | None = None, pool_last: bool = True):
         super().__init__()
+        _check_pool_last(pool_last)
         if widths is not None:
             if isinstance(widths, (str, bytes)) or len(widths) != blocks or \
                     not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
@@ -62,37 +64,49 @@ class ConvNet(nn.Module):
         elif blocks < 1 or channels < 1:
             raise InvalidInputError(f"blocks and channels must be positive, got {blocks}, {channels}")
         widths = [in_channels] + (list(widths) if widths is not None else [channels] * blocks)
-        self.features = nn.Sequential(*[_conv_block(a, b) for a, b in zip(widths, widths[1:])])
+        pools = [True] * (len(widths) - 2) + [pool_last]
+        self.features = nn.Sequential(*[_conv_block(a, b, pool) for a, b, pool in zip(widths, widths[1:], pools)])
         self.feature_dim = widths[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean(dim=(2, 3))
 
 
+def _check_pool_last(pool_last) -> None:
+    """``pool_last`` must be a bool. Why it exists: a 28 px input reaches the last block as 3x3
+    (28 -> 14 -> 7 -> 3), and a 2x2 max-pool with stride 2 keeps only its top-left 2x2, so five of
+    the nine cells never reach the vector; without that pool the global average sees all nine."""
+    if not isinstance(pool_last, bool):
+        raise InvalidInputError(f"pool_last must be true or false, got {pool_last!r}")
+
+
 class _ResidualBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, pool: bool = True):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
         )
         self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
-        self.out = nn.Sequential(nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.out = nn.Sequential(nn.ReLU(inplace=True), *([nn.MaxPool2d(2)] if pool else []))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x) + self.skip(x))
 
 
 class ResNetSmall(nn.Module):
-    """A small residual net: a stem conv, then residual stages that halve the size, then GAP."""
+    """A small residual net: a stem conv, then residual stages that halve the size, then GAP.
+    ``pool_last=False``: the last stage keeps its size (see :func:`_check_pool_last`)."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 1):
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 1, pool_last: bool = True):
         super().__init__()
+        _check_pool_last(pool_last)
         widths = tuple(int(w) for w in widths)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
         )
-        stages = [_ResidualBlock(a, b) for a, b in zip((widths[0],) + widths[:-1], widths)]
+        pools = [True] * (len(widths) - 1) + [pool_last]
+        stages = [_ResidualBlock(a, b, pool) for a, b, pool in zip((widths[0],) + widths[:-1], widths, pools)]
         self.stages = nn.Sequential(*stages)
         self.feature_dim = widths[-1]
 
@@ -123,7 +137,8 @@ class KochNet(nn.Module):
         return self.dense(self.features(x))
 
 
-register_backbone("conv4")(lambda channels=64, in_channels=1, widths=None: ConvNet(channels, 4, in_channels, widths))
+register_backbone("conv4")(lambda channels=64, in_channels=1, widths=None, pool_last=True:
+                           ConvNet(channels, 4, in_channels, widths, pool_last))
 register_backbone("conv")(ConvNet)
 register_backbone("resnet-small")(ResNetSmall)
 register_backbone("koch")(KochNet)

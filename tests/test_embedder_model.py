@@ -208,3 +208,39 @@ def test_siamese_ranking_differs_from_unweighted_l1():
         plain = torch.argsort((e_q[q] - e_g).abs().sum(1))
         differs += int(not torch.equal(weighted, plain))
     assert differs > 0
+
+
+def _last_map(backbone, images):
+    """The last block's map before any pooling: (N, C, 3, 3) for a 28 px input."""
+    if hasattr(backbone, "features"):
+        *early, last = backbone.features
+        x = torch.nn.Sequential(*early)(images)
+        return last[2](last[1](last[0](x)))
+    *early, last = backbone.stages
+    x = torch.nn.Sequential(*early)(backbone.stem(images))
+    return last.out[0](last.body(x) + last.skip(x))
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet-small"])
+def test_pool_last_false_averages_the_whole_last_map(name, tmp_path):
+    from oneshot.embedder.artifact import load_model, save_model
+
+    torch.manual_seed(0)
+    images = torch.rand(3, 1, 28, 28)
+    pooled = create_backbone(name, widths=[4, 4, 8, 16]).eval()
+    whole = create_backbone(name, widths=[4, 4, 8, 16], pool_last=False).eval()
+    whole.load_state_dict(pooled.state_dict())  # same parameters: a model file of either kind loads into both
+    with torch.no_grad():
+        last = _last_map(pooled, images)
+        assert last.shape == (3, 16, 3, 3)
+        # the 2x2 max-pool keeps the top-left 2x2 of the 3x3 map; without it every cell counts
+        assert torch.allclose(pooled(images), last[:, :, :2, :2].amax(dim=(2, 3)))
+        assert torch.allclose(whole(images), last.mean(dim=(2, 3)))
+    model = Embedder(name, dim=6, recipe=Recipe(size=28), backbone_options={"widths": [4, 4, 8, 16], "pool_last": False})
+    save_model(model.eval(), tmp_path / "m.safetensors")
+    again = load_model(tmp_path / "m.safetensors")
+    assert again.backbone_options["pool_last"] is False
+    with torch.no_grad():
+        assert torch.equal(model(images), again(images))
+    with pytest.raises(ValueError, match="pool_last"):
+        create_backbone(name, widths=[4, 4, 8, 16], pool_last="no")
