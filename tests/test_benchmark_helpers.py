@@ -1,5 +1,6 @@
 """Helpers of issue 19's benchmarks: greedy ensemble selection (``benchmarks.ensemble_selection``) and
-test-time centring (``benchmarks.centring``), and what they record of each model."""
+test-time centring (``benchmarks.centring``), per-alphabet accuracy (``benchmarks.per_alphabet``), and what
+they record of each model."""
 from __future__ import annotations
 
 import numpy as np
@@ -72,3 +73,29 @@ def test_train_step_speed_times_both_precisions_of_a_configs_real_training_step(
     assert row["best_step_seconds"]["bf16"] == min(row["step_seconds"]["bf16"])
     assert row["bf16_speed_up"] == round(row["best_step_seconds"]["fp32"] / row["best_step_seconds"]["bf16"], 2)
     assert json.loads((tmp_path / "r.json").read_text()) == result
+
+
+def test_accuracy_by_group_scores_each_group_on_its_own_classes():
+    import pandas as pd
+
+    from benchmarks.per_alphabet import accuracy_by_group
+
+    rng = np.random.default_rng(0)
+    # "clear": 20 classes, 3 drawings each, near their own class direction; "noise": 20 classes of
+    # random vectors; "small": 5 classes, too few for 20-way episodes, so left out.
+    rows, vectors = [], []
+    for group, classes in (("clear", 20), ("noise", 20), ("small", 5)):
+        centres = rng.normal(size=(classes, 16))
+        for c in range(classes):
+            for _ in range(3):
+                rows.append({"label": f"{group}{c}", "group": group})
+                vectors.append(centres[c] + 0.05 * rng.normal(size=16) if group != "noise" else rng.normal(size=16))
+    table = pd.DataFrame(rows)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    found = accuracy_by_group(vectors, table, n_way=20, episodes=50, seed=0)
+    assert set(found) == {"clear", "noise"}
+    assert found["clear"]["accuracy"] == 1.0 and found["clear"]["classes"] == 20
+    assert found["noise"]["accuracy"] < 0.2  # chance is 1 in 20
+    again = accuracy_by_group(vectors, table, n_way=20, episodes=50, seed=0)
+    assert again == found  # seeded
