@@ -66,10 +66,17 @@ class EpisodeSampler:
     from its own group, as in a within-alphabet test, when no group has N classes. With
     ``small_groups`` the groups with fewer than ``g`` classes are drawn too, as smaller blocks of
     all their classes: groups come in random order, each giving up to ``g`` classes, until N.
+    With ``look_alikes = h`` and a table of each class's nearest classes in ``self.neighbours``
+    ((C, >= h - 1), see :mod:`oneshot.embedder.look_alikes`; None until the trainer sets it), ``h``
+    of the N classes are one class drawn at random and its ``h - 1`` nearest, the rest drawn as above.
     """
 
     def __init__(self, labels, groups=None, n_way: int = 20, k_shot: int = 1, n_query: int = 5,
-                 within_group: bool = True, seed: int = 0, classes_per_group: int = 0, small_groups: bool = False):
+                 within_group: bool = True, seed: int = 0, classes_per_group: int = 0, small_groups: bool = False,
+                 look_alikes: int = 0):
+        if not (look_alikes == 0 or 2 <= look_alikes < n_way):
+            raise InvalidInputError(f"look_alikes must be 0 (off) or in [2, n_way), got {look_alikes} with n_way={n_way}")
+        self.look_alikes, self.neighbours = look_alikes, None
         if n_way < 2 or k_shot < 1 or n_query < 1:
             raise InvalidInputError(f"need n_way >= 2, k_shot >= 1, n_query >= 1; got {n_way}, {k_shot}, {n_query}")
         if classes_per_group < 0 or (classes_per_group and within_group):
@@ -110,7 +117,15 @@ class EpisodeSampler:
             classes = self._blocks(rng)
         else:
             classes = rng.choice(np.arange(len(self.index)), self.n_way, replace=False)
+        if self.look_alikes and self.neighbours is not None:
+            classes = self._with_look_alikes(rng, classes)
         return np.concatenate([rng.choice(self.index.rows[c], self.per_class, replace=False) for c in classes])
+
+    def _with_look_alikes(self, rng: np.random.Generator, classes: np.ndarray) -> np.ndarray:
+        anchor = int(rng.integers(len(self.index)))
+        block = np.concatenate([[anchor], self.neighbours[anchor, :self.look_alikes - 1]])
+        rest = classes[~np.isin(classes, block)][:self.n_way - len(block)]
+        return np.concatenate([rest, block])
 
     def _blocks(self, rng: np.random.Generator) -> np.ndarray:
         chosen = rng.choice(len(self.groups), len(self.block_sizes), replace=False)

@@ -7,6 +7,8 @@ and the step); curves are written as CSV and PNG. With ``ema_decay`` the model v
 is an exponential moving average of the weights (and BatchNorm statistics), via
 ``torch.optim.swa_utils.AveragedModel``; the history then also shows the raw weights' score.
 With ``teachers`` (model files) a prototypical run is distilled: see :mod:`oneshot.embedder.distill`.
+With ``look_alike_classes`` a block of each batch is a class and its nearest classes under the
+current weights (hard-class mining): see :mod:`oneshot.embedder.look_alikes`.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.distill import distillation_loss, teacher_vectors
 from oneshot.embedder.encode import default_device
 from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
+from oneshot.embedder.look_alikes import model_embedder, nearest_classes, representative_rows
 from oneshot.embedder.losses import (
     ContrastiveLoss,
     NormalizedSoftmaxLoss,
@@ -49,7 +52,8 @@ OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax"
 PAIR_OBJECTIVES = ("siamese", "contrastive")
 PRECISIONS = ("fp32", "bf16")
 _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "classes_per_group",
-                    "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed")
+                    "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed",
+                    "look_alike_classes", "look_alike_every")
 _BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations", "reflections",
                     "small_groups")
 
@@ -77,6 +81,8 @@ class TrainConfig:
     within_group: bool = False
     classes_per_group: int = 0
     small_groups: bool = False
+    look_alike_classes: int = 0
+    look_alike_every: int = 500
     pairs: int = 128
     same_group_negatives: bool = True
     rotations: bool = True
@@ -124,7 +130,13 @@ class TrainConfig:
                                     f"off, got {self.classes_per_group!r}")
         if self.small_groups and not self.classes_per_group:
             raise InvalidInputError("training option small_groups needs classes_per_group (blocks) to be on")
+        if self.look_alike_classes and not 2 <= self.look_alike_classes < self.classes_per_batch:
+            raise InvalidInputError(f"training option look_alike_classes must be 0 (off) or in [2, classes_per_batch), "
+                                    f"got {self.look_alike_classes!r}")
+        if self.look_alike_every < 1:
+            raise InvalidInputError(f"training option look_alike_every must be positive, got {self.look_alike_every!r}")
         for option, used in (("every_support", self.every_support), ("classes_per_group", self.classes_per_group),
+                             ("look_alike_classes", self.look_alike_classes),
                              ("distillation from teachers", self.teachers)):
             if used and self.objective != "prototypical":
                 raise InvalidInputError(f"{option} needs the prototypical objective, not {self.objective!r}")
@@ -172,7 +184,7 @@ def build_sampler(config: TrainConfig, labels: np.ndarray, groups: np.ndarray):
     if config.objective == "prototypical":
         return EpisodeSampler(labels, groups, config.classes_per_batch, config.k_shot,
                               config.items_per_class - config.k_shot, config.within_group, config.seed,
-                              config.classes_per_group, config.small_groups)
+                              config.classes_per_group, config.small_groups, config.look_alike_classes)
     return PKSampler(labels, config.classes_per_batch, config.items_per_class, config.seed)
 
 
@@ -410,10 +422,23 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         info["val_noise"] = noise
         info["start_accuracy"] = accuracy
         save_best(accuracy)
+    if config.look_alike_classes:
+        embed_now = model_embedder(model, device, memory_format, config.precision)
+        representatives = representative_rows(sampler.index.rows)
+        if state.get("look_alikes") is not None:  # the table of the last refresh, as the killed run had it
+            sampler.neighbours = state["look_alikes"].cpu().numpy()
     model.train()
     running = state.setdefault("running", [])  # losses since the last validation, kept across resumes
     while state["step"] < config.steps and not state.get("stopped"):
         step = state["step"]
+        if config.look_alike_classes and step and step % config.look_alike_every == 0 \
+                and state.get("look_alikes_step") != step:
+            clock = time.perf_counter()
+            table = nearest_classes(embed_now, train_set, representatives, config.look_alike_classes - 1)
+            log.info("step %d: look-alike classes of %d classes in %.1f s", step, len(table),
+                     time.perf_counter() - clock)
+            state["look_alikes"], state["look_alikes_step"] = torch.from_numpy(table), step
+            sampler.neighbours = table
         rows = sampler.batch(step)
         images = train_set.fetch(rows)
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)

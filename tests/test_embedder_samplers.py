@@ -129,6 +129,29 @@ def test_episode_without_blocks_draws_as_before():
         assert np.array_equal(sampler.batch(step), expected)
 
 
+def test_episode_look_alike_block_joins_the_usual_draw():
+    # 8-way in blocks of 3; with a table, 4 classes are a random class and its 3 nearest
+    options = dict(n_way=8, k_shot=1, n_query=1, within_group=False, classes_per_group=3, seed=0)
+    usual = EpisodeSampler(LABELS, GROUPS, **options)
+    sampler = EpisodeSampler(LABELS, GROUPS, **options, look_alikes=4)
+    assert np.array_equal(sampler.batch(5), usual.batch(5))  # no table yet: the usual draw
+    table = np.array([[(c + j) % 18 for j in (1, 2, 3, 4, 5)] for c in range(18)])  # c's nearest: c+1, c+2, ...
+    sampler.neighbours = table
+    for step in range(30):
+        classes = LABELS[sampler.batch(step)].reshape(8, 2)
+        assert (classes == classes[:, :1]).all()
+        classes = classes[:, 0]
+        assert len(set(classes.tolist())) == 8
+        anchor = classes[4]
+        assert classes[4:].tolist() == [anchor, (anchor + 1) % 18, (anchor + 2) % 18, (anchor + 3) % 18]
+        usual_classes = LABELS[usual.batch(step)].reshape(8, 2)[:, 0]
+        kept = [c for c in usual_classes if c not in classes[4:]][:4]
+        assert classes[:4].tolist() == kept  # the rest: the usual draw, in its order
+    assert np.array_equal(sampler.batch(3), sampler.batch(3))
+    with pytest.raises(ValueError, match="look_alikes must be 0"):
+        EpisodeSampler(LABELS, GROUPS, **{**options, "look_alikes": 8})
+
+
 def test_episode_blocks_skip_small_groups(caplog):
     # group 9 has two classes: blocks of 3 never come from it, and blocks of 6 need more groups than exist
     labels = np.concatenate([LABELS, np.repeat([100, 101], 4)])

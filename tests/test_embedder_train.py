@@ -79,18 +79,20 @@ def _final_state(out_dir):
     return torch.load(out_dir / "checkpoint.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("checkpoint_every,kill_at,resume_from,ema_decay,distilled",
-                         [(6, 8, 6, 0.0, False), (4, 7, 4, 0.0, False), (4, 7, 4, 0.9, False), (4, 7, 4, 0.0, True)])
+@pytest.mark.parametrize("checkpoint_every,kill_at,resume_from,ema_decay,distilled,look_alikes",
+                         [(6, 8, 6, 0.0, False, 0), (4, 7, 4, 0.0, False, 0), (4, 7, 4, 0.9, False, 0),
+                          (4, 7, 4, 0.0, True, 0), (4, 7, 4, 0.0, False, 4)])
 def test_exact_resume_after_a_kill(data, tmp_path, monkeypatch, checkpoint_every, kill_at, resume_from, ema_decay,
-                                   distilled):
+                                   distilled, look_alikes):
     # checkpoint_every=4 with val_every=6: the kill lands after a validation the checkpoint has not seen,
-    # and the resumed run restarts in the middle of a validation interval
+    # and the resumed run restarts in the middle of a validation interval; with look-alike classes
+    # refreshed every 3 steps, the resumed run reads step 3's table from the checkpoint
     teachers = []
     if distilled:  # the teachers' targets are computed again on resume
         teachers = [str(tmp_path / "teacher.safetensors")]
         save_model(build_model(_config(dim=12)), teachers[0], {})
     config = _config(steps=12, val_every=6, checkpoint_every=checkpoint_every, warmup_steps=3, ema_decay=ema_decay,
-                     teachers=teachers)
+                     teachers=teachers, look_alike_classes=look_alikes, look_alike_every=3)
     full = _run(config, data, tmp_path / "full")
 
     # the same run killed during step `kill_at` (1-based), after the last checkpoint ...
@@ -253,6 +255,31 @@ def test_classes_per_group_run_is_reproducible_and_recorded(data, tmp_path):
     assert read_model_config(with_small.model_path)["info"]["train_config"]["small_groups"] is True
 
 
+def test_look_alike_classes_come_from_the_current_weights_and_are_recorded(data, tmp_path, monkeypatch):
+    tables = []
+    real = train_module.nearest_classes
+
+    def recorded(*args, **kwargs):
+        tables.append(real(*args, **kwargs))
+        return tables[-1]
+
+    monkeypatch.setattr(train_module, "nearest_classes", recorded)
+    options = dict(steps=8, val_every=4, checkpoint_every=4, warmup_steps=1)
+    first = _run(_config(**options, look_alike_classes=4, look_alike_every=3), data, tmp_path / "a")
+    assert len(tables) == 2 and all(t.shape == (40, 3) for t in tables)  # refreshed at steps 3 and 6
+    assert not np.array_equal(tables[0], tables[1])  # the weights moved between the refreshes
+    for table in tables:
+        assert not (table == np.arange(40)[:, None]).any()  # a class is never its own look-alike
+    again = _run(_config(**options, look_alike_classes=4, look_alike_every=3), data, tmp_path / "b")
+    plain = _run(_config(**options), data, tmp_path / "c")
+    assert np.array_equal(tables[0], tables[2]) and np.array_equal(tables[1], tables[3])
+    assert first.model.fingerprint == again.model.fingerprint != plain.model.fingerprint
+    assert read_model_config(first.model_path)["info"]["train_config"]["look_alike_classes"] == 4
+    checkpoint = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["state"]["look_alikes_step"] == 6
+    assert np.array_equal(checkpoint["state"]["look_alikes"].numpy(), tables[1])
+
+
 def test_without_validation_keeps_the_last_model(data, tmp_path):
     config = _config(steps=4, val_every=2, checkpoint_every=2, warmup_steps=1)
     result = train(config, data[0], None, tmp_path, device="cpu", show_progress=False)
@@ -301,6 +328,15 @@ def test_config_checks():
         TrainConfig(small_groups=True)
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
         TrainConfig(precision="fp16")
+    for bad in (1, 60, -2):
+        with pytest.raises(ValueError, match="look_alike_classes must be 0 .off. or in .2, classes_per_batch."):
+            TrainConfig(look_alike_classes=bad)
+    with pytest.raises(ValueError, match="look_alike_classes needs the prototypical objective"):
+        TrainConfig(objective="triplet", look_alike_classes=20)
+    with pytest.raises(ValueError, match="look_alike_every must be positive"):
+        TrainConfig(look_alike_classes=20, look_alike_every=0)
+    with pytest.raises(ValueError, match="look_alike_every must be an integer"):
+        TrainConfig(look_alike_every=2.5)
     config = _config()
     assert TrainConfig.from_dict(config.to_dict()) == config
 
