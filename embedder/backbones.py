@@ -51,12 +51,14 @@ class ConvNet(nn.Module):
     block, or ``widths`` (one per block, e.g. ``(64, 64, 128, 256)``: the late blocks work on small
     maps, so widening them adds features for little compute). ``pool_last=False``: the last block
     has no max-pool, so the global average sees its whole map (see :func:`_check_pool_last`).
+    ``grid=g``: the last map is averaged onto a g x g grid and flattened (see :func:`pool_to_grid`).
     """
 
     def __init__(self, channels: int = 64, blocks: int = 4, in_channels: int = 1,
-                 widths: Sequence[int] | None = None, pool_last: bool = True):
+                 widths: Sequence[int] | None = None, pool_last: bool = True, grid: int = 1):
         super().__init__()
         _check_pool_last(pool_last)
+        self.grid = _checked_grid(grid)
         if widths is not None:
             if isinstance(widths, (str, bytes)) or len(widths) != blocks or \
                     not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
@@ -66,10 +68,26 @@ class ConvNet(nn.Module):
         widths = [in_channels] + (list(widths) if widths is not None else [channels] * blocks)
         pools = [True] * (len(widths) - 2) + [pool_last]
         self.features = nn.Sequential(*[_conv_block(a, b, pool) for a, b, pool in zip(widths, widths[1:], pools)])
-        self.feature_dim = widths[-1]
+        self.feature_dim = widths[-1] * self.grid ** 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))
+        return pool_to_grid(self.features(x), self.grid)
+
+
+def pool_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
+    """maps (N, C, H, W) -> features (N, C * grid * grid): the average over each cell of a
+    ``grid`` x ``grid`` partition of the map, flattened channel-major. ``grid=1`` is the global
+    average; with ``grid`` equal to the map's size (3 for a 28 px input without the last pool) every
+    cell keeps its place, so the vector knows where a stroke is, not only that it is there."""
+    if grid == 1:
+        return maps.mean(dim=(2, 3))
+    return nn.functional.adaptive_avg_pool2d(maps, grid).flatten(1)
+
+
+def _checked_grid(grid) -> int:
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise InvalidInputError(f"grid must be a positive integer (1: global average), got {grid!r}")
+    return grid
 
 
 def _check_pool_last(pool_last) -> None:
@@ -96,11 +114,14 @@ class _ResidualBlock(nn.Module):
 
 class ResNetSmall(nn.Module):
     """A small residual net: a stem conv, then residual stages that halve the size, then GAP.
-    ``pool_last=False``: the last stage keeps its size (see :func:`_check_pool_last`)."""
+    ``pool_last=False``: the last stage keeps its size (see :func:`_check_pool_last`); ``grid`` as
+    in :class:`ConvNet`."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 1, pool_last: bool = True):
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 1, pool_last: bool = True,
+                 grid: int = 1):
         super().__init__()
         _check_pool_last(pool_last)
+        self.grid = _checked_grid(grid)
         widths = tuple(int(w) for w in widths)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
@@ -108,10 +129,10 @@ class ResNetSmall(nn.Module):
         pools = [True] * (len(widths) - 1) + [pool_last]
         stages = [_ResidualBlock(a, b, pool) for a, b, pool in zip((widths[0],) + widths[:-1], widths, pools)]
         self.stages = nn.Sequential(*stages)
-        self.feature_dim = widths[-1]
+        self.feature_dim = widths[-1] * self.grid ** 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x)).mean(dim=(2, 3))
+        return pool_to_grid(self.stages(self.stem(x)), self.grid)
 
 
 class KochNet(nn.Module):
@@ -137,8 +158,8 @@ class KochNet(nn.Module):
         return self.dense(self.features(x))
 
 
-register_backbone("conv4")(lambda channels=64, in_channels=1, widths=None, pool_last=True:
-                           ConvNet(channels, 4, in_channels, widths, pool_last))
+register_backbone("conv4")(lambda channels=64, in_channels=1, widths=None, pool_last=True, grid=1:
+                           ConvNet(channels, 4, in_channels, widths, pool_last, grid))
 register_backbone("conv")(ConvNet)
 register_backbone("resnet-small")(ResNetSmall)
 register_backbone("koch")(KochNet)

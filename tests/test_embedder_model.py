@@ -244,3 +244,37 @@ def test_pool_last_false_averages_the_whole_last_map(name, tmp_path):
         assert torch.equal(model(images), again(images))
     with pytest.raises(ValueError, match="pool_last"):
         create_backbone(name, widths=[4, 4, 8, 16], pool_last="no")
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet-small"])
+def test_grid_keeps_each_cell_of_the_last_map_in_place(name, tmp_path):
+    from oneshot.embedder.artifact import load_model, save_model
+    from oneshot.embedder.inference import InferenceModel
+
+    torch.manual_seed(0)
+    images = torch.rand(3, 1, 28, 28)
+    averaged = create_backbone(name, widths=[4, 4, 8, 16], pool_last=False).eval()
+    gridded = create_backbone(name, widths=[4, 4, 8, 16], pool_last=False, grid=3).eval()
+    gridded.load_state_dict(averaged.state_dict())  # the grid adds no parameters to the backbone
+    assert (averaged.feature_dim, gridded.feature_dim) == (16, 144)
+    with torch.no_grad():
+        last = _last_map(gridded, images)  # (3, 16, 3, 3): 3x3 cells, each kept as it is
+        assert torch.allclose(gridded(images), last.flatten(1))
+        assert torch.allclose(averaged(images), gridded(images).view(3, 16, 9).mean(dim=2), atol=1e-6)
+        two = create_backbone(name, widths=[4, 4, 8, 16], pool_last=False, grid=2).eval()
+        two.load_state_dict(averaged.state_dict())
+        # a 2x2 grid over a 3x3 map: overlapping cells, the top-left one the mean of the top-left 2x2
+        assert torch.allclose(two(images).view(3, 16, 4)[:, :, 0], last[:, :, :2, :2].mean(dim=(2, 3)), atol=1e-6)
+    model = Embedder(name, dim=6, recipe=Recipe(size=28),
+                     backbone_options={"widths": [4, 4, 8, 16], "pool_last": False, "grid": 3})
+    save_model(model.eval(), tmp_path / "m.safetensors")
+    again = load_model(tmp_path / "m.safetensors")
+    assert again.backbone_options["grid"] == 3
+    with torch.no_grad():
+        assert torch.equal(model(images), again(images))
+        # the fast inference copy (batch norm folded, channels_last) flattens in the same order
+        fast = InferenceModel(again)(images.numpy())
+        assert torch.allclose(torch.from_numpy(fast), model(images), atol=1e-5)
+    for bad in (0, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="grid must be a positive integer"):
+            create_backbone(name, widths=[4, 4, 8, 16], grid=bad)
