@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from oneshot.embedder.dataset import LabelledImages
-from oneshot.embedder.model import Embedder
 
 
 def representative_rows(class_rows: list[np.ndarray]) -> np.ndarray:
@@ -45,17 +44,3 @@ def nearest_classes(embed, train_set: LabelledImages, representatives: np.ndarra
         table[c] = others[:k]
     return table
 
-
-def model_embedder(model: Embedder, device: torch.device, memory_format: torch.memory_format, precision: str):
-    """images -> vectors under ``model`` in inference mode (batch-norm running statistics), restoring
-    its training mode afterwards."""
-    from oneshot.embedder.train import embed_batch  # the training loop's own forward, bf16 included
-
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        try:
-            return embed_batch(model, images.to(device).contiguous(memory_format=memory_format), precision)
-        finally:
-            model.train(was_training)
-    return embed

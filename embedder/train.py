@@ -34,7 +34,7 @@ from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.distill import distillation_loss, teacher_vectors
 from oneshot.embedder.encode import default_device
 from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
-from oneshot.embedder.look_alikes import model_embedder, nearest_classes, representative_rows
+from oneshot.embedder.look_alikes import nearest_classes, representative_rows
 from oneshot.embedder.losses import (
     ContrastiveLoss,
     NormalizedSoftmaxLoss,
@@ -208,6 +208,19 @@ def embed_batch(model: Embedder, images: torch.Tensor, precision: str) -> torch.
     with torch.autocast(images.device.type, dtype=torch.bfloat16):
         features = model.backbone(images)
     return model.head(features.float())
+
+
+def inference_embedder(model: Embedder, device: torch.device, memory_format: torch.memory_format, precision: str):
+    """images -> vectors under ``model`` in inference mode (batch-norm running statistics), as
+    :func:`embed_batch` computes them, restoring the model's training mode afterwards."""
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            return embed_batch(model, images.to(device).contiguous(memory_format=memory_format), precision)
+        finally:
+            model.train(was_training)
+    return embed
 
 
 def cycle_ends(config: TrainConfig) -> list[int]:
@@ -423,7 +436,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         info["start_accuracy"] = accuracy
         save_best(accuracy)
     if config.look_alike_classes:
-        embed_now = model_embedder(model, device, memory_format, config.precision)
+        embed_now = inference_embedder(model, device, memory_format, config.precision)
         representatives = representative_rows(sampler.index.rows)
         if state.get("look_alikes") is not None:  # the table of the last refresh, as the killed run had it
             sampler.neighbours = state["look_alikes"].cpu().numpy()
