@@ -368,6 +368,7 @@ def main(argv=None) -> dict:
         args.work = scratch
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
+    load_before = os.getloadavg()
     try:
         for name in chosen:
             print(f"[{name}]", flush=True)
@@ -379,7 +380,7 @@ def main(argv=None) -> dict:
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-    results["machine"] = {"cpus": os.cpu_count(), "load_average": os.getloadavg(),
+    results["machine"] = {"cpus": os.cpu_count(), "load_average": load_before,
                           "note": "load_average is read before the run: compare figures only across runs on the same, equally loaded machine"}
     write_result(results, out)
     print_table(results)
