@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from oneshot.embedder.dataset import LabelledImages
+from oneshot.errors import InvalidInputError
 
 
 def representative_rows(class_rows: list[np.ndarray]) -> np.ndarray:
@@ -28,7 +29,7 @@ def nearest_classes(embed, train_set: LabelledImages, representatives: np.ndarra
         representatives: (C,) one virtual row of ``train_set`` per class.
     """
     if not 1 <= k < len(representatives):
-        raise ValueError(f"need 1 <= k < {len(representatives)} classes, got k={k}")
+        raise InvalidInputError(f"need 1 <= k < {len(representatives)} classes, got k={k}")
     with torch.no_grad():
         vectors = np.concatenate([embed(train_set.fetch(representatives[start:start + batch_size])).float().cpu().numpy()
                                   for start in range(0, len(representatives), batch_size)])
@@ -43,4 +44,3 @@ def nearest_classes(embed, train_set: LabelledImages, representatives: np.ndarra
         others = row[(row != own[c]) & (row >= 0)]
         table[c] = others[:k]
     return table
-
