@@ -35,12 +35,8 @@ def nearest_classes(embed, train_set: LabelledImages, representatives: np.ndarra
                                   for start in range(0, len(representatives), batch_size)])
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     faiss.normalize_L2(vectors)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    _, found = index.search(vectors, k + 1)
-    own = np.arange(len(vectors))[:, None]
-    table = np.empty((len(vectors), k), dtype=np.int64)
-    for c, row in enumerate(found):  # drop the class itself (not always first when two images coincide)
-        others = row[(row != own[c]) & (row >= 0)]
-        table[c] = others[:k]
-    return table
+    _, found = faiss.knn(vectors, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    # drop the class itself (not always first when two images coincide), else the (k+1)-th
+    keep = found != np.arange(len(found))[:, None]
+    keep &= np.cumsum(keep, axis=1) <= k
+    return found[keep].reshape(len(found), k).astype(np.int64)

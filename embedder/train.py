@@ -444,8 +444,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     running = state.setdefault("running", [])  # losses since the last validation, kept across resumes
     while state["step"] < config.steps and not state.get("stopped"):
         step = state["step"]
-        if config.look_alike_classes and step and step % config.look_alike_every == 0 \
-                and state.get("look_alikes_step") != step:
+        if config.look_alike_classes and step and step % config.look_alike_every == 0:
             clock = time.perf_counter()
             table = nearest_classes(embed_now, train_set, representatives, config.look_alike_classes - 1)
             log.info("step %d: look-alike classes of %d classes in %.1f s", step, len(table),
