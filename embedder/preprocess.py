@@ -22,6 +22,7 @@ their defaults, so handwriting models (and their fingerprints) read exactly as b
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
@@ -118,20 +119,22 @@ class Recipe:
 
     def ink(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W) or (H, W, 3) -> float32 (H, W) in [0, 1], ink bright on black."""
+        grey = self._grey(image)
+        return ink_levels(grey, self.threshold, self._inverts(grey))
+
+    def _grey(self, image: np.ndarray) -> np.ndarray:
         if image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if image.ndim != 2 or image.size == 0:
             raise InvalidInputError(f"expected an image (H, W) or (H, W, 3), got shape {image.shape}")
-        gray = image.astype(np.float32) / 255.0
-        invert = self.invert
-        if invert == "auto":
-            invert = float(np.median(border_pixels(gray))) > 0.5
-        if self.threshold is not None:
-            level = self.threshold / 255.0
-            gray = (gray >= level if not invert else gray < level).astype(np.float32)
-        elif invert:
-            gray = 1.0 - gray
-        return gray
+        return image
+
+    def _inverts(self, grey: np.ndarray) -> bool:
+        """Whether the ink is dark on light paper: ``invert``, or with ``"auto"`` whether the median
+        border level, read as grey levels / 255 in float32, is above 0.5."""
+        if self.invert != "auto":
+            return bool(self.invert)
+        return paper_level(grey) > 0.5
 
     def photo(self, image: np.ndarray) -> np.ndarray:
         """A photo: uint8 (H, W) or (H, W, 3) BGR -> float32 (channels, height, width), normalised."""
@@ -175,12 +178,13 @@ class Recipe:
             return self.photo(image)
         if self.kind == "face":
             return self.face(image)[0]
-        ink = self.ink(image)
-        if self.crop_to_ink:
-            rows = np.flatnonzero(ink.max(axis=1) > 0.2)
-            cols = np.flatnonzero(ink.max(axis=0) > 0.2)
-            if rows.size and cols.size:
-                ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        grey = self._grey(image)
+        invert = self._inverts(grey)
+        if self.crop_to_ink:  # the ink's bounding box found on the grey levels, the crop alone turned to ink
+            x, y, w, h = cv2.boundingRect(ink_mask(grey, self.threshold, invert))
+            if w and h:
+                grey = grey[y : y + h, x : x + w]
+        ink = ink_levels(grey, self.threshold, invert)
         out_h, out_w = self.shape
         border = 2 * int(round(self.margin * min(out_h, out_w))) if self.crop_to_ink else 0
         height, width = ink.shape
@@ -192,7 +196,7 @@ class Recipe:
         canvas = np.zeros((out_h, out_w), dtype=np.float32)
         top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
         canvas[top : top + new_h, left : left + new_w] = resized
-        return np.clip(canvas, 0.0, 1.0)
+        return np.clip(canvas, 0.0, 1.0, out=canvas)
 
     def batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Preprocess many images: -> float32 (N, channels, height, width), C-contiguous."""
@@ -251,6 +255,59 @@ class Prepared:
     reasons: dict
     notes: dict
     face: np.ndarray | None = None
+
+
+def ink_levels(grey: np.ndarray, threshold: int | None, invert: bool) -> np.ndarray:
+    """uint8 grey levels (any shape) -> float32 ink in [0, 1]: binarised at ``threshold`` or scaled
+    to [0, 1], then inverted when ``invert`` (ink bright on black)."""
+    levels = grey.astype(np.float32) / 255.0
+    if threshold is not None:
+        cut = threshold / 255.0
+        return (levels >= cut if not invert else levels < cut).astype(np.float32)
+    return 1.0 - levels if invert else levels
+
+
+INK_LEVEL = 0.2  # ink above this counts towards the crop's bounding box
+
+
+@functools.cache
+def _ink_cut(threshold: int | None, invert: bool) -> tuple[str, int]:
+    """Which grey levels :func:`ink_levels` maps above :data:`INK_LEVEL`, as ``("below", c)``
+    (levels < c) or ``("from", c)`` (levels >= c); the mapping is monotone, so one cut says it."""
+    inked = np.flatnonzero(ink_levels(np.arange(256, dtype=np.uint8), threshold, invert) > INK_LEVEL)
+    if inked.size == 0:
+        return "below", 0
+    if inked[0] == 0 and inked.size == inked[-1] + 1:
+        return "below", int(inked[-1]) + 1
+    if inked[-1] == 255 and inked.size == 256 - inked[0]:
+        return "from", int(inked[0])
+    raise AssertionError(f"ink levels not monotone for threshold={threshold}, invert={invert}")  # pragma: no cover
+
+
+def ink_mask(grey: np.ndarray, threshold: int | None, invert: bool) -> np.ndarray:
+    """uint8 (H, W) grey levels -> uint8 (H, W), 1 where the ink is above :data:`INK_LEVEL`, found
+    on the grey levels themselves (no float image is made; other dtypes take the float route)."""
+    if grey.dtype != np.uint8:
+        return (ink_levels(grey, threshold, invert) > INK_LEVEL).view(np.uint8)
+    side, cut = _ink_cut(threshold, invert)
+    mask = grey < cut if side == "below" else grey >= cut
+    return mask.view(np.uint8)
+
+
+_GREY_LEVELS = np.arange(256, dtype=np.uint8).astype(np.float32) / 255.0
+
+
+def paper_level(grey: np.ndarray) -> float:
+    """The median of a uint8 (H, W) image's border, in grey levels / 255: the value ``np.median``
+    gives on the border made float32 (the middle two levels' float32 mean), without converting
+    the image."""
+    if grey.dtype != np.uint8:
+        return float(np.median(border_pixels(grey.astype(np.float32) / 255.0)))
+    border = np.sort(border_pixels(grey))
+    middle = border.size // 2
+    if border.size % 2:
+        return float(_GREY_LEVELS[border[middle]])
+    return float((_GREY_LEVELS[border[middle - 1]] + _GREY_LEVELS[border[middle]]) / 2)
 
 
 def border_pixels(image: np.ndarray) -> np.ndarray:
