@@ -95,6 +95,7 @@ class InferenceModel:
 
     Attributes:
         mode: the mode actually in use after fallbacks.
+        requested_mode: the mode asked for (``"auto"`` resolves to ``"script"`` or ``"eager"``).
         batch_size: the batch size chosen for this machine (:func:`choose_batch_size`).
     """
 
@@ -112,6 +113,7 @@ class InferenceModel:
         if self._channels_last:
             net = net.to(memory_format=torch.channels_last)
         self._eager = net
+        self.requested_mode = mode
         self._net, self.mode = self._optimise(net, mode)
 
     def _example(self) -> torch.Tensor:

@@ -110,6 +110,33 @@ def test_embed_gives_the_local_store_and_resumes_after_a_crash(ray_session, tmp_
     np.testing.assert_allclose(read_embeddings(tmp_path / "ray").embeddings, a.embeddings, atol=1e-5)
 
 
+def test_the_pool_prepare_starts_is_the_one_the_job_uses(ray_session, tmp_path, gallery, tiny_model_path):
+    """prepare() (the CLI calls it while the job lists its source) keys the pool by the mode asked
+    for; the job must find that pool, not start a second one inside its first batch."""
+    local = embed_to_store(gallery, tmp_path / "local", tiny_model_path, batch_size=16)
+    engine = _engine()
+    try:
+        engine.prepare(tiny_model_path, wait=True)
+        prepared = engine._pool
+        started = []
+        original = RayEngine._encode_pool
+
+        def counting(self, key, model):
+            started.append(self._pool is None or self._pool.key != key)
+            return original(self, key, model)
+
+        RayEngine._encode_pool = counting
+        try:
+            embed_to_store(gallery, tmp_path / "ray", tiny_model_path, batch_size=16, executor=engine)
+        finally:
+            RayEngine._encode_pool = original
+        assert started == [False] and engine._pool is prepared
+    finally:
+        engine.close()
+    np.testing.assert_allclose(read_embeddings(tmp_path / "ray").embeddings,
+                               read_embeddings(tmp_path / "local").embeddings, atol=1e-5)
+
+
 def test_a_bad_image_fails_the_job_naming_it_or_is_skipped(tmp_path, gallery):
     plan = pd.DataFrame({"id": [5, 6], "path": ["a/1.png", "a/2.png"], "label": "a", "group": ""})
     done = pd.DataFrame({"id": [6, 5], "content_hash": ["", "h5"], "reason": ["a/2.png: cannot decode", ""],

@@ -296,7 +296,8 @@ class RayEngine:
         total = int(sum(len(rows) for rows in plan))
         if not total:
             return
-        pool = self._encode_pool((engine.fingerprint or f"unsaved-{id(engine)}", engine.mode),
+        # keyed by the mode the job asked for, as prepare() keys it: "auto" resolves to "script" here
+        pool = self._encode_pool((engine.fingerprint or f"unsaved-{id(engine)}", engine.requested_mode),
                                  lambda: _portable_copy(engine))
         decode = ray.remote(num_cpus=self.decode_cpus, max_retries=TASK_RETRIES)(decode_batch)
         source_box = SharedObject(ray.put(source))
