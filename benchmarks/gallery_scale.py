@@ -129,25 +129,30 @@ def decode_rate(source, count: int | None = None) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def bare_forward(source, model: str | None = None) -> dict:
+def bare_forward(source, model: str | None = None, precision: str = "float32") -> dict:
     """The bare forward pass of ``model`` (None: the shipped default) on the first images of
     ``source`` at the job's batch size: ``{"forward_img_per_s", "batch", "mode"}``."""
     from oneshot.embedder.artifact import load_model
     from oneshot.embedder.inference import InferenceModel
 
     loaded = load_model(model)
-    engine = InferenceModel(loaded)
+    engine = InferenceModel(loaded, precision=precision)
     batch = loaded.recipe.batch(source.read(list(source.table["path"][: engine.batch_size])))
     return {"forward_img_per_s": round(forward_rate(engine, batch), 1), "batch": len(batch), "mode": engine.mode}
 
 
-def ceilings(source_path: Path) -> dict:
+def ceilings(source_path: Path, precision: str = "float32") -> dict:
     """The same-run ceilings of an embed of ``source_path``: bare decode (one thread, this process)
     and the bare forward pass of the same model on a batch of the same images at the job's batch size."""
     from oneshot.data.source import open_source
 
     source = open_source(source_path)
-    return {"decode_img_per_s": round(decode_rate(source), 1), **bare_forward(source)}
+    return {"decode_img_per_s": round(decode_rate(source), 1), **bare_forward(source, precision=precision)}
+
+
+def precision_flags(args) -> list[str]:
+    """The jobs' ``--precision`` flag: none for float32 (the commands as they always ran)."""
+    return [] if args.precision == "float32" else ["--precision", "bf16"]
 
 
 def startup_seconds() -> float:
@@ -176,11 +181,12 @@ def section_encode(args) -> dict:
     work = Path(args.work)
     result = {"startup_seconds": startup_seconds(), "threads": torch.get_num_threads()}
     for name, source, count in (("omniglot_evaluation", OMNIGLOT_EVAL, 13180), ("mnist_train", MNIST_TRAIN, 60000)):
-        run = embed_process(source, work / f"{name}.parquet")
-        ceiling = ceilings(source)
+        run = embed_process(source, work / f"{name}.parquet", *precision_flags(args))
+        ceiling = ceilings(source, args.precision)
         img_per_s = count / run["seconds"]
         result[name] = {"images": count, "seconds": run["seconds"], "img_per_s": round(img_per_s, 1),
-                        "peak_rss_mb": run["peak_rss_mb"], "command": f"oneshot embed {source} --out OUT",
+                        "peak_rss_mb": run["peak_rss_mb"],
+                        "command": " ".join([f"oneshot embed {source} --out OUT", *precision_flags(args)]),
                         "ceiling": ceiling, **shares(img_per_s, result["startup_seconds"], count, ceiling)}
         print(f"  embed {name}: {img_per_s:.0f} img/s whole process ({run['seconds']:.1f} s); ceilings: decode "
               f"{ceiling['decode_img_per_s']:.0f}, forward {ceiling['forward_img_per_s']:.0f} img/s; share of "
@@ -204,19 +210,20 @@ def section_identify(args) -> dict:
     work = Path(args.work)
     store = work / "omniglot_evaluation.parquet"
     if not store.is_dir():
-        embed_process(OMNIGLOT_EVAL, store)
+        embed_process(OMNIGLOT_EVAL, store, *precision_flags(args))
     index = work / "omniglot_evaluation.faiss"
     timed_process(CLI + ["index", "build", str(store), "--out", str(index)])
     answers = work / "identify_answers"
     shutil.rmtree(answers, ignore_errors=True)
-    run = timed_process(CLI + ["identify", str(OMNIGLOT_EVAL), "--index", str(index), "--out", str(answers)])
+    run = timed_process(CLI + ["identify", str(OMNIGLOT_EVAL), "--index", str(index), "--out", str(answers),
+                               *precision_flags(args)])
     frame = pd.read_parquet(answers)
     vectors = read_embeddings(store).embeddings
     loaded = VectorIndex.load(index)
     started = time.perf_counter()
     loaded.search(vectors, 1)
     search_seconds = time.perf_counter() - started
-    ceiling = ceilings(OMNIGLOT_EVAL)
+    ceiling = ceilings(OMNIGLOT_EVAL, args.precision)
     startup = startup_seconds()
     n = len(frame)
     # decode and forward share the cores, so the ceiling adds their bare times (decode on every core)
@@ -227,7 +234,7 @@ def section_identify(args) -> dict:
             "ceiling": {**ceiling, "startup_seconds": startup, "search_seconds": round(search_seconds, 3),
                         "seconds": round(ceiling_seconds, 3)},
             "share_of_ceiling": round(ceiling_seconds / run["seconds"], 3),
-            "command": f"oneshot identify {OMNIGLOT_EVAL} --index INDEX --out OUT"}
+            "command": " ".join([f"oneshot identify {OMNIGLOT_EVAL} --index INDEX --out OUT", *precision_flags(args)])}
 
 
 def section_pairwise(args) -> dict:
@@ -357,6 +364,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", default=None, help="scratch folder for stores (default: a temporary folder)")
     parser.add_argument("--galleries", default="/tmp/oneshot_gallery_scale", help="where the MNIST PNG galleries go")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="the forward pass of the encode and identify jobs and their ceilings")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
@@ -380,6 +389,7 @@ def main(argv=None) -> dict:
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+    results["precision"] = args.precision
     results["machine"] = {"cpus": os.cpu_count(), "load_average": load_before,
                           "note": "load_average is read before the run: compare figures only across runs on the same, equally loaded machine"}
     write_result(results, out)

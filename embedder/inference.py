@@ -4,6 +4,13 @@ frozen TorchScript graph (or ``torch.compile``) where that pays off, with eager 
 ``InferenceModel(model)`` keeps the original model untouched and encodes preprocessed batches
 (B, 1, S, S) -> (B, D) with the same vectors as the eager model (cosine >= 0.9999; tested).
 The code is device-neutral: it runs on the model's device (CUDA when the caller moved it there).
+
+``precision="bfloat16"`` runs the eager model under ``torch.autocast`` in bfloat16 and returns
+float32 vectors (unit length again for cosine models), at cosine >= 0.9999 of the float32 ones.
+On a 2-core CPU with native bfloat16 (AVX512-BF16) the shipped default's forward pass ran 1.2-1.4x
+the images a second of the frozen float32 graph (9,400-10,700 against 7,600-8,000 img/s, mean
+over 3 s or 40 calls; single calls vary from 34 to 60 ms a batch of 512). On CPUs without native
+bfloat16 it is emulated and slower; a warning says so.
 """
 from __future__ import annotations
 
@@ -23,6 +30,20 @@ from oneshot.embedder.model import Embedder
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "eager", "script", "compile")
+PRECISIONS = ("float32", "bfloat16")
+
+
+def native_bfloat16(device: torch.device) -> bool | None:
+    """Whether ``device`` computes in bfloat16 natively: CUDA (compute capability 8 or later), or a
+    CPU whose flags list avx512_bf16 or amx_bf16; None where the CPU's flags cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -96,12 +117,16 @@ class InferenceModel:
     Attributes:
         mode: the mode actually in use after fallbacks.
         requested_mode: the mode asked for (``"auto"`` resolves to ``"script"`` or ``"eager"``).
+        precision: ``"float32"`` or ``"bfloat16"`` (autocast; vectors come back float32).
         batch_size: the batch size chosen for this machine (:func:`choose_batch_size`).
     """
 
-    def __init__(self, model: Embedder, mode: str = "auto", device: str | torch.device | None = None):
+    def __init__(self, model: Embedder, mode: str = "auto", device: str | torch.device | None = None,
+                 precision: str = "float32"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.recipe = model.recipe
         self.metric = model.metric
@@ -114,7 +139,14 @@ class InferenceModel:
             net = net.to(memory_format=torch.channels_last)
         self._eager = net
         self.requested_mode = mode
-        self._net, self.mode = self._optimise(net, mode)
+        self.precision = precision
+        if precision == "bfloat16":  # eager under autocast: a traced autocast graph ran slower (best call 10,300 vs 14,400 img/s)
+            if native_bfloat16(self.device) is False:
+                logger.warning("bfloat16 on %s without native bfloat16 support is emulated and slower than float32",
+                               self.device)
+            self._net, self.mode = net, "eager"
+        else:
+            self._net, self.mode = self._optimise(net, mode)
 
     def _example(self) -> torch.Tensor:
         return self._layout(torch.rand(8, self.recipe.channels, *self.recipe.shape, device=self.device))
@@ -158,10 +190,12 @@ class InferenceModel:
         flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
         try:
             batch = self._layout(batch.to(self.device, non_blocking=True))
-            if not tta:
-                return self._net(batch).float()
-            mean = torch.stack([self._net(self._layout(view)).float() for view in tta_views(batch)]).mean(0)
-            return F.normalize(mean, dim=1) if self.metric == "cosine" else mean
+            views = tta_views(batch) if tta else [batch]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+                vectors = [self._net(self._layout(view)).float() for view in views]
+            out = vectors[0] if len(vectors) == 1 else torch.stack(vectors).mean(0)
+            renormalise = tta or self.precision == "bfloat16"
+            return F.normalize(out, dim=1) if renormalise and self.metric == "cosine" else out
         finally:
             if flush:
                 torch.set_flush_denormal(False)

@@ -49,3 +49,18 @@ def test_migrate_then_read_everywhere(tmp_path):
     assert "migrated 5 rows into 3 shards" in run("store", "migrate", old, "--out", out, "--shard-rows", "2").output
     np.testing.assert_array_equal(read_embeddings(out).embeddings, read_embeddings(old).embeddings)
     assert json.loads(run("store", "info", old).output)["layout"] == "single-file"
+
+
+def test_bf16_through_the_cli(tmp_path, synthetic_gallery, tiny_model_path):
+    store = tmp_path / "b.parquet"
+    run("embed", synthetic_gallery, "--out", store, "--model", tiny_model_path, "--precision", "bf16")
+    assert json.loads((store / "_oneshot.json").read_text())["job"]["precision"] == "bfloat16"
+    refused = CliRunner().invoke(main, ["embed", str(synthetic_gallery), "--out", str(store), "--model",
+                                        str(tiny_model_path), "--append"])
+    assert refused.exit_code != 0 and "--precision bf16" in refused.output
+    run("index", "build", store, "--out", tmp_path / "b.faiss")
+    answers = tmp_path / "answers.jsonl"
+    run("identify", synthetic_gallery, "--index", tmp_path / "b.faiss", "--model", tiny_model_path,
+        "--precision", "bf16", "--threshold", "none", "--out", answers)
+    frame = pd.read_json(answers, lines=True)
+    assert len(frame) == 60 and (frame["label"] == frame["true_label"]).mean() >= 0.9

@@ -234,3 +234,21 @@ def test_a_resumed_embed_keeps_the_rejects_of_the_interrupted_run(tmp_path, gall
     listed = pd.read_csv(str(out) + ".rejects.csv")
     assert listed["path"].tolist() == [bad.relative_to(gallery).as_posix()]
     assert len(result.store) == len(open_source(gallery).table) - 1
+
+
+def test_bfloat16_store_records_its_precision_and_appends_only_in_it(tmp_path, gallery, tiny_model_path):
+    full = embed_to_store(gallery, tmp_path / "f.parquet", tiny_model_path)
+    out = tmp_path / "b.parquet"
+    half = embed_to_store(gallery, out, tiny_model_path, precision="bfloat16")
+    assert half.store.manifest["job"]["precision"] == "bfloat16"
+    assert "precision" not in full.store.manifest["job"]  # float32 stores keep their old job record
+    a, b = read_embeddings(tmp_path / "f.parquet"), read_embeddings(out)
+    assert (a.table["id"].to_numpy() == b.table["id"].to_numpy()).all()
+    assert ((a.embeddings * b.embeddings).sum(1) >= 0.99).all()
+    with pytest.raises(InvalidInputError, match="another precision.*--precision bf16"):
+        embed_to_store(gallery, out, tiny_model_path, append=True)
+    with pytest.raises(InvalidInputError, match="another command.*precision"):
+        embed_to_store(gallery, tmp_path / "f.parquet", tiny_model_path, precision="bfloat16")
+    assert embed_to_store(gallery, out, tiny_model_path, append=True, precision="bfloat16").encoded == 0
+    with pytest.raises(InvalidInputError, match="precision must be one of"):
+        embed_to_store(gallery, tmp_path / "x.parquet", tiny_model_path, precision="half")

@@ -112,7 +112,7 @@ def test_embed_gives_the_local_store_and_resumes_after_a_crash(ray_session, tmp_
 
 def test_the_pool_prepare_starts_is_the_one_the_job_uses(ray_session, tmp_path, gallery, tiny_model_path):
     """prepare() (the CLI calls it while the job lists its source) keys the pool by the mode asked
-    for; the job must find that pool, not start a second one inside its first batch."""
+    for and the precision; the job must find that pool, not start a second one inside its first batch."""
     local = embed_to_store(gallery, tmp_path / "local", tiny_model_path, batch_size=16)
     engine = _engine()
     try:
@@ -128,13 +128,21 @@ def test_the_pool_prepare_starts_is_the_one_the_job_uses(ray_session, tmp_path, 
         RayEngine._encode_pool = counting
         try:
             embed_to_store(gallery, tmp_path / "ray", tiny_model_path, batch_size=16, executor=engine)
+            assert started == [False] and engine._pool is prepared
+            engine.prepare(tiny_model_path, wait=True, precision="bfloat16")  # another precision: another pool
+            assert engine._pool is not prepared
+            prepared = engine._pool
+            embed_to_store(gallery, tmp_path / "ray_bf16", tiny_model_path, batch_size=16, executor=engine,
+                           precision="bfloat16")
+            assert started == [False, True, False] and engine._pool is prepared  # prepare started it, the job found it
         finally:
             RayEngine._encode_pool = original
-        assert started == [False] and engine._pool is prepared
     finally:
         engine.close()
-    np.testing.assert_allclose(read_embeddings(tmp_path / "ray").embeddings,
-                               read_embeddings(tmp_path / "local").embeddings, atol=1e-5)
+    local = read_embeddings(tmp_path / "local").embeddings
+    np.testing.assert_allclose(read_embeddings(tmp_path / "ray").embeddings, local, atol=1e-5)
+    half = read_embeddings(tmp_path / "ray_bf16").embeddings
+    assert ((half * local).sum(1) >= 0.99).all() and not np.array_equal(half, local)
 
 
 def test_a_bad_image_fails_the_job_naming_it_or_is_skipped(tmp_path, gallery):

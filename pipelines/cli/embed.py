@@ -9,6 +9,7 @@ from oneshot.pipelines.cli.app import friendly, main
 from oneshot.pipelines.cli.options import (
     MODEL,
     engine_options,
+    precision_option,
     read_paths_file,
     reject_options,
     rejects_for,
@@ -33,11 +34,12 @@ from oneshot.pipelines.cli.options import (
 @click.option("--all-faces", is_flag=True,
               help="Face models: embed every face of a photo, each its own row (column face: 1 = largest), "
                    "instead of the largest alone.")
+@precision_option
 @reject_options
 @engine_options
 @friendly
-def embed(source, out, model, batch_size, workers, append, ids, shard_rows, device, unlabelled, tta, all_faces, on_error,
-          max_rejects, engine, ray_address):
+def embed(source, out, model, batch_size, workers, append, ids, shard_rows, device, unlabelled, tta, all_faces, precision,
+          on_error, max_rejects, engine, ray_address):
     """Encode every image of SOURCE (folder, zip, list file, MNIST IDX file or Omniglot folder) into a store folder.
 
     Streams: images are read in worker threads while the model encodes, and a Parquet shard is
@@ -59,10 +61,10 @@ def embed(source, out, model, batch_size, workers, append, ids, shard_rows, devi
     rejects = rejects_for(on_error, max_rejects)
     with executor_for(engine, ray_address, on_error=on_error) as executor:
         if executor is not None:
-            executor.prepare(model)  # the encode actors start while the job lists SOURCE
+            executor.prepare(model, precision=precision)  # the encode actors start while the job lists SOURCE
         result = embed_to_store(source, out, model, batch_size, workers, labelled=not unlabelled, tta=tta,
                                 append=append, shard_rows=shard_rows, ids=ids, device=device, rejects=rejects,
-                                executor=executor, all_faces=all_faces)
+                                executor=executor, all_faces=all_faces, precision=precision)
     if result.model_choice:
         click.echo(f"model: {result.model_choice}")
     click.echo(f"wrote {len(result.store)} embeddings (D={result.store.dimension}) to {out} "

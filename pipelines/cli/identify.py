@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from oneshot.pipelines.cli.app import friendly, main
-from oneshot.pipelines.cli.options import MODEL, engine_options, reject_options, rejects_for
+from oneshot.pipelines.cli.options import MODEL, engine_options, precision_option, reject_options, rejects_for
 from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN, MODEL_MARGIN
 
 
@@ -35,11 +35,12 @@ from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN, MODE
                    f"validation data), else {DEFAULT_MARGIN}.")
 @click.option("--gallery-images", type=click.Path(exists=True), default=None,
               help="Where the gallery's images are, for --rerank (default: the source its store was embedded from).")
+@precision_option
 @reject_options
 @engine_options
 @friendly
 def identify_command(queries, index_path, model, threshold, k, top, batch_size, workers, out, rerank_model,
-                     rerank_depth, rerank_margin, gallery_images, on_error, max_rejects, engine, ray_address):
+                     rerank_depth, rerank_margin, gallery_images, precision, on_error, max_rejects, engine, ray_address):
     """Name each query after its nearest gallery identity, or 'unknown'.
 
     QUERIES: images (folder, zip, list, IDX file) or an embedding store (its vectors are used).
@@ -69,10 +70,10 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
     rejects = rejects_for(on_error, max_rejects)
     with executor_for(engine, ray_address, on_error=on_error) as executor:
         if executor is not None and not is_query_store(Path(queries)):
-            executor.prepare(model)  # the encode actors start while the job opens the index
+            executor.prepare(model, precision=precision)  # the encode actors start while the job opens the index
         summary = identify_job(queries, index_path, out, model, threshold, k, top, batch_size=batch_size,
                                workers=workers, emit=None if out else echo, rejects=rejects, executor=executor,
-                               rerank=rerank)
+                               rerank=rerank, precision=precision)
     click.echo(f"threshold: {summary.threshold_text}", err=True)
     if out:
         click.echo(f"wrote {summary.queries} answers to {out}"

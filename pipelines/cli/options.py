@@ -55,6 +55,15 @@ def engine_options(command):
                         help="Run here, or spread the work over Ray (pip install 'oneshot[ray]').")(command)
 
 
+def precision_option(command):
+    """``--precision float32|bf16`` (embed, identify): the forward pass in float32 or bfloat16."""
+    return click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+                        callback=lambda ctx, param, value: "bfloat16" if value == "bf16" else value,
+                        help="Forward pass in bfloat16: 1.2-1.4x faster on CPUs with native bfloat16 (AVX512-BF16, "
+                             "AMX), vectors within cosine 0.9999 of float32's; slower on CPUs without it. "
+                             "Recorded in the store; --append keeps the store's precision.")(command)
+
+
 def removal_options(command):
     """``--id``, ``--label`` and ``--paths``: the rows ``store remove`` and ``index remove`` take out."""
     command = click.option("--paths", "paths_file", type=click.Path(exists=True, dir_okay=False), default=None,

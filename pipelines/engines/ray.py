@@ -68,12 +68,12 @@ def import_ray():
 class _Encoder:
     """An actor of the encode pool: builds the model once, then encodes the decoded batches it is given."""
 
-    def __init__(self, model, threads: int | None, mode: str = "auto"):
+    def __init__(self, model, threads: int | None, mode: str = "auto", precision: str = "float32"):
         import torch
 
         torch.set_num_threads(threads or 1)  # one process per core beats threads on a busy machine
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.engine = InferenceModel(model, mode=mode, device=device)
+        self.engine = InferenceModel(model, mode=mode, device=device, precision=precision)
 
     def ready(self) -> str:
         """The inference mode the actor chose (a call that returns once the model is built)."""
@@ -94,7 +94,7 @@ class _Encoder:
 class _EncodePool:
     """Encode actors that each hold one model, kept by the engine from one job to the next."""
 
-    key: tuple[str, str]  # the model's fingerprint and the inference mode its actors run
+    key: tuple[str, str, str]  # the model's fingerprint, the inference mode asked for and the precision
     actors: list
     model_ref: Any  # the model in the object store: kept alive so that a restarted actor can rebuild it
     cpus: float  # the cluster's CPUs when the pool started (sizes the decode tasks in flight)
@@ -247,22 +247,22 @@ class RayEngine:
                 rejects.kept += len(batch.rows)
             yield batch, vectors
 
-    def prepare(self, model=None, wait: bool = False, mode: str = "auto") -> None:
+    def prepare(self, model=None, wait: bool = False, mode: str = "auto", precision: str = "float32") -> None:
         """Start Ray and the encode actors for ``model`` (a model, a model file, or None for the
         shipped one) now: each actor builds the model while the job plans, and later jobs with the
-        same model and inference ``mode`` reuse them (jobs start the pool themselves when it is not
+        same model, inference ``mode`` and ``precision`` reuse them (jobs start the pool themselves when it is not
         there). ``wait``: return once every actor has built its model."""
         from oneshot.embedder.artifact import as_model
 
         embedder = as_model(model)
-        pool = self._encode_pool((embedder.fingerprint, mode), lambda: embedder)
+        pool = self._encode_pool((embedder.fingerprint, mode, precision), lambda: embedder)
         if wait:
             import ray
 
             ray.get([actor.ready.remote() for actor in pool.actors])
 
-    def _encode_pool(self, key: tuple[str, str], model) -> _EncodePool:
-        """The encode actors for ``key`` (the model's fingerprint, the inference mode; ``model()``
+    def _encode_pool(self, key: tuple[str, str, str], model) -> _EncodePool:
+        """The encode actors for ``key`` (the model's fingerprint, the inference mode, the precision; ``model()``
         gives the model to ship when they must be started): one per GPU, else one per CPU of the cluster."""
         if self._pool is not None and self._pool.key == key:
             return self._pool
@@ -273,7 +273,7 @@ class RayEngine:
         resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": self.actor_cpus}
         actor = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS, **resources)(_Encoder)
         model_ref = ray.put(model())
-        actors = [actor.options(scheduling_strategy="SPREAD").remote(model_ref, self.threads, key[1])
+        actors = [actor.options(scheduling_strategy="SPREAD").remote(model_ref, self.threads, key[1], key[2])
                   for _ in range(count)]
         self._pool = _EncodePool(key, actors, model_ref, cpus)
         return self._pool
@@ -297,8 +297,8 @@ class RayEngine:
         if not total:
             return
         # keyed by the mode the job asked for, as prepare() keys it: "auto" resolves to "script" here
-        pool = self._encode_pool((engine.fingerprint or f"unsaved-{id(engine)}", engine.requested_mode),
-                                 lambda: _portable_copy(engine))
+        pool = self._encode_pool((engine.fingerprint or f"unsaved-{id(engine)}", engine.requested_mode,
+                                  engine.precision), lambda: _portable_copy(engine))
         decode = ray.remote(num_cpus=self.decode_cpus, max_retries=TASK_RETRIES)(decode_batch)
         source_box = SharedObject(ray.put(source))
         known_box = SharedObject(ray.put(known)) if known is not None else None

@@ -36,7 +36,7 @@ from oneshot.atomic import atomic_path
 from oneshot.data.source import listing_rejects
 from oneshot.embedder.artifact import as_model, shipped_model_with
 from oneshot.embedder.encode import default_device, progress_bar
-from oneshot.embedder.inference import InferenceModel
+from oneshot.embedder.inference import PRECISIONS, InferenceModel
 from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.dataset_store import DatasetStore, is_dataset_store, path_ids
 from oneshot.index.store import EMBEDDING_COLUMN, read_store_metadata
@@ -185,7 +185,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
                  shard_rows: int = DEFAULT_SHARD_ROWS, device: str | None = None,
                  emit: Callable[[pd.DataFrame], None] | None = None,
                  show_progress: bool | None = None, rejects: Rejects | None = None,
-                 executor=None, rerank=None) -> IdentifySummary:
+                 executor=None, rerank=None, precision: str = "float32") -> IdentifySummary:
     """Identify every query against an index, streaming, and write the answers.
 
     Args:
@@ -209,11 +209,15 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
             best rows of the queries the index hesitates on (image queries, ``k`` = 1, this
             process). Its queries are decided on its own "unknown" threshold (``threshold="model"``)
             or on ``threshold`` when a number is given; answers get a ``reranked`` column.
+        precision: image queries encoded in ``"float32"`` or ``"bfloat16"`` (see
+            :class:`~oneshot.embedder.inference.InferenceModel`).
 
     Raises:
         ModelMismatchError: the queries (store or model) and the index come from different models.
     """
     started = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if k < 1 or top < 1 or per_identity < 1:
         raise InvalidInputError(f"k, top and per_identity must be >= 1, got {k}, {top}, {per_identity}")
     index_path = None if isinstance(index, VectorIndex) else str(Path(index).resolve())
@@ -248,6 +252,8 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
     rejects = rejects if rejects is not None else Rejects()
     job = {"queries": str(queries_path.resolve()), "index": index_path, "model_fingerprint": actual,
            "threshold": threshold, "k": k, "top": top, "per_identity": per_identity, "shard_rows": shard_rows}
+    if precision != "float32" and not from_store:  # float32 jobs keep the record they always had
+        job["precision"] = precision
     if rerank is not None:
         job["rerank"] = {"model_fingerprint": rerank.fingerprint, "depth": rerank.depth, "margin": rerank.margin,
                          "threshold": rerank_threshold}
@@ -256,7 +262,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
     skip = sink.done if sink else 0
     batches, total = _query_batches(queries_path, from_store, model, batch_size, workers, device, shard_rows, skip,
                                     show_progress, rejects, encode_stream if executor is None else executor.encode_stream,
-                                    keep_pixels=rerank is not None)
+                                    keep_pixels=rerank is not None, precision=precision)
     if executor is None:
         answer_iter = answer_stream(batches, index, index_path, threshold, k, top, per_identity, rerank,
                                     rerank_threshold)
@@ -335,7 +341,7 @@ def _tally(summary: IdentifySummary, answers: pd.DataFrame) -> None:
 
 def _query_batches(path: Path, from_store: bool, model, batch_size, workers, device, shard_rows: int, skip: int,
                    show_progress, rejects: Rejects, stream=encode_stream,
-                   keep_pixels: bool = False) -> tuple[Iterator[QueryBatch], int]:
+                   keep_pixels: bool = False, precision: str = "float32") -> tuple[Iterator[QueryBatch], int]:
     if from_store:
         total = int(read_store_metadata(path).get("count") or 0) - skip
         return _store_batches(path, batch_size or 8192, skip), max(0, total)
@@ -343,7 +349,7 @@ def _query_batches(path: Path, from_store: bool, model, batch_size, workers, dev
     rejects.extend(listing_rejects(source))
     table = source.table.copy()
     table["id"] = path_ids(table["path"])  # the same stable ids a store of these images would have
-    engine = InferenceModel(model.to(device or default_device()))
+    engine = InferenceModel(model.to(device or default_device()), precision=precision)
     plan = batch_plan(len(table), batch_size or engine.batch_size, shard_rows, first_shard=skip // shard_rows)
 
     def generate():
