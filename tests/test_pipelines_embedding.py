@@ -252,3 +252,12 @@ def test_bfloat16_store_records_its_precision_and_appends_only_in_it(tmp_path, g
     assert embed_to_store(gallery, out, tiny_model_path, append=True, precision="bfloat16").encoded == 0
     with pytest.raises(InvalidInputError, match="precision must be one of"):
         embed_to_store(gallery, tmp_path / "x.parquet", tiny_model_path, precision="half")
+    # the Python API's two whole-result helpers take it too
+    from oneshot.index.vector_index import VectorIndex
+    from oneshot.pipelines.jobs.embed import embed_gallery
+    from oneshot.pipelines.jobs.identify import identify_images
+
+    gallery_set = embed_gallery(gallery, tmp_path / "g.parquet", tiny_model_path, precision="bfloat16")
+    index = VectorIndex.build(gallery_set.embeddings, gallery_set.table, "cosine")
+    answers = identify_images(gallery, index, tiny_model_path, threshold=None, precision="bfloat16")
+    assert len(answers) == len(gallery_set) and (answers["label"] == answers["true_label"]).mean() >= 0.9

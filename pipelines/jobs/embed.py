@@ -363,7 +363,7 @@ def _drop_superseded(store: DatasetStore) -> int:
 def embed_gallery(source: str | os.PathLike | ImageSource, out: str | os.PathLike,
                   model: Embedder | str | os.PathLike | None = None, batch_size: int | None = None,
                   labelled: bool = True, show_progress: bool | None = None, tta: bool = False,
-                  rejects: Rejects | None = None, ids: str = "source") -> EmbeddingSet:
+                  rejects: Rejects | None = None, ids: str = "source", precision: str = "float32") -> EmbeddingSet:
     """:func:`embed_to_store` of a source, read back whole (for galleries that fit in memory).
 
     The same streaming job, resumable after a kill; calling it again with the same arguments reads
@@ -372,12 +372,13 @@ def embed_gallery(source: str | os.PathLike | ImageSource, out: str | os.PathLik
 
     Args:
         ids: ``"source"`` (the source table's own ids, the default here) or ``"path"``.
+        precision: ``"float32"`` or ``"bfloat16"`` (see :func:`embed_to_store`).
     Raises:
         InvalidInputError: when no image at all could be encoded.
     """
     rejects = rejects if rejects is not None else Rejects()
     embed_to_store(source, out, model, batch_size=batch_size, labelled=labelled, tta=tta, ids=ids,
-                   show_progress=show_progress, rejects=rejects, reuse_complete=True)
+                   show_progress=show_progress, rejects=rejects, reuse_complete=True, precision=precision)
     return read_embeddings(out)
 
 

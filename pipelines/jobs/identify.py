@@ -362,7 +362,8 @@ def _query_batches(path: Path, from_store: bool, model, batch_size, workers, dev
 
 def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.PathLike,
                     model=None, threshold: float | str | None = "model", k: int = 1, batch_size: int | None = None,
-                    rejects: Rejects | None = None, top: int = 1, rerank=None) -> pd.DataFrame:
+                    rejects: Rejects | None = None, top: int = 1, rerank=None,
+                    precision: str = "float32") -> pd.DataFrame:
     """:func:`identify_job` with its answers collected into one DataFrame (for query sets that fit in memory).
 
     Query files that cannot be read get no row; they are recorded in ``rejects`` (default: skip
@@ -383,7 +384,8 @@ def identify_images(queries: str | os.PathLike, index: VectorIndex | str | os.Pa
     rejects = rejects if rejects is not None else Rejects()
     answers: list[pd.DataFrame] = []
     summary = identify_job(queries, index, model=model, threshold=threshold, k=k, top=top, batch_size=batch_size,
-                           emit=answers.append, show_progress=False, rejects=rejects, rerank=rerank)
+                           emit=answers.append, show_progress=False, rejects=rejects, rerank=rerank,
+                           precision=precision)
     if not summary.queries:
         raise InvalidInputError(f"{queries}: no query image could be read ({len(rejects)} rejected)")
     result = pd.concat(answers, ignore_index=True)
