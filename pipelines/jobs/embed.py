@@ -163,6 +163,8 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     out = Path(out)
     if shard_rows < 1:
         raise InvalidInputError(f"shard_rows must be >= 1, got {shard_rows}")
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     rejects = rejects if rejects is not None else Rejects()
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out):
@@ -216,8 +218,6 @@ def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, 
     table = _source_table(gallery, ids)
     if isinstance(gallery, Gallery) and not isinstance(source, Gallery):
         gallery.table = table  # our own source object: keep one compact copy of a large table
-    if precision not in PRECISIONS:
-        raise InvalidInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     job = _job(gallery, model, labelled, tta, ids, shard_rows, len(table), precision)
     known, created_folder = None, False
     if out.is_file():
@@ -236,8 +236,8 @@ def _embed_locked(source, out: Path, model, batch_size, workers, labelled, tta, 
             for key in ("recipe", "tta", "ids"):
                 if stored.get(key) != job[key]:
                     raise InvalidInputError(f"{out}: cannot append with another {key} ({stored.get(key)!r} in the store)")
-            if stored.get("precision", "float32") != precision:
-                kept = stored.get("precision", "float32")
+            kept = stored.get("precision", "float32")
+            if kept != precision:
                 raise InvalidInputError(f"{out}: cannot append with another precision ({kept!r} in the store; "
                                         f"--precision {'bf16' if kept == 'bfloat16' else kept})")
             if store.manifest.get("state") == "writing":
