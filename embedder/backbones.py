@@ -73,6 +73,21 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_to_grid(self.features(x), self.grid)
 
+    @property
+    def map_channels(self) -> int:
+        """Channels of the map :meth:`forward_with_map` taps (needs two blocks or more)."""
+        if len(self.features) < 2:
+            raise InvalidInputError("a map matcher taps the second-to-last block: the backbone needs 2 blocks or more")
+        return self.features[-2][0].out_channels
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (features as :meth:`forward` gives them, the second-to-last block's map before its
+        pool (N, C, H, W): 7 x 7 at 28 px), for :class:`~oneshot.embedder.matching.MapMatcher`."""
+        for block in self.features[:-2]:
+            x = block(x)
+        tapped = self.features[-2][:-1](x)  # conv, batch norm, ReLU
+        return pool_to_grid(self.features[-1](self.features[-2][-1](tapped)), self.grid), tapped
+
 
 def pool_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
     """maps (N, C, H, W) -> features (N, C * grid * grid): the average over each cell of a
@@ -111,6 +126,11 @@ class _ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x) + self.skip(x))
 
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (the block's output, its map before the pool)."""
+        tapped = self.out[0](self.body(x) + self.skip(x))
+        return self.out[1:](tapped), tapped
+
 
 class ResNetSmall(nn.Module):
     """A small residual net: a stem conv, then residual stages that halve the size, then GAP.
@@ -133,6 +153,20 @@ class ResNetSmall(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_to_grid(self.stages(self.stem(x)), self.grid)
+
+    @property
+    def map_channels(self) -> int:
+        """Channels of the map :meth:`forward_with_map` taps (needs two stages or more)."""
+        if len(self.stages) < 2:
+            raise InvalidInputError("a map matcher taps the second-to-last stage: the backbone needs 2 stages or more")
+        return self.stages[-2].skip[0].out_channels
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (features as :meth:`forward` gives them, the second-to-last stage's map before its
+        pool (N, C, H, W): 7 x 7 at 28 px), for :class:`~oneshot.embedder.matching.MapMatcher`."""
+        x = self.stages[:-2](self.stem(x))
+        x, tapped = self.stages[-2].forward_with_map(x)
+        return pool_to_grid(self.stages[-1](x), self.grid), tapped
 
 
 class KochNet(nn.Module):

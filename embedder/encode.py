@@ -77,3 +77,19 @@ def encode(
     if not chunks:
         return np.zeros((0, model.dim), dtype=np.float32)
     return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+
+@torch.inference_mode()
+def encode_with_local(model: Embedder, images: Sequence[np.ndarray], batch_size: int = 256,
+                      device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw images -> (vectors float32 (N, D), the map matcher's local features float32 (N, L, d)),
+    in batches; for models trained with a map matcher (``match_dim``)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval().to(device)
+    vectors, local = [], []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(model.recipe.batch(images[start:start + batch_size]))).to(device)
+        found = model.forward_with_local(batch)
+        vectors.append(found[0].float().cpu().numpy())
+        local.append(found[1].cpu().numpy())
+    return np.ascontiguousarray(np.concatenate(vectors)), np.ascontiguousarray(np.concatenate(local))

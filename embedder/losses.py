@@ -120,6 +120,20 @@ class TripletLoss(EmbeddingLoss):
         return losses.mean() if losses.numel() else distance.sum() * 0
 
 
+def class_ranks(labels: torch.Tensor, k_shot: int):
+    """An episode batch's layout: each row's class index (B,), its rank within its class in batch
+    order (B,), rows per class (C,). Every class needs more than ``k_shot`` rows."""
+    inverse = torch.unique(labels, sorted=True, return_inverse=True)[1]
+    order = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse)
+    if counts.min() <= k_shot:
+        raise InvalidInputError(f"every class needs more than k_shot={k_shot} rows, got {counts.min().item()}")
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device) - starts[inverse[order]]
+    return inverse, rank, counts
+
+
 class PrototypicalLoss(EmbeddingLoss):
     """Snell et al.: classes' first ``k_shot`` rows are the support, the rest the queries; softmax
     over ``-scale * squared distance`` to each class prototype. ``scale`` is learned.
@@ -152,16 +166,7 @@ class PrototypicalLoss(EmbeddingLoss):
         return self._logits(embeddings, self._class_ranks(labels), scale, shift)
 
     def _class_ranks(self, labels: torch.Tensor):
-        """Each row's class index (B,), its rank within its class in batch order (B,), rows per class (C,)."""
-        inverse = torch.unique(labels, sorted=True, return_inverse=True)[1]
-        order = torch.argsort(inverse, stable=True)
-        counts = torch.bincount(inverse)
-        if counts.min() <= self.k_shot:
-            raise InvalidInputError(f"every class needs more than k_shot={self.k_shot} rows, got {counts.min().item()}")
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order), device=order.device) - starts[inverse[order]]
-        return inverse, rank, counts
+        return class_ranks(labels, self.k_shot)
 
     def _logits(self, embeddings: torch.Tensor, layout, scale: torch.Tensor, shift: int):
         inverse, rank, counts = layout

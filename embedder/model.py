@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oneshot.embedder.backbones import create_backbone
+from oneshot.embedder.matching import MapMatcher
 from oneshot.embedder.preprocess import Recipe
 from oneshot.errors import InvalidInputError
 
@@ -65,6 +66,8 @@ class Embedder(nn.Module):
         head: ``"normalized"`` (cosine search) or ``"siamese"`` (weighted L1 search).
         recipe: preprocessing; its ``size`` is the input side.
         backbone_options: passed to the backbone factory.
+        match_dim: with a positive value, a :class:`~oneshot.embedder.matching.MapMatcher` of that
+            many channels on the backbone's tapped map (``None``: none). ``forward`` never uses it.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Embedder(nn.Module):
         head: str = "normalized",
         recipe: Recipe | None = None,
         backbone_options: dict | None = None,
+        match_dim: int | None = None,
     ):
         super().__init__()
         if head not in HEADS:
@@ -87,6 +91,11 @@ class Embedder(nn.Module):
             options.setdefault("in_channels", self.recipe.channels)
         self.backbone = create_backbone(backbone, **options)
         self.head = HEADS[head](self.backbone.feature_dim, dim)
+        self.matcher = None
+        if match_dim is not None:
+            if not hasattr(self.backbone, "forward_with_map"):
+                raise InvalidInputError(f"backbone {backbone!r} has no map to match (conv4, conv and resnet-small do)")
+            self.matcher = MapMatcher(self.backbone.map_channels, match_dim)
 
     @property
     def dim(self) -> int:
@@ -98,13 +107,16 @@ class Embedder(nn.Module):
         return self.head.metric
 
     def config(self) -> dict:
-        return {
+        config = {
             "backbone": self.backbone_name,
             "backbone_options": self.backbone_options,
             "dim": self.head.dim if not isinstance(self.head.project, nn.Identity) else None,
             "head": self.head_name,
             "recipe": self.recipe.to_dict(),
         }
+        if self.matcher is not None:  # absent otherwise, so models without one keep their fingerprint
+            config["match_dim"] = self.matcher.dim
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> "Embedder":
@@ -114,6 +126,7 @@ class Embedder(nn.Module):
             head=config.get("head", "normalized"),
             recipe=Recipe.from_dict(config["recipe"]),
             backbone_options=config.get("backbone_options"),
+            match_dim=config.get("match_dim"),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -122,6 +135,14 @@ class Embedder(nn.Module):
         if images.ndim != 4 or images.shape[1] != channels or tuple(images.shape[2:]) != (height, width):
             raise InvalidInputError(f"expected images (N, {channels}, {height}, {width}), got {tuple(images.shape)}")
         return self.head(self.backbone(images))
+
+    def forward_with_local(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (N, C, H, W) -> (vectors (N, D) as :meth:`forward`, the matcher's local features
+        (N, L, d) float32). Needs a model trained with a matcher (``match_dim``)."""
+        if self.matcher is None:
+            raise InvalidInputError("this model has no map matcher (train one with the match_dim option)")
+        features, maps = self.backbone.forward_with_map(images)
+        return self.head(features.float()), self.matcher.local_features(maps)
 
 
 def require_unit_vectors(model: Embedder, name, recipe: Recipe, recipe_of: str, role: str) -> None:

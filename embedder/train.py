@@ -35,6 +35,7 @@ from oneshot.embedder.distill import distillation_loss, teacher_vectors
 from oneshot.embedder.encode import default_device
 from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
 from oneshot.embedder.look_alikes import nearest_classes, representative_rows
+from oneshot.embedder.matching import match_loss
 from oneshot.embedder.losses import (
     ContrastiveLoss,
     NormalizedSoftmaxLoss,
@@ -53,7 +54,7 @@ PAIR_OBJECTIVES = ("siamese", "contrastive")
 PRECISIONS = ("fp32", "bf16")
 _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "classes_per_group",
                     "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed",
-                    "look_alike_classes", "look_alike_every")
+                    "look_alike_classes", "look_alike_every", "match_dim")
 _BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations", "reflections",
                     "small_groups")
 
@@ -100,13 +101,15 @@ class TrainConfig:
     distill_weight: float = 0.5
     distill_temperature: float = 4.0
     precision: str = "fp32"
+    match_dim: int = 0
+    match_weight: float = 1.0
 
     def __post_init__(self):
         for name in _INTEGER_OPTIONS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidInputError(f"training option {name} must be an integer, got {value!r}")
-        for name in ("lr", "weight_decay", "max_seconds"):
+        for name in ("lr", "weight_decay", "max_seconds", "match_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInputError(f"training option {name} must be a non-negative number, got {value!r}")
@@ -136,7 +139,7 @@ class TrainConfig:
         if self.look_alike_every < 1:
             raise InvalidInputError(f"training option look_alike_every must be positive, got {self.look_alike_every!r}")
         for option, used in (("every_support", self.every_support), ("classes_per_group", self.classes_per_group),
-                             ("look_alike_classes", self.look_alike_classes),
+                             ("look_alike_classes", self.look_alike_classes), ("match_dim", self.match_dim),
                              ("distillation from teachers", self.teachers)):
             if used and self.objective != "prototypical":
                 raise InvalidInputError(f"{option} needs the prototypical objective, not {self.objective!r}")
@@ -146,6 +149,8 @@ class TrainConfig:
         if isinstance(self.distill_temperature, bool) or not isinstance(self.distill_temperature, (int, float)) \
                 or self.distill_temperature <= 0:
             raise InvalidInputError(f"training option distill_temperature must be positive, got {self.distill_temperature!r}")
+        if self.match_dim < 0:
+            raise InvalidInputError(f"training option match_dim must be >= 0 (0: no map matcher), got {self.match_dim!r}")
         Recipe.from_dict(self.recipe)
         self.augment = AugmentConfig.from_dict(self.augment).to_dict()  # every key: a partial dict means the defaults
 
@@ -162,7 +167,8 @@ class TrainConfig:
 
 def build_model(config: TrainConfig) -> Embedder:
     head = "siamese" if config.objective == "siamese" else "normalized"
-    return Embedder(config.backbone, config.dim, head, Recipe.from_dict(config.recipe), config.backbone_options)
+    return Embedder(config.backbone, config.dim, head, Recipe.from_dict(config.recipe), config.backbone_options,
+                    config.match_dim or None)
 
 
 def build_loss(config: TrainConfig, model: Embedder, n_classes: int) -> torch.nn.Module:
@@ -208,6 +214,16 @@ def embed_batch(model: Embedder, images: torch.Tensor, precision: str) -> torch.
     with torch.autocast(images.device.type, dtype=torch.bfloat16):
         features = model.backbone(images)
     return model.head(features.float())
+
+
+def embed_batch_with_local(model: Embedder, images: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (N, C, H, W) -> (vectors (N, D), the matcher's local features (N, L, d)), both float32,
+    with the backbone in ``precision`` as :func:`embed_batch` runs it; the matcher runs in float32."""
+    if precision == "fp32":
+        return model.forward_with_local(images)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        features, maps = model.backbone.forward_with_map(images)
+    return model.head(features.float()), model.matcher.local_features(maps.float())
 
 
 def inference_embedder(model: Embedder, device: torch.device, memory_format: torch.memory_format, precision: str):
@@ -455,9 +471,15 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         images = train_set.fetch(rows)
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         images = augment(images, augment_config, generator, pair_ids)
-        embeddings = embed_batch(model, images.to(device).contiguous(memory_format=memory_format), config.precision)
+        images = images.to(device).contiguous(memory_format=memory_format)
         batch_labels = torch.from_numpy(labels[rows]).to(device)
-        loss = loss_fn(embeddings, batch_labels)
+        if model.matcher is None:
+            embeddings = embed_batch(model, images, config.precision)
+            loss = loss_fn(embeddings, batch_labels)
+        else:
+            embeddings, local = embed_batch_with_local(model, images, config.precision)
+            loss = loss_fn(embeddings, batch_labels) + config.match_weight * match_loss(
+                model.matcher, embeddings, local, batch_labels, config.k_shot, config.every_support)
         if teacher is not None:
             soft = distillation_loss(loss_fn, embeddings, teacher[torch.from_numpy(rows).to(device)], batch_labels,
                                      config.distill_temperature)

@@ -494,3 +494,34 @@ def test_bf16_training_follows_fp32_and_saves_a_float32_model(data, tmp_path):
     assert torch.nn.functional.cosine_similarity(vectors, train_module.embed_batch(model, images, "fp32")).min() > 0.99
     again = _run(_config(steps=10, val_every=5, checkpoint_every=5, precision="bf16"), data, tmp_path / "bf16_again")
     assert again.model.fingerprint == half.model.fingerprint  # same seed, same numbers
+
+
+def test_a_run_with_a_map_matcher_trains_it_and_resumes_exactly(data, tmp_path, monkeypatch):
+    config = _config(steps=6, val_every=3, checkpoint_every=3, warmup_steps=1, items_per_class=3, every_support=True,
+                     match_dim=4)
+    full = _run(config, data, tmp_path / "full")
+    assert full.model.matcher is not None and np.isfinite(full.history["loss"]).all()
+    assert read_model_config(full.model_path)["model"]["match_dim"] == 4
+    start = build_model(config).matcher
+    assert not torch.equal(full.model.matcher.project.weight, start.project.weight)
+    assert float(full.model.matcher.log_scale_match) != float(start.log_scale_match)
+
+    real_augment = train_module.augment
+    calls = []
+
+    def killed_augment(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("killed")
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "augment", killed_augment)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, data, tmp_path / "killed")
+    monkeypatch.setattr(train_module, "augment", real_augment)
+    resumed = _run(config, data, tmp_path / "killed")
+    assert resumed.model.fingerprint == full.model.fingerprint
+    plain = _run(_config(steps=6, val_every=3, checkpoint_every=3, warmup_steps=1, items_per_class=3,
+                         every_support=True), data, tmp_path / "plain")
+    # the match's cross-entropy is added to the prototypical loss, not put in its place
+    assert plain.model.matcher is None and plain.history["loss"].iloc[-1] < full.history["loss"].iloc[-1]

@@ -236,3 +236,56 @@ def test_omniglot_folder_opens_the_split_the_paths_name(omniglot_dir):
     path = evaluation.table["path"].iloc[0]
     source = _open_gallery(omniglot_dir, path)
     assert source.read([path])[0].shape == evaluation.read([path])[0].shape
+
+
+@pytest.fixture(scope="module")
+def matcher_model(tmp_path_factory):
+    """A tiny model with a map matcher (16 px, maps 8 x 8 before the last block), trained by nobody."""
+    import torch
+
+    from oneshot.embedder.artifact import save_model
+    from oneshot.embedder.model import Embedder
+
+    torch.manual_seed(3)
+    model = Embedder("conv", dim=8, recipe=Recipe(size=16), backbone_options={"channels": 4, "blocks": 2}, match_dim=3)
+    return save_model(model, tmp_path_factory.mktemp("matcher") / "matcher.safetensors")
+
+
+def test_a_reranker_with_a_map_matcher_scores_by_its_trained_similarity(setting, tiny_model_path, matcher_model):
+    import cv2
+    import torch
+
+    from oneshot.embedder.artifact import load_model
+    from oneshot.embedder.encode import encode_with_local
+
+    rerank = Reranker(matcher_model, setting["gallery"], depth=10, margin=None)
+    answers = _answers(setting, tiny_model_path, rerank)
+    assert answers["reranked"].all() and rerank.stats.gallery_encoded == 60
+    table = setting["index"].table
+    model = load_model(matcher_model)
+    vectors, local = encode_with_local(model, [cv2.imread(str(setting["gallery"] / p), 0) for p in table["path"]])
+    with torch.no_grad():
+        distance = model.matcher.distances(torch.from_numpy(local), torch.from_numpy(local))
+        expected = model.matcher.similarity(torch.from_numpy(vectors @ vectors.T), distance).numpy()
+    row_of = {i: r for r, i in enumerate(table["id"].tolist())}
+    query_row = dict(zip(table["path"].tolist(), range(len(table))))
+    for _, answer in answers.iterrows():
+        got = [s for c in answer["candidates"] for s in c["gallery_scores"]]
+        wanted = [float(expected[query_row[answer["path"]], row_of[g]]) for c in answer["candidates"]
+                  for g in c["gallery_ids"]]
+        np.testing.assert_allclose(got, wanted, atol=1e-4)
+        assert answer["score"] == pytest.approx(max(got), abs=1e-6)
+    assert rerank.cache_rows <= 16_000
+
+
+def test_a_matched_score_gets_no_cosine_threshold(setting, tiny_model_path, matcher_model):
+    rows = []
+    summary = identify_job(setting["gallery"], setting["index"], None, tiny_model_path, threshold="model",
+                           emit=rows.append, show_progress=False,
+                           rerank=Reranker(matcher_model, setting["gallery"], margin=None))
+    assert "calibrated on its cosine, not on its map-matched score" in summary.threshold_text
+    rows = []
+    identify_job(setting["gallery"], setting["index"], None, tiny_model_path, threshold=0.5, emit=rows.append,
+                 show_progress=False, rerank=Reranker(matcher_model, setting["gallery"], margin=None))
+    answers = pd.concat(rows)
+    assert (answers["known"] == (answers["score"] >= np.float32(0.5))).all()

@@ -13,7 +13,10 @@ rule and data it was chosen on), and ``margin="model"`` (the default) uses it, o
 for a model without one.
 
 A re-scored query's ``score`` is the re-ranking model's cosine, its candidates are the ``depth``
-rows in that order, and ``reranked`` is True; other queries keep the index's scores.
+rows in that order, and ``reranked`` is True; other queries keep the index's scores. A re-ranking
+model trained with a map matcher (``match_dim``, :mod:`oneshot.embedder.matching`) scores by what it
+was trained with: its cosine minus its learned match weight times the two images' map-match
+distance (:meth:`MapMatcher.similarity`), which ranks as the trained combined distance does.
 """
 from __future__ import annotations
 
@@ -45,6 +48,9 @@ DEFAULT_DEPTH = 10
 DEFAULT_MARGIN = 0.05
 MODEL_MARGIN = "model"  # Reranker(margin=MODEL_MARGIN): the index model's stored margin, else DEFAULT_MARGIN
 DEFAULT_CACHE_ROWS = 200_000  # gallery vectors kept between batches (200,000 x 256 float32 = 205 MB)
+# a row re-scored by a map matcher also keeps its local features (7 x 7 x 64 float32 = 12.5 KB): at most
+# this many such rows are kept, about the same memory
+MATCH_CACHE_ROWS = 16_000
 
 
 @dataclass
@@ -76,7 +82,8 @@ class Reranker:
             this in the index's score; ``None`` re-scores every query; ``"model"`` (default): the
             margin the index's model carries (chosen for it on validation data), else
             ``DEFAULT_MARGIN``, resolved by :meth:`bind` (``margin_source`` says which).
-        cache_rows: gallery vectors kept between batches (least recently used dropped first).
+        cache_rows: gallery vectors kept between batches (least recently used dropped first; with a
+            map matcher at most ``MATCH_CACHE_ROWS``, since each row also keeps its local features).
     """
 
     model: object
@@ -105,8 +112,11 @@ class Reranker:
             raise InvalidInputError(f"{self.name}: a re-ranking model must give unit vectors (cosine metric), "
                                     f"not {model.metric!r}")
         self.fingerprint = getattr(model, "fingerprint", None)
-        self.embedder = model
-        self.engine = InferenceModel(model.to(self.device or default_device()))
+        self.embedder = model.to(self.device or default_device())
+        self.engine = InferenceModel(self.embedder)
+        self.matcher = getattr(model, "matcher", None)
+        if self.matcher is not None:
+            self.cache_rows = min(self.cache_rows, MATCH_CACHE_ROWS)
         self.source: ImageSource | None = None
         self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
 
@@ -152,10 +162,8 @@ class Reranker:
                 self._cache[int(i)] = None
             self.stats.gallery_unreadable += len(batch.rejected)
             if len(batch.rows):
-                step = self.engine.batch_size
-                vectors = np.concatenate([self.engine(batch.pixels[s : s + step]) for s in range(0, len(batch.rows), step)])
-                for i, vector in zip(batch.rows["id"].tolist(), vectors):
-                    self._cache[int(i)] = vector
+                for i, entry in zip(batch.rows["id"].tolist(), self._encode(batch.pixels)):
+                    self._cache[int(i)] = entry
                 self.stats.gallery_encoded += len(batch.rows)
         found = {}
         for i in wanted:
@@ -164,6 +172,37 @@ class Reranker:
         while len(self._cache) > max(self.cache_rows, len(wanted)):
             self._cache.popitem(last=False)
         return found
+
+    def _encode(self, pixels: np.ndarray) -> list:
+        """float32 (N, C, H, W) -> one entry per image: its vector (D,), or with a map matcher
+        (vector (D,), local features (L, d))."""
+        step = self.engine.batch_size
+        if self.matcher is None:
+            return list(np.concatenate([self.engine(pixels[s : s + step]) for s in range(0, len(pixels), step)]))
+        import torch
+
+        device = next(self.embedder.parameters()).device
+        entries = []
+        with torch.inference_mode():
+            for s in range(0, len(pixels), step):
+                vectors, local = self.embedder.forward_with_local(torch.from_numpy(pixels[s : s + step]).to(device))
+                entries += list(zip(vectors.float().cpu().numpy(), local.cpu().numpy()))
+        return entries
+
+    def _scores(self, query, gallery: list) -> np.ndarray:
+        """A query's entry against its gallery rows' entries -> (len(gallery),) float32 scores, higher closer."""
+        if self.matcher is None:
+            vectors = np.stack(gallery) if gallery else np.zeros((0, len(query)), np.float32)
+            return vectors @ query
+        import torch
+
+        if not gallery:
+            return np.zeros(0, np.float32)
+        cosine = np.stack([vector for vector, _ in gallery]) @ query[0]
+        with torch.inference_mode():
+            distance = self.matcher.distances(torch.from_numpy(query[1][None]),
+                                              torch.from_numpy(np.stack([local for _, local in gallery])))[0]
+            return self.matcher.similarity(torch.from_numpy(cosine), distance).numpy().astype(np.float32)
 
     def hesitant(self, result: SearchResult) -> np.ndarray:
         """(Q,) bool: queries whose best two identities differ by less than ``margin`` (all without one)."""
@@ -193,14 +232,12 @@ class Reranker:
         scores, ids, labels = result.scores.copy(), result.ids.copy(), result.labels.copy()
         rows = np.flatnonzero(chosen)
         if len(rows):
-            queries = self.engine(pixels[rows])
+            queries = self._encode(np.ascontiguousarray(pixels[rows]))
             found = self._gallery_vectors(ids[rows])
-            dim = queries.shape[1]
             for q, query in zip(rows, queries):
                 row_ids = ids[q]
                 keep = [j for j, gid in enumerate(row_ids) if gid >= 0 and found.get(int(gid)) is not None]
-                gallery = np.stack([found[int(row_ids[j])] for j in keep]) if keep else np.zeros((0, dim), np.float32)
-                new = gallery @ query
+                new = self._scores(query, [found[int(row_ids[j])] for j in keep])
                 order = np.argsort(-new, kind="stable")
                 count = len(keep)
                 picked = [keep[j] for j in order]

@@ -243,8 +243,13 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
             raise InvalidInputError("re-ranking needs image queries (not an embedding store), k = 1 and the local "
                                     "engine (re-scoring reads the queries' pixels)")
         rerank.bind(model, index)
-        rerank_threshold, rerank_text = _threshold(rerank.embedder, rerank.fingerprint, given_threshold,
-                                                   enrolled_count(index))
+        if rerank.matcher is not None and isinstance(given_threshold, str) and given_threshold.lower() == "model":
+            # the model's thresholds were calibrated on its cosine; the matched score is on another footing
+            rerank_threshold, rerank_text = None, ("no threshold: the model's own was calibrated on its cosine, not on "
+                                                   "its map-matched score (give --threshold X)")
+        else:
+            rerank_threshold, rerank_text = _threshold(rerank.embedder, rerank.fingerprint, given_threshold,
+                                                       enrolled_count(index))
         threshold_text = (f"{threshold_text}; re-scored queries ({rerank.name}): {rerank_text}; re-scoring margin "
                           f"{'none (every query)' if rerank.margin is None else rerank.margin} ({rerank.margin_source})")
     if threshold is not None and index.metadata.get("pca") and threshold_text.startswith("carried by"):

@@ -1,0 +1,110 @@
+"""Matching two images' feature maps, trained with the embedder (issue 19's "local matching").
+
+The pooled vector says *which* strokes an image has; two characters that differ by one small stroke
+can share most of it. :class:`MapMatcher` compares the maps themselves: each image's map (the
+backbone's second-to-last block, before its pool: 7 x 7 at 28 px) is projected to ``dim`` channels,
+unit length at every location, and one image's locations are *reconstructed* from the other's
+(ridge regression over the other map's locations, as in Wertheimer et al.'s feature-map
+reconstruction networks). A location the other image has no stroke for reconstructs badly; the
+distance is the mean squared residual per location, both ways, in [0, 1].
+
+Everything goes through d x d Gram matrices, so a batch of N maps gives all N x N distances in
+three matrix products of (N, d*d) matrices, never a loop over pairs.
+
+The score the matcher was trained with, :meth:`MapMatcher.combined_distance`, adds the global
+vectors' squared distance and the match distance, each times a scale learned in training; no weight
+is tuned afterwards.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oneshot.embedder.losses import class_ranks
+from oneshot.errors import InvalidInputError
+
+
+class MapMatcher(nn.Module):
+    """``maps (N, C, H, W)`` -> local features ``(N, H*W, dim)`` and their pairwise distances.
+
+    Args:
+        channels: the tapped map's channels (C).
+        dim: the projected channels (d); the Gram matrices have d*d entries.
+    """
+
+    def __init__(self, channels: int, dim: int = 64):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise InvalidInputError(f"match dim must be a positive integer, got {dim!r}")
+        self.dim = dim
+        self.project = nn.Conv2d(channels, dim, 1, bias=False)
+        self.log_ridge = nn.Parameter(torch.tensor(0.0))  # lambda = 1 at the start
+        self.log_scale_global = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.log_scale_match = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def local_features(self, maps: torch.Tensor) -> torch.Tensor:
+        """maps (N, C, H, W) -> float32 (N, H*W, dim), unit length at every location."""
+        projected = self.project(maps.float())
+        return F.normalize(projected.flatten(2).transpose(1, 2), dim=2)
+
+    def residual_operators(self, local: torch.Tensor) -> torch.Tensor:
+        """local (N, L, d) -> each map's residual operator P P - 2 P, flattened (N, d*d).
+
+        P = S^T (S S^T + lambda I)^-1 S for a map's locations S (L, d) reconstructs a row q as q P, and
+        ||Q - Q P||^2 = tr(G) + <G, P P - 2 P> for the query's Gram matrix G = Q^T Q.
+        """
+        n, locations, _ = local.shape
+        ridge = self.log_ridge.exp() * torch.eye(locations, dtype=local.dtype, device=local.device)
+        solved = torch.linalg.solve(local @ local.transpose(1, 2) + ridge, local)  # (N, L, d)
+        operator = local.transpose(1, 2) @ solved  # (N, d, d), symmetric
+        return (operator @ operator - 2 * operator).reshape(n, -1)
+
+    def distances(self, queries: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+        """local (Q, L, d) and (R, L, d) -> (Q, R) match distances in [0, 1]: the mean squared
+        residual per location of reconstructing each map from the other, averaged over both ways.
+        Passing the same tensor twice (all pairs of a batch) computes one way and transposes it."""
+        if queries.shape[1:] != references.shape[1:]:
+            raise InvalidInputError(f"maps of different shapes: {tuple(queries.shape[1:])} and "
+                                    f"{tuple(references.shape[1:])}")
+        locations = queries.shape[1]
+        gram_q = (queries.transpose(1, 2) @ queries).flatten(1)  # (Q, d*d); its trace is L for unit locations
+        if references is queries:
+            one_way = gram_q @ self.residual_operators(queries).T  # [i, j]: reconstructing i from j, less L
+            both = one_way + one_way.T
+        else:
+            gram_r = (references.transpose(1, 2) @ references).flatten(1)
+            both = gram_q @ self.residual_operators(references).T + self.residual_operators(queries) @ gram_r.T
+        return ((2 * locations + both) / (2 * locations)).clamp_min(0)
+
+    def combined_distance(self, global_distance: torch.Tensor, match_distance: torch.Tensor) -> torch.Tensor:
+        """The trained score, lower is closer: ``s_g * squared distance of the unit global vectors +
+        s_m * match distance`` (both (Q, R); the scales are learned in training)."""
+        return self.log_scale_global.exp() * global_distance + self.log_scale_match.exp() * match_distance
+
+    def similarity(self, cosine: torch.Tensor, match_distance: torch.Tensor) -> torch.Tensor:
+        """The trained score on the cosine's scale, higher is closer: ``cosine - s_m / (2 s_g) * match
+        distance``. For unit vectors the squared distance is 2 - 2 cosine, so this is
+        ``1 - combined_distance / (2 s_g)``: the same order as :meth:`combined_distance`."""
+        return cosine - (self.log_scale_match - self.log_scale_global).exp() / 2 * match_distance
+
+
+def match_loss(matcher: MapMatcher, embeddings: torch.Tensor, local: torch.Tensor, labels: torch.Tensor,
+               k_shot: int, every_support: bool) -> torch.Tensor:
+    """Prototypical cross-entropy over the combined distance, on the episodes of
+    :class:`~oneshot.embedder.losses.PrototypicalLoss` (the same supports, every one in turn with
+    ``every_support``): a query's distance to a class is its mean distance to the class's supports.
+
+    embeddings (B, D) unit vectors, local (B, L, d), labels (B,).
+    """
+    inverse, rank, counts = class_ranks(labels, k_shot)
+    distance = matcher.combined_distance(torch.cdist(embeddings, embeddings).pow(2), matcher.distances(local, local))
+    losses = []
+    for shift in range(int(counts.max())) if every_support else range(1):
+        support = (rank - shift) % counts[inverse] < k_shot
+        to_class = F.one_hot(inverse[support], len(counts)).to(distance.dtype) / k_shot  # (S, C)
+        logits = -(distance[~support][:, support] @ to_class)
+        losses.append(F.cross_entropy(logits, inverse[~support]))
+    return torch.stack(losses).mean()
