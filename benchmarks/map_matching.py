@@ -67,7 +67,7 @@ def episode_scores(members: list[Encoded], queries: np.ndarray, supports: np.nda
     ``global`` (cosines), ``penalty`` (each matcher's trained weight s_m / (2 s_g) times its match distance;
     ``global - penalty`` is the trained score, :meth:`MapMatcher.similarity`) and ``match`` (minus the
     match distances alone)."""
-    cosine = penalty = match = 0.0
+    cosine, penalty, match = (np.zeros((len(queries), len(supports))) for _ in range(3))
     for member in members:
         cosine = cosine + member.vectors[queries] @ member.vectors[supports].T
         if member.local is not None:
@@ -76,8 +76,7 @@ def episode_scores(members: list[Encoded], queries: np.ndarray, supports: np.nda
                                          torch.from_numpy(member.local[supports])).double().numpy()
             weight = float((matcher.log_scale_match - matcher.log_scale_global).exp()) / 2
             penalty, match = penalty + weight * distance, match - distance
-    return {"global": np.asarray(cosine, np.float64), "penalty": np.asarray(penalty, np.float64),
-            "match": np.asarray(match, np.float64)}
+    return {"global": cosine, "penalty": penalty, "match": match}
 
 
 def episode_correct(members: list[Encoded], episodes: list) -> dict[str, np.ndarray]:

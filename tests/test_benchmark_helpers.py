@@ -99,3 +99,39 @@ def test_accuracy_by_group_scores_each_group_on_its_own_classes():
     assert found["noise"]["accuracy"] < 0.2  # chance is 1 in 20
     again = accuracy_by_group(vectors, table, n_way=20, episodes=50, seed=0)
     assert again == found  # seeded
+
+
+def test_map_matching_scores_members_by_their_trained_scores_and_counts_episodes():
+    import torch
+
+    from benchmarks.map_matching import Encoded, episode_correct, episode_scores
+    from oneshot.embedder.model import Embedder
+    from oneshot.embedder.preprocess import Recipe
+    from oneshot.pipelines.evaluation.episodes import sample_episodes
+
+    torch.manual_seed(0)
+    matched = Embedder("conv4", dim=4, recipe=Recipe(size=28), backbone_options={"widths": [2, 2, 3, 3]}, match_dim=3)
+    plain = Embedder("conv4", dim=4, recipe=Recipe(size=28), backbone_options={"widths": [2, 2, 3, 3]})
+    rng = np.random.default_rng(0)
+
+    def unit(shape):
+        x = rng.normal(size=shape)
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    a, b = Encoded(matched, unit((12, 4)), unit((12, 5, 3))), Encoded(plain, unit((12, 4)), None)
+    queries, supports = np.array([0, 1, 2]), np.array([3, 4, 5, 6])
+    scores = episode_scores([a, b], queries, supports)
+    np.testing.assert_allclose(scores["global"], a.vectors[queries] @ a.vectors[supports].T
+                               + b.vectors[queries] @ b.vectors[supports].T, atol=1e-6)
+    with torch.no_grad():
+        distance = matched.matcher.distances(torch.from_numpy(a.local[queries]), torch.from_numpy(a.local[supports]))
+        trained = matched.matcher.similarity(torch.from_numpy(a.vectors[queries] @ a.vectors[supports].T), distance)
+    np.testing.assert_allclose(scores["global"] - scores["penalty"],
+                               trained.numpy() + b.vectors[queries] @ b.vectors[supports].T, atol=1e-5)
+    np.testing.assert_allclose(scores["match"], -distance.numpy(), atol=1e-6)
+    labels = np.repeat(np.arange(6), 2)
+    episodes = sample_episodes(labels, n_way=3, k_shot=1, n_query=1, n_episodes=4, seed=0)
+    correct = episode_correct([b], episodes)
+    expected = np.concatenate([(b.vectors[e.query] @ b.vectors[e.support[:, 0]].T).argmax(1) == e.query_target
+                               for e in episodes])
+    assert correct["global"].tolist() == expected.tolist() == correct["combined"].tolist()  # no matcher: no penalty
