@@ -62,6 +62,20 @@ class MapMatcher(nn.Module):
         operator = local.transpose(1, 2) @ solved  # (N, d, d), symmetric
         return (operator @ operator - 2 * operator).reshape(n, -1)
 
+    def summaries(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """local (N, L, d) -> what :meth:`distances_between` needs of each map: its Gram matrix Q^T Q
+        and its residual operator, each flattened (N, d*d). Computed once per map, so a map kept
+        (a gallery row) is never solved again."""
+        return (local.transpose(1, 2) @ local).flatten(1), self.residual_operators(local)
+
+    @staticmethod
+    def distances_between(queries: tuple[torch.Tensor, torch.Tensor], references: tuple[torch.Tensor, torch.Tensor],
+                          locations: int) -> torch.Tensor:
+        """:meth:`summaries` of Q and R maps of ``locations`` locations each -> (Q, R) match distances."""
+        (gram_q, operator_q), (gram_r, operator_r) = queries, references
+        both = gram_q @ operator_r.T + operator_q @ gram_r.T  # [i, j]: both ways, less 2 L
+        return ((2 * locations + both) / (2 * locations)).clamp_min(0)
+
     def distances(self, queries: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         """local (Q, L, d) and (R, L, d) -> (Q, R) match distances in [0, 1]: the mean squared
         residual per location of reconstructing each map from the other, averaged over both ways.
@@ -70,14 +84,11 @@ class MapMatcher(nn.Module):
             raise InvalidInputError(f"maps of different shapes: {tuple(queries.shape[1:])} and "
                                     f"{tuple(references.shape[1:])}")
         locations = queries.shape[1]
-        gram_q = (queries.transpose(1, 2) @ queries).flatten(1)  # (Q, d*d); its trace is L for unit locations
         if references is queries:
-            one_way = gram_q @ self.residual_operators(queries).T  # [i, j]: reconstructing i from j, less L
-            both = one_way + one_way.T
-        else:
-            gram_r = (references.transpose(1, 2) @ references).flatten(1)
-            both = gram_q @ self.residual_operators(references).T + self.residual_operators(queries) @ gram_r.T
-        return ((2 * locations + both) / (2 * locations)).clamp_min(0)
+            gram = (queries.transpose(1, 2) @ queries).flatten(1)  # (Q, d*d); its trace is L for unit locations
+            one_way = gram @ self.residual_operators(queries).T  # [i, j]: reconstructing i from j, less L
+            return ((2 * locations + one_way + one_way.T) / (2 * locations)).clamp_min(0)
+        return self.distances_between(self.summaries(queries), self.summaries(references), locations)
 
     def combined_distance(self, global_distance: torch.Tensor, match_distance: torch.Tensor) -> torch.Tensor:
         """The trained score, lower is closer: ``s_g * squared distance of the unit global vectors +

@@ -34,6 +34,8 @@ _API = {
     "Embedder": "oneshot.embedder.model",
     "Recipe": "oneshot.embedder.preprocess",
     "encode": "oneshot.embedder.encode",
+    "encode_with_local": "oneshot.embedder.encode",
+    "MapMatcher": "oneshot.embedder.matching",
     "TrainConfig": "oneshot.embedder.train",
     "train": "oneshot.embedder.train",
     "read_gallery": "oneshot.data.folders",

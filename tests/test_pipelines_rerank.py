@@ -275,7 +275,7 @@ def test_a_reranker_with_a_map_matcher_scores_by_its_trained_similarity(setting,
                   for g in c["gallery_ids"]]
         np.testing.assert_allclose(got, wanted, atol=1e-4)
         assert answer["score"] == pytest.approx(max(got), abs=1e-6)
-    assert rerank.cache_rows <= 16_000
+    assert rerank.cache_rows <= 6_000
 
 
 def test_a_matched_score_gets_no_cosine_threshold(setting, tiny_model_path, matcher_model):

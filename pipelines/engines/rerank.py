@@ -48,9 +48,9 @@ DEFAULT_DEPTH = 10
 DEFAULT_MARGIN = 0.05
 MODEL_MARGIN = "model"  # Reranker(margin=MODEL_MARGIN): the index model's stored margin, else DEFAULT_MARGIN
 DEFAULT_CACHE_ROWS = 200_000  # gallery vectors kept between batches (200,000 x 256 float32 = 205 MB)
-# a row re-scored by a map matcher also keeps its local features (7 x 7 x 64 float32 = 12.5 KB): at most
-# this many such rows are kept, about the same memory
-MATCH_CACHE_ROWS = 16_000
+# a row re-scored by a map matcher also keeps its map's Gram matrix and residual operator (2 x 64 x 64
+# float32 = 32 KB): at most this many such rows are kept, about the same memory
+MATCH_CACHE_ROWS = 6_000
 
 
 @dataclass
@@ -175,7 +175,8 @@ class Reranker:
 
     def _encode(self, pixels: np.ndarray) -> list:
         """float32 (N, C, H, W) -> one entry per image: its vector (D,), or with a map matcher
-        (vector (D,), local features (L, d))."""
+        (vector (D,), its map's Gram matrix (d*d,), its residual operator (d*d,)): what scoring needs,
+        solved once per image."""
         step = self.engine.batch_size
         if self.matcher is None:
             return list(np.concatenate([self.engine(pixels[s : s + step]) for s in range(0, len(pixels), step)]))
@@ -186,7 +187,9 @@ class Reranker:
         with torch.inference_mode():
             for s in range(0, len(pixels), step):
                 vectors, local = self.embedder.forward_with_local(torch.from_numpy(pixels[s : s + step]).to(device))
-                entries += list(zip(vectors.float().cpu().numpy(), local.cpu().numpy()))
+                self._locations = local.shape[1]
+                grams, operators = self.matcher.summaries(local)
+                entries += list(zip(vectors.float().cpu().numpy(), grams.cpu().numpy(), operators.cpu().numpy()))
         return entries
 
     def _scores(self, query, gallery: list) -> np.ndarray:
@@ -198,11 +201,12 @@ class Reranker:
 
         if not gallery:
             return np.zeros(0, np.float32)
-        cosine = np.stack([vector for vector, _ in gallery]) @ query[0]
+        vectors, grams, operators = (np.stack(part) for part in zip(*gallery))
         with torch.inference_mode():
-            distance = self.matcher.distances(torch.from_numpy(query[1][None]),
-                                              torch.from_numpy(np.stack([local for _, local in gallery])))[0]
-            return self.matcher.similarity(torch.from_numpy(cosine), distance).numpy().astype(np.float32)
+            distance = self.matcher.distances_between(
+                (torch.from_numpy(query[1][None]), torch.from_numpy(query[2][None])),
+                (torch.from_numpy(grams), torch.from_numpy(operators)), self._locations)[0]
+            return self.matcher.similarity(torch.from_numpy(vectors @ query[0]), distance).numpy().astype(np.float32)
 
     def hesitant(self, result: SearchResult) -> np.ndarray:
         """(Q,) bool: queries whose best two identities differ by less than ``margin`` (all without one)."""
