@@ -8,8 +8,9 @@ unit length at every location, and one image's locations are *reconstructed* fro
 reconstruction networks). A location the other image has no stroke for reconstructs badly; the
 distance is the mean squared residual per location, both ways, in [0, 1].
 
-Everything goes through d x d Gram matrices, so a batch of N maps gives all N x N distances in
-three matrix products of (N, d*d) matrices, never a loop over pairs.
+Everything goes through d x d matrices (each map's Gram matrix and its residual operator, one
+small solve per map), so a batch of N maps gives all N x N distances in one product of (N, d*d)
+matrices, never a loop over pairs.
 
 The score the matcher was trained with, :meth:`MapMatcher.combined_distance`, adds the global
 vectors' squared distance and the match distance, each times a scale learned in training; no weight

@@ -131,16 +131,20 @@ class Embedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images float32 (N, C, H, W) (C, H, W: the recipe's channels and shape) -> vectors (N, D)."""
+        self._check_images(images)
+        return self.head(self.backbone(images))
+
+    def _check_images(self, images: torch.Tensor) -> None:
         (height, width), channels = self.recipe.shape, self.recipe.channels
         if images.ndim != 4 or images.shape[1] != channels or tuple(images.shape[2:]) != (height, width):
             raise InvalidInputError(f"expected images (N, {channels}, {height}, {width}), got {tuple(images.shape)}")
-        return self.head(self.backbone(images))
 
     def forward_with_local(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (N, C, H, W) -> (vectors (N, D) as :meth:`forward`, the matcher's local features
         (N, L, d) float32). Needs a model trained with a matcher (``match_dim``)."""
         if self.matcher is None:
             raise InvalidInputError("this model has no map matcher (train one with the match_dim option)")
+        self._check_images(images)
         features, maps = self.backbone.forward_with_map(images)
         return self.head(features.float()), self.matcher.local_features(maps)
 
