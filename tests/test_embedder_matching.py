@@ -81,7 +81,8 @@ def test_without_the_match_the_loss_is_the_prototypical_loss(every_support):
     embeddings = F.normalize(torch.randn(12, 6), dim=1)
     local = F.normalize(torch.randn(12, 5, 4), dim=2)
     labels = torch.tensor([3, 1, 3, 2, 1, 2, 3, 1, 2, 3, 1, 2])  # 3 classes x 4 rows, interleaved
-    reference = PrototypicalLoss(k_shot=1, scale=float(matcher.log_scale_global.exp()), every_support=every_support)
+    reference = PrototypicalLoss(k_shot=1, scale=float(matcher.log_scale_global.detach().exp()),
+                                 every_support=every_support)
     found = match_loss(matcher, embeddings, local, labels, k_shot=1, every_support=every_support)
     assert float(found) == pytest.approx(float(reference(embeddings, labels)), rel=1e-5)
 
