@@ -84,7 +84,7 @@ def test_without_the_match_the_loss_is_the_prototypical_loss(every_support):
     reference = PrototypicalLoss(k_shot=1, scale=float(matcher.log_scale_global.detach().exp()),
                                  every_support=every_support)
     found = match_loss(matcher, embeddings, local, labels, k_shot=1, every_support=every_support)
-    assert float(found) == pytest.approx(float(reference(embeddings, labels)), rel=1e-5)
+    assert found.item() == pytest.approx(reference(embeddings, labels).item(), rel=1e-5)
 
 
 def test_the_loss_sends_gradient_to_the_matcher_and_needs_enough_rows():
