@@ -504,7 +504,7 @@ def test_a_run_with_a_map_matcher_trains_it_and_resumes_exactly(data, tmp_path, 
     assert read_model_config(full.model_path)["model"]["match_dim"] == 4
     start = build_model(config).matcher
     assert not torch.equal(full.model.matcher.project.weight, start.project.weight)
-    assert float(full.model.matcher.log_scale_match) != float(start.log_scale_match)
+    assert full.model.matcher.log_scale_match.item() != start.log_scale_match.item()
 
     real_augment = train_module.augment
     calls = []

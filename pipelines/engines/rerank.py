@@ -83,7 +83,7 @@ class Reranker:
             margin the index's model carries (chosen for it on validation data), else
             ``DEFAULT_MARGIN``, resolved by :meth:`bind` (``margin_source`` says which).
         cache_rows: gallery vectors kept between batches (least recently used dropped first; with a
-            map matcher at most ``MATCH_CACHE_ROWS``, since each row also keeps its local features).
+            map matcher at most ``MATCH_CACHE_ROWS``, since each row also keeps its map's summaries).
     """
 
     model: object
@@ -115,6 +115,7 @@ class Reranker:
         self.embedder = model.to(self.device or default_device())
         self.engine = InferenceModel(self.embedder)
         self.matcher = getattr(model, "matcher", None)
+        self._locations = None  # the matcher's map locations (L), known once an image is encoded
         if self.matcher is not None:
             self.cache_rows = min(self.cache_rows, MATCH_CACHE_ROWS)
         self.source: ImageSource | None = None
