@@ -74,8 +74,7 @@ def episode_scores(members: list[Encoded], queries: np.ndarray, supports: np.nda
             matcher = member.model.matcher
             distance = matcher.distances(torch.from_numpy(member.local[queries]),
                                          torch.from_numpy(member.local[supports])).double().numpy()
-            weight = float((matcher.log_scale_match - matcher.log_scale_global).exp()) / 2
-            penalty, match = penalty + weight * distance, match - distance
+            penalty, match = penalty + matcher.match_weight * distance, match - distance
     return {"global": cosine, "penalty": penalty, "match": match}
 
 

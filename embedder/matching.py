@@ -96,11 +96,16 @@ class MapMatcher(nn.Module):
         s_m * match distance`` (both (Q, R); the scales are learned in training)."""
         return self.log_scale_global.exp() * global_distance + self.log_scale_match.exp() * match_distance
 
+    @property
+    def match_weight(self) -> float:
+        """The match distance's weight on the cosine's scale, ``s_m / (2 s_g)`` (learned in training)."""
+        return float((self.log_scale_match - self.log_scale_global).detach().exp()) / 2
+
     def similarity(self, cosine: torch.Tensor, match_distance: torch.Tensor) -> torch.Tensor:
-        """The trained score on the cosine's scale, higher is closer: ``cosine - s_m / (2 s_g) * match
+        """The trained score on the cosine's scale, higher is closer: ``cosine - match_weight * match
         distance``. For unit vectors the squared distance is 2 - 2 cosine, so this is
         ``1 - combined_distance / (2 s_g)``: the same order as :meth:`combined_distance`."""
-        return cosine - (self.log_scale_match - self.log_scale_global).exp() / 2 * match_distance
+        return cosine - self.match_weight * match_distance
 
 
 def match_loss(matcher: MapMatcher, embeddings: torch.Tensor, local: torch.Tensor, labels: torch.Tensor,

@@ -74,6 +74,21 @@ def test_short_run_writes_everything(data, tmp_path):
     assert checkpoint["state"]["step"] == 30 and checkpoint["config"] == config.to_dict()
 
 
+def _kill_during_step(monkeypatch, step: int) -> None:
+    """Make the training loop's ``step``-th augment call (1-based: during that step, before its
+    update) raise KeyboardInterrupt, as a kill would."""
+    real_augment = train_module.augment
+    calls = []
+
+    def killed_augment(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt("killed")
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "augment", killed_augment)
+
+
 def _final_state(out_dir):
     """The last checkpoint: weights, loss and optimizer state at the final step."""
     return torch.load(out_dir / "checkpoint.pt", weights_only=True)
@@ -97,21 +112,13 @@ def test_exact_resume_after_a_kill(data, tmp_path, monkeypatch, checkpoint_every
 
     # the same run killed during step `kill_at` (1-based), after the last checkpoint ...
     real_augment = train_module.augment
-    calls = []
-
-    def killed_augment(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == kill_at:
-            raise KeyboardInterrupt("killed")
-        return real_augment(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "augment", killed_augment)
+    _kill_during_step(monkeypatch, kill_at)
     with pytest.raises(KeyboardInterrupt):
         _run(config, data, tmp_path / "killed")
     assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["state"]["step"] == resume_from
 
     # ... then resumed with the same config: it runs the remaining steps only
-    calls.clear()
+    calls = []
 
     def counted_augment(*args, **kwargs):
         calls.append(1)
@@ -507,15 +514,7 @@ def test_a_run_with_a_map_matcher_trains_it_and_resumes_exactly(data, tmp_path, 
     assert full.model.matcher.log_scale_match.item() != start.log_scale_match.item()
 
     real_augment = train_module.augment
-    calls = []
-
-    def killed_augment(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt("killed")
-        return real_augment(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "augment", killed_augment)
+    _kill_during_step(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         _run(config, data, tmp_path / "killed")
     monkeypatch.setattr(train_module, "augment", real_augment)

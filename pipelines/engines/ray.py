@@ -33,7 +33,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -90,11 +90,19 @@ class _Encoder:
         return decoded
 
 
+class _PoolKey(NamedTuple):
+    """What an encode pool's actors run: jobs and ``prepare`` that build the same key share the pool."""
+
+    fingerprint: str  # the model's
+    requested_mode: str  # the inference mode asked for ("auto", not what it resolves to on one machine)
+    precision: str
+
+
 @dataclass
 class _EncodePool:
     """Encode actors that each hold one model, kept by the engine from one job to the next."""
 
-    key: tuple[str, str, str]  # the model's fingerprint, the inference mode asked for and the precision
+    key: _PoolKey
     actors: list
     model_ref: Any  # the model in the object store: kept alive so that a restarted actor can rebuild it
     cpus: float  # the cluster's CPUs when the pool started (sizes the decode tasks in flight)
@@ -255,15 +263,15 @@ class RayEngine:
         from oneshot.embedder.artifact import as_model
 
         embedder = as_model(model)
-        pool = self._encode_pool((embedder.fingerprint, mode, precision), lambda: embedder)
+        pool = self._encode_pool(_PoolKey(embedder.fingerprint, mode, precision), lambda: embedder)
         if wait:
             import ray
 
             ray.get([actor.ready.remote() for actor in pool.actors])
 
-    def _encode_pool(self, key: tuple[str, str, str], model) -> _EncodePool:
-        """The encode actors for ``key`` (the model's fingerprint, the inference mode, the precision; ``model()``
-        gives the model to ship when they must be started): one per GPU, else one per CPU of the cluster."""
+    def _encode_pool(self, key: _PoolKey, model) -> _EncodePool:
+        """The encode actors for ``key`` (``model()`` gives the model to ship when they must be started):
+        one per GPU, else one per CPU of the cluster."""
         if self._pool is not None and self._pool.key == key:
             return self._pool
         self._release_pool()
@@ -273,7 +281,7 @@ class RayEngine:
         resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": self.actor_cpus}
         actor = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS, **resources)(_Encoder)
         model_ref = ray.put(model())
-        actors = [actor.options(scheduling_strategy="SPREAD").remote(model_ref, self.threads, key[1], key[2])
+        actors = [actor.options(scheduling_strategy="SPREAD").remote(model_ref, self.threads, key.requested_mode, key.precision)
                   for _ in range(count)]
         self._pool = _EncodePool(key, actors, model_ref, cpus)
         return self._pool
@@ -296,9 +304,8 @@ class RayEngine:
         total = int(sum(len(rows) for rows in plan))
         if not total:
             return
-        # keyed by the mode the job asked for, as prepare() keys it: "auto" resolves to "script" here
-        pool = self._encode_pool((engine.fingerprint or f"unsaved-{id(engine)}", engine.requested_mode,
-                                  engine.precision), lambda: _portable_copy(engine))
+        pool = self._encode_pool(_PoolKey(engine.fingerprint or f"unsaved-{id(engine)}", engine.requested_mode,
+                                          engine.precision), lambda: _portable_copy(engine))
         decode = ray.remote(num_cpus=self.decode_cpus, max_retries=TASK_RETRIES)(decode_batch)
         source_box = SharedObject(ray.put(source))
         known_box = SharedObject(ray.put(known)) if known is not None else None
