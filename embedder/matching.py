@@ -12,6 +12,11 @@ Everything goes through d x d matrices (each map's Gram matrix and its residual 
 small solve per map), so a batch of N maps gives all N x N distances in one product of (N, d*d)
 matrices, never a loop over pairs.
 
+The reconstruction alone ignores where a location is: a stroke at the top and the same stroke at
+the bottom reconstruct each other. With ``position=True`` the projection also sees each location's
+coordinates (two channels, x and y in [-1, 1], as in CoordConv), so it can learn how much a
+location's place should count.
+
 The score the matcher was trained with, :meth:`MapMatcher.combined_distance`, adds the global
 vectors' squared distance and the match distance, each times a scale learned in training; no weight
 is tuned afterwards.
@@ -34,21 +39,29 @@ class MapMatcher(nn.Module):
     Args:
         channels: the tapped map's channels (C).
         dim: the projected channels (d); the Gram matrices have d*d entries.
+        position: also project each location's coordinates (x, y in [-1, 1]), so matching can
+            weigh where a location is.
     """
 
-    def __init__(self, channels: int, dim: int = 64):
+    def __init__(self, channels: int, dim: int = 64, position: bool = False):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise InvalidInputError(f"match dim must be a positive integer, got {dim!r}")
+        if not isinstance(position, bool):
+            raise InvalidInputError(f"match position must be true or false, got {position!r}")
         self.dim = dim
-        self.project = nn.Conv2d(channels, dim, 1, bias=False)
+        self.position = position
+        self.project = nn.Conv2d(channels + 2 * position, dim, 1, bias=False)
         self.log_ridge = nn.Parameter(torch.tensor(0.0))  # lambda = 1 at the start
         self.log_scale_global = nn.Parameter(torch.tensor(math.log(10.0)))
         self.log_scale_match = nn.Parameter(torch.tensor(math.log(10.0)))
 
     def local_features(self, maps: torch.Tensor) -> torch.Tensor:
         """maps (N, C, H, W) -> float32 (N, H*W, dim), unit length at every location."""
-        projected = self.project(maps.float())
+        maps = maps.float()
+        if self.position:
+            maps = torch.cat([maps, coordinates(maps)], dim=1)
+        projected = self.project(maps)
         return F.normalize(projected.flatten(2).transpose(1, 2), dim=2)
 
     def residual_operators(self, local: torch.Tensor) -> torch.Tensor:
@@ -59,7 +72,10 @@ class MapMatcher(nn.Module):
         """
         n, locations, _ = local.shape
         ridge = self.log_ridge.exp() * torch.eye(locations, dtype=local.dtype, device=local.device)
-        solved = torch.linalg.solve(local @ local.transpose(1, 2) + ridge, local)  # (N, L, d)
+        # S S^T + lambda I is symmetric positive definite: a Cholesky solve. (Also, after some threaded work in a
+        # process, torch 2.13's batched LU solve on CPU failed here: "Pivots given to lu_solve must all be >= 1".)
+        factor = torch.linalg.cholesky(local @ local.transpose(1, 2) + ridge)
+        solved = torch.cholesky_solve(local, factor)  # (N, L, d)
         operator = local.transpose(1, 2) @ solved  # (N, d, d), symmetric
         return (operator @ operator - 2 * operator).reshape(n, -1)
 
@@ -106,6 +122,15 @@ class MapMatcher(nn.Module):
         distance``. For unit vectors the squared distance is 2 - 2 cosine, so this is
         ``1 - combined_distance / (2 s_g)``: the same order as :meth:`combined_distance`."""
         return cosine - self.match_weight * match_distance
+
+
+def coordinates(maps: torch.Tensor) -> torch.Tensor:
+    """maps (N, C, H, W) -> (N, 2, H, W): each location's x and y, from -1 (left, top) to 1."""
+    n, _, height, width = maps.shape
+    ys = torch.linspace(-1, 1, height, dtype=maps.dtype, device=maps.device)
+    xs = torch.linspace(-1, 1, width, dtype=maps.dtype, device=maps.device)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, H, W): x, then y
+    return grid.expand(n, -1, -1, -1)
 
 
 def match_loss(matcher: MapMatcher, embeddings: torch.Tensor, local: torch.Tensor, labels: torch.Tensor,

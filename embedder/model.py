@@ -68,6 +68,7 @@ class Embedder(nn.Module):
         backbone_options: passed to the backbone factory.
         match_dim: with a positive value, a :class:`~oneshot.embedder.matching.MapMatcher` of that
             many channels on the backbone's tapped map (``None``: none). ``forward`` never uses it.
+        match_position: the matcher also sees each location's coordinates (``MapMatcher(position=)``).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class Embedder(nn.Module):
         recipe: Recipe | None = None,
         backbone_options: dict | None = None,
         match_dim: int | None = None,
+        match_position: bool = False,
     ):
         super().__init__()
         if head not in HEADS:
@@ -95,7 +97,9 @@ class Embedder(nn.Module):
         if match_dim is not None:
             if not hasattr(self.backbone, "forward_with_map"):
                 raise InvalidInputError(f"backbone {backbone!r} has no map to match (conv4, conv and resnet-small do)")
-            self.matcher = MapMatcher(self.backbone.map_channels, match_dim)
+            self.matcher = MapMatcher(self.backbone.map_channels, match_dim, match_position)
+        elif match_position:
+            raise InvalidInputError("match_position needs a map matcher (match_dim)")
 
     @property
     def dim(self) -> int:
@@ -116,6 +120,8 @@ class Embedder(nn.Module):
         }
         if self.matcher is not None:  # absent otherwise, so models without one keep their fingerprint
             config["match_dim"] = self.matcher.dim
+            if self.matcher.position:  # likewise, so matchers without it keep theirs
+                config["match_position"] = True
         return config
 
     @classmethod
@@ -127,6 +133,7 @@ class Embedder(nn.Module):
             recipe=Recipe.from_dict(config["recipe"]),
             backbone_options=config.get("backbone_options"),
             match_dim=config.get("match_dim"),
+            match_position=config.get("match_position", False),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

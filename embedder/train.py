@@ -56,7 +56,7 @@ _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "ite
                     "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed",
                     "look_alike_classes", "look_alike_every", "match_dim")
 _BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations", "reflections",
-                    "small_groups")
+                    "small_groups", "match_position")
 
 
 @dataclass
@@ -103,6 +103,7 @@ class TrainConfig:
     precision: str = "fp32"
     match_dim: int = 0
     match_weight: float = 1.0
+    match_position: bool = False
 
     def __post_init__(self):
         for name in _INTEGER_OPTIONS:
@@ -151,6 +152,8 @@ class TrainConfig:
             raise InvalidInputError(f"training option distill_temperature must be positive, got {self.distill_temperature!r}")
         if self.match_dim < 0:
             raise InvalidInputError(f"training option match_dim must be >= 0 (0: no map matcher), got {self.match_dim!r}")
+        if self.match_position and not self.match_dim:
+            raise InvalidInputError("training option match_position needs a map matcher (match_dim > 0)")
         Recipe.from_dict(self.recipe)
         self.augment = AugmentConfig.from_dict(self.augment).to_dict()  # every key: a partial dict means the defaults
 
@@ -168,7 +171,7 @@ class TrainConfig:
 def build_model(config: TrainConfig) -> Embedder:
     head = "siamese" if config.objective == "siamese" else "normalized"
     return Embedder(config.backbone, config.dim, head, Recipe.from_dict(config.recipe), config.backbone_options,
-                    config.match_dim or None)
+                    config.match_dim or None, config.match_position)
 
 
 def build_loss(config: TrainConfig, model: Embedder, n_classes: int) -> torch.nn.Module:

@@ -11,7 +11,7 @@ from oneshot.embedder.artifact import load_model, read_model_config, save_model
 from oneshot.embedder.backbones import create_backbone
 from oneshot.embedder.encode import encode, encode_with_local
 from oneshot.embedder.losses import PrototypicalLoss
-from oneshot.embedder.matching import MapMatcher, match_loss
+from oneshot.embedder.matching import MapMatcher, coordinates, match_loss
 from oneshot.embedder.model import Embedder
 from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.train import TrainConfig, embed_batch_with_local
@@ -157,3 +157,46 @@ def test_match_options_are_checked():
         TrainConfig(match_dim=8, match_weight=-1)
     with pytest.raises(InvalidInputError, match="match_dim must be an integer"):
         TrainConfig(match_dim=8.5)
+    TrainConfig(match_dim=8, match_position=True)
+    with pytest.raises(InvalidInputError, match="match_position needs a map matcher"):
+        TrainConfig(match_position=True)
+    with pytest.raises(InvalidInputError, match="match_position must be true or false"):
+        TrainConfig(match_dim=8, match_position=1)
+    with pytest.raises(InvalidInputError, match="match_position needs a map matcher"):
+        Embedder("conv4", dim=8, recipe=Recipe(size=28), match_position=True)
+
+
+def test_coordinates_run_from_minus_one_to_one_left_to_right_and_top_to_bottom():
+    grid = coordinates(torch.zeros(2, 3, 4, 5))
+    assert grid.shape == (2, 2, 4, 5)
+    x, y = grid[1]
+    assert torch.equal(x[0], torch.linspace(-1, 1, 5)) and torch.equal(x[:, 2], torch.zeros(4))
+    assert torch.equal(y[:, 0], torch.linspace(-1, 1, 4)) and torch.equal(y[1], y[1, :1].expand(5))
+
+
+def test_with_position_a_map_no_longer_matches_its_locations_moved():
+    """Reconstruction ignores where a location is: a map with its locations moved (flipped) is as
+    close as the map itself. With position, the moved map is farther than the map itself."""
+    torch.manual_seed(0)
+    maps = torch.randn(1, 16, 3, 3)  # 9 locations in 32 dimensions: their span does not hold every location
+    both = torch.cat([maps, maps.flip(2, 3)])
+    plain, placed = MapMatcher(16, 32), MapMatcher(16, 32, position=True)
+    with torch.no_grad():
+        distance = {m: m.distances(*[m.local_features(both)] * 2) for m in (plain, placed)}
+    assert placed.project.in_channels == 18 and plain.project.in_channels == 16
+    assert torch.allclose(distance[plain][0, 1], distance[plain][0, 0], atol=1e-5)
+    assert distance[placed][0, 1] > distance[placed][0, 0] + 0.1
+
+
+def test_a_model_file_with_a_placed_matcher_round_trips(tmp_path):
+    torch.manual_seed(0)
+    options = {"backbone_options": {"widths": [4, 4, 8, 8]}, "recipe": Recipe(size=28), "dim": 8}
+    assert "match_position" not in Embedder("conv4", match_dim=5, **options).config()
+    model = Embedder("conv4", match_dim=5, match_position=True, **options)
+    save_model(model, tmp_path / "m.safetensors")
+    again = load_model(tmp_path / "m.safetensors")
+    assert read_model_config(tmp_path / "m.safetensors")["model"]["match_position"] is True
+    assert again.matcher.position and again.fingerprint == model.fingerprint
+    images = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(again.eval().forward_with_local(images)[1], model.eval().forward_with_local(images)[1])

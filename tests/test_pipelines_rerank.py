@@ -24,7 +24,7 @@ from oneshot.pipelines.jobs.embed import embed_to_store
 from oneshot.pipelines.jobs.identify import identify_job
 
 
-def _tiny(seed: int, tmp_path, name: str, size: int = 16, head: str = "normalized"):
+def _tiny(seed: int, tmp_path, name: str, size: int = 16, head: str = "normalized", channels: int = 4):
     import torch
 
     from oneshot.embedder.artifact import save_model
@@ -32,7 +32,7 @@ def _tiny(seed: int, tmp_path, name: str, size: int = 16, head: str = "normalize
 
     torch.manual_seed(seed)
     model = Embedder("conv", dim=8, head=head, recipe=Recipe(size=size),
-                     backbone_options={"channels": 4, "blocks": 2})
+                     backbone_options={"channels": channels, "blocks": 2})
     return save_model(model, tmp_path / f"{name}.safetensors")
 
 
@@ -289,3 +289,133 @@ def test_a_matched_score_gets_no_cosine_threshold(setting, tiny_model_path, matc
                  show_progress=False, rerank=Reranker(matcher_model, setting["gallery"], margin=None))
     answers = pd.concat(rows)
     assert (answers["known"] == (answers["score"] >= np.float32(0.5))).all()
+
+
+# --- oneshot eval --rerank: the N-way episodes answered again by a second model --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def eval_setting(setting, tmp_path_factory):
+    """The gallery, a store of it and a second model, both untrained tiny nets wide enough (16 channels) that
+    distinct drawings get distinct vectors (the 4-channel ones give many exact ties)."""
+    folder = tmp_path_factory.mktemp("eval_rerank")
+    base = _tiny(5, folder, "base", channels=16)
+    store = embed_to_store(setting["gallery"], folder / "g.parquet", base).store.folder
+    return {"gallery": setting["gallery"], "store": store, "base": base, "other": _tiny(7, folder, "other", channels=16)}
+
+
+def _episodes_of(setting, way: int, shot: int, episodes: int = 40):
+    from oneshot.index.store import read_embeddings
+    from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
+
+    stored = read_embeddings(setting["store"])
+    return stored, oneshot_episodes(stored.table, way, shot, episodes, True, seed=0)
+
+
+def _near_ties(scores: np.ndarray) -> int:
+    """Queries of (Q, C) ``scores`` whose best two are within float rounding: the untrained tiny
+    models map some drawings to the same vector, and there a tie (counted wrong) can go either way."""
+    from oneshot.pipelines.evaluation.reranked import best_two_gaps
+
+    return int((best_two_gaps(scores) < 1e-5).sum())
+
+
+def _other_vectors(setting, table) -> np.ndarray:
+    import cv2
+
+    from oneshot.embedder.artifact import load_model
+    from oneshot.embedder.encode import encode
+
+    return encode(load_model(setting["other"]), [cv2.imread(str(setting["gallery"] / p), 0) for p in table["path"]])
+
+
+@pytest.mark.parametrize("shot", [1, 2])
+def test_eval_reranked_over_every_class_is_the_second_models_own_answer(eval_setting, shot):
+    """Re-scoring every query over all its classes gives the second model's answer: its mean cosine
+    to each class's supports, the best strictly highest."""
+    from oneshot.pipelines.evaluation.metrics import strictly_best
+    from oneshot.pipelines.evaluation.reranked import rerank_episodes
+
+    stored, episodes = _episodes_of(eval_setting, 5, shot)
+    rerank = Reranker(eval_setting["other"], eval_setting["gallery"], depth=5, margin=None)
+    rerank.bind_rows(stored.table)
+    result = rerank_episodes(stored.embeddings, episodes, "cosine", stored.table["id"].to_numpy(), rerank)
+    other = _other_vectors(eval_setting, stored.table)
+    scores = [(other[e.query] @ other[e.support].reshape(-1, other.shape[1]).T).reshape(len(e.query), 5, shot)
+              .mean(axis=2) for e in episodes]
+    expected = np.mean([strictly_best(s, e.query_target).mean() for s, e in zip(scores, episodes)])
+    ties = sum(_near_ties(s) for s in scores)
+    assert ties <= 20 and abs(result["accuracy"] - expected) <= ties / result["queries"] + 1e-12
+    assert result["reranked"] == result["queries"] == 5 * len(episodes) and result["unreadable"] == 0
+    moved = result["changed"]
+    assert result["accuracy"] - result["first_accuracy"] == pytest.approx(
+        (moved["fixed"] - moved["broken"]) / (5 * len(episodes)), abs=1e-12)
+    assert rerank.stats.gallery_encoded <= 60  # each image encoded once
+
+
+def test_eval_reranked_with_the_stores_own_model_or_no_room_changes_nothing(eval_setting):
+    from oneshot.pipelines.evaluation.reranked import rerank_episodes
+
+    stored, episodes = _episodes_of(eval_setting, 5, 1)
+    ids, vectors = stored.table["id"].to_numpy(), stored.embeddings
+    ties = sum(_near_ties(vectors[e.query] @ vectors[e.support[:, 0]].T) for e in episodes)
+    for model, depth, margin in ((eval_setting["base"], 5, None), (eval_setting["other"], 1, None), (eval_setting["other"], 5, 0.0)):
+        rerank = Reranker(model, eval_setting["gallery"], depth=depth, margin=margin)
+        rerank.bind_rows(stored.table)
+        result = rerank_episodes(vectors, episodes, "cosine", ids, rerank)
+        assert abs(result["accuracy"] - result["first_accuracy"]) <= ties / result["queries"] + 1e-12, \
+            (model, depth, margin)
+        assert result["reranked"] == (0 if margin == 0.0 else result["queries"])
+    assert ties <= 20
+
+
+def test_eval_reranks_only_hesitant_queries_and_keeps_unreadable_ones(eval_setting, tmp_path):
+    from oneshot.pipelines.evaluation.reranked import best_two_gaps, rerank_episodes
+
+    stored, episodes = _episodes_of(eval_setting, 5, 1)
+    gaps = np.concatenate([best_two_gaps(stored.embeddings[e.query] @ stored.embeddings[e.support[:, 0]].T)
+                           for e in episodes])
+    margin = float(np.median(gaps))
+    rerank = Reranker(eval_setting["other"], eval_setting["gallery"], depth=5, margin=margin)
+    rerank.bind_rows(stored.table)
+    result = rerank_episodes(stored.embeddings, episodes, "cosine", stored.table["id"].to_numpy(), rerank)
+    assert result["reranked"] == int((gaps < margin).sum()) and 0 < result["reranked"] < result["queries"]
+
+    gallery = tmp_path / "gallery"
+    shutil.copytree(eval_setting["gallery"], gallery)
+    for image in sorted(gallery.rglob("*.png"))[::6]:  # one drawing of every class
+        image.write_bytes(b"not a png")
+    broken = Reranker(eval_setting["other"], gallery, depth=5, margin=None)
+    broken.bind_rows(stored.table)
+    result = rerank_episodes(stored.embeddings, episodes, "cosine", stored.table["id"].to_numpy(), broken)
+    assert result["unreadable"] > 0 and result["reranked"] + result["unreadable"] == result["queries"]
+    assert broken.stats.gallery_unreadable == 10
+
+
+def test_cli_eval_reranks_the_episodes_and_says_how(eval_setting, tmp_path):
+    import json
+
+    from oneshot.pipelines.cli import main
+
+    result = CliRunner().invoke(main, ["eval", str(eval_setting["store"]), "--way", "5", "--episodes", "30", "--no-baseline",
+                                       "--rerank", str(eval_setting["other"]), "--rerank-margin", "all"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    reranked = scores["oneshot_reranked"]
+    assert reranked["first_accuracy"] == pytest.approx(scores["oneshot"]["accuracy"], abs=1e-12)  # the same episodes
+    assert reranked["reranked"] == reranked["queries"] == 150 and reranked["margin"] is None
+    assert reranked["model_fingerprint"] and reranked["images_encoded"] <= 60
+
+    carrying = tmp_path / "carrying.safetensors"
+    shutil.copy(eval_setting["base"], carrying)
+    shutil.copy(Path(eval_setting["base"]).with_suffix(".json"), carrying.with_suffix(".json"))
+    store_margin(carrying, 0.01, "validation data", "a rule", "other")
+    result = CliRunner().invoke(main, ["eval", str(eval_setting["store"]), "--way", "5", "--episodes", "30", "--no-baseline",
+                                       "--rerank", str(eval_setting["other"]), "--model", str(carrying),
+                                       "--images", str(eval_setting["gallery"])])
+    assert result.exit_code == 0, result.output
+    reranked = json.loads(result.output)["oneshot_reranked"]
+    assert reranked["margin"] == 0.01 and "carried by the index's model" in reranked["margin_source"]
+    result = CliRunner().invoke(main, ["eval", str(eval_setting["store"]), "--way", "5", "--no-baseline",
+                                       "--rerank", str(eval_setting["other"]), "--model", str(eval_setting["other"])])
+    assert result.exit_code != 0 and "is not the model the store was embedded with" in result.output

@@ -7,6 +7,7 @@ import click
 
 from oneshot.pipelines.cli.app import friendly, main
 from oneshot.pipelines.cli.options import MODEL
+from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN, MODEL_MARGIN
 
 
 @main.command("eval")
@@ -22,15 +23,31 @@ from oneshot.pipelines.cli.options import MODEL
               help="Verification threshold; 'auto' calibrates it on half the classes and reports on the other half.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also score the store's images as raw pixels on the same episodes and pairs.")
+@click.option("--rerank", "rerank_model", type=MODEL, default=None,
+              help="A second, stronger model (e.g. handwriting-ensemble) that answers again the episode queries "
+                   "the store's vectors hesitate on, from the store's images ('oneshot_reranked').")
+@click.option("--rerank-depth", type=click.IntRange(min=1), default=DEFAULT_DEPTH, show_default=True,
+              help="Classes re-scored per query (its best ones by the store's vectors).")
+@click.option("--rerank-margin", default=MODEL_MARGIN, show_default=True,
+              help="Re-score only queries whose two best classes are closer than this in the store's score; "
+                   f"'all': every query; 'model': the margin the store's model carries, else {DEFAULT_MARGIN}.")
+@click.option("--images", type=click.Path(exists=True), default=None,
+              help="Where the store's images are, for --rerank (default: the source it was embedded from).")
+@click.option("--model", type=MODEL, default=None,
+              help="The store's model, for --rerank-margin model (default: the shipped model it was embedded with).")
 @friendly
-def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups, threshold, baseline):
+def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups, threshold, baseline, rerank_model,
+                 rerank_depth, rerank_margin, images, model):
     """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store, beside raw pixels, as JSON.
 
-    Forgery stores (writer/genuine|forged layout) also get genuine-vs-forgery verification.
+    Forgery stores (writer/genuine|forged layout) also get genuine-vs-forgery verification. With
+    --rerank, the N-way episodes are also scored with a second model answering the hesitant
+    queries again, as `identify --rerank` does.
 
     \b
     Example:
       oneshot eval runs/eval.parquet --way 5 --shot 1
+      oneshot eval runs/eval.parquet --rerank handwriting-ensemble
     """
     from oneshot.pipelines.jobs import evaluate_store
 
@@ -38,8 +55,14 @@ def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups, 
         given = None if threshold == "auto" else float(threshold)
     except ValueError:
         raise click.UsageError(f"--threshold must be 'auto' or a number, got {threshold!r}") from None
+    rerank = None
+    if rerank_model is not None:
+        from oneshot.pipelines.engines.rerank import Reranker, parse_margin, store_images_of
+
+        rerank = Reranker(rerank_model, images if images is not None else store_images_of(store),
+                          depth=rerank_depth, margin=parse_margin(rerank_margin))
     click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed, groups=list(groups),
-                                         threshold=given, baseline=baseline), indent=2))
+                                         threshold=given, baseline=baseline, rerank=rerank, model=model), indent=2))
 
 
 @main.command("report")

@@ -133,18 +133,31 @@ class Reranker:
 
         base_recipe = base_model.recipe
         require_unit_vectors(self.embedder, self.name, base_recipe, "the index's model", "a re-ranking model")
-        if self.margin == MODEL_MARGIN:
-            self.margin, self.margin_source = stored_margin(base_model)
+        self.resolve_margin(base_model)
         if base_recipe.kind == "face":
             raise InvalidInputError("re-ranking reads gallery images by path, and face galleries keep a row per face "
                                     "of an image; it is not supported for face models")
-        paths = index.table["path"].astype(str)
+        self.bind_rows(index.table, "the index")
+
+    def resolve_margin(self, base_model) -> None:
+        """With ``margin="model"``, take the margin ``base_model`` (the first model, an :class:`Embedder`,
+        or None when it is not known) carries, else ``DEFAULT_MARGIN``."""
+        if self.margin == MODEL_MARGIN:
+            self.margin, self.margin_source = stored_margin(base_model)
+
+    def bind_rows(self, table: pd.DataFrame, what: str = "the store") -> None:
+        """Open the gallery's images for ``table``'s rows (``id`` and ``path`` columns: an index's or a
+        store's), so :meth:`row_scores` and :meth:`rescore` can read them by id."""
+        if self.embedder.recipe.kind == "face":
+            raise InvalidInputError("re-ranking reads images by path, and face stores keep a row per face of an "
+                                    "image; it is not supported for face models")
+        paths = table["path"].astype(str)
         if len(paths) and (paths == "").any():
-            raise InvalidInputError(f"the index has {int((paths == '').sum())} rows without an image path; "
-                                    "re-ranking reads the gallery's images by path (build the index from a store "
-                                    "made by `oneshot embed`)")
+            raise InvalidInputError(f"{what} has {int((paths == '').sum())} rows without an image path; "
+                                    "re-ranking reads the gallery's images by path (use a store made by "
+                                    "`oneshot embed`, or an index built from one)")
         self.source = _open_gallery(self.gallery, paths.iloc[0] if len(paths) else "")
-        self._paths = pd.Series(paths.to_numpy(), index=index.table["id"].to_numpy(dtype=np.int64))
+        self._paths = pd.Series(paths.to_numpy(), index=table["id"].to_numpy(dtype=np.int64))
 
     def search_depth(self, top: int, per_identity: int) -> int:
         """Rows the index must return per query."""
@@ -208,6 +221,29 @@ class Reranker:
                 (torch.from_numpy(query[1][None]), torch.from_numpy(query[2][None])),
                 (torch.from_numpy(grams), torch.from_numpy(operators)), self._locations)[0]
             return self.matcher.similarity(torch.from_numpy(vectors @ query[0]), distance).numpy().astype(np.float32)
+
+    def row_scores(self, query_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
+        """Re-ranking scores of bound rows against bound rows, all read by path (and cached).
+
+        Args:
+            query_ids: int64 (Q,) row ids; candidate_ids: int64 (Q, C), each query's rows to score.
+        Returns:
+            float32 (Q, C), higher closer (the model's cosine, or its trained score with a map
+            matcher); NaN where either image cannot be read.
+        """
+        query_ids = np.asarray(query_ids, dtype=np.int64)
+        candidate_ids = np.asarray(candidate_ids, dtype=np.int64)
+        if candidate_ids.ndim != 2 or len(candidate_ids) != len(query_ids):
+            raise InvalidInputError(f"expected query ids (Q,) and candidate ids (Q, C), got {query_ids.shape} and "
+                                    f"{candidate_ids.shape}")
+        found = self._gallery_vectors(np.concatenate([query_ids, candidate_ids.ravel()]))
+        scores = np.full(candidate_ids.shape, np.nan, dtype=np.float32)
+        for q, (query_id, row) in enumerate(zip(query_ids.tolist(), candidate_ids.tolist())):
+            query = found.get(query_id)
+            keep = [j for j, gid in enumerate(row) if found.get(gid) is not None]
+            if query is not None and keep:
+                scores[q, keep] = self._scores(query, [found[row[j]] for j in keep])
+        return scores
 
     def hesitant(self, result: SearchResult) -> np.ndarray:
         """(Q,) bool: queries whose best two identities differ by less than ``margin`` (all without one)."""
@@ -313,17 +349,23 @@ def gallery_images_of(index_metadata: Mapping[str, Any], given: str | os.PathLik
     the index's ``metadata``, e.g. from ``index_file.read_index_metadata``) was embedded from."""
     if given is not None:
         return str(given)
-    from oneshot.index.store import read_store_metadata
-
     store = index_metadata.get("source")
     if not store or not Path(store).exists():
         where = f"its store {store} is not found from here" if store else "it records no store"
         raise InvalidInputError(f"re-ranking needs the gallery's images and the index does not say where they are "
                                 f"({where}): pass --gallery-images (the folder or zip given to `oneshot embed`)")
+    return store_images_of(store, "--gallery-images")
+
+
+def store_images_of(store: str | os.PathLike, option: str = "--images") -> str:
+    """The single source (folder, zip, list) the store at ``store`` was embedded from, appends
+    included; raises, naming ``option``, when it has several or records none."""
+    from oneshot.index.store import read_store_metadata
+
     metadata = read_store_metadata(Path(store))
     appended = [h.get("source") for h in metadata.get("history", []) if isinstance(h, dict)]
     sources = {str(s) for s in [metadata.get("source_path"), *appended] if s}
     if len(sources) != 1:
-        raise InvalidInputError(f"the index's store {store} was embedded from {len(sources)} sources; pass "
-                                "--gallery-images (the folder or zip its paths are in)")
+        raise InvalidInputError(f"the store {store} was embedded from {len(sources)} sources; pass {option} (the "
+                                "folder or zip its paths are in)")
     return sources.pop()

@@ -1,5 +1,6 @@
-"""The evaluation job (``oneshot eval``) on any store: the model, raw pixels beside it, and forgeries when the
-store has them (:func:`evaluate_store`; the scores themselves are :mod:`oneshot.pipelines.evaluation`)."""
+"""The evaluation job (``oneshot eval``) on any store: the model, raw pixels beside it, forgeries when the
+store has them, and a second model re-scoring the episodes' hesitant queries when one is given
+(:func:`evaluate_store`; the scores themselves are :mod:`oneshot.pipelines.evaluation`)."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,9 @@ import numpy as np
 from oneshot.errors import InvalidInputError
 from oneshot.index.store import EmbeddingSet
 from oneshot.pipelines.evaluation.baseline import raw_pixel_vectors
-from oneshot.pipelines.evaluation.evaluate import evaluate, has_groups
+from oneshot.pipelines.evaluation.evaluate import evaluate, has_groups, oneshot_episodes
 from oneshot.pipelines.evaluation.forgeries import forgery_verification
+from oneshot.pipelines.evaluation.reranked import rerank_episodes
 from oneshot.pipelines.jobs.store import load_store
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ def feasible_way(table, n_way: int, within_group: bool) -> tuple[int, bool]:
 
 def evaluate_gallery_store(stored: EmbeddingSet, n_way: int = 20, k_shot: int = 1, episodes: int = 1000,
                            within_group: bool = True, knn_k: int = 3, gallery_fraction: float = 0.3, seed: int = 0,
-                           threshold: float | None = None, baseline: bool = True) -> dict:
+                           threshold: float | None = None, baseline: bool = True, rerank=None,
+                           model=None) -> dict:
     """See :func:`oneshot.pipelines.jobs.evaluate_store`."""
     table, embeddings = stored.table, stored.embeddings
     genuine = ~table["forged"].astype(bool).to_numpy() if "forged" in table else np.ones(len(table), bool)
@@ -55,6 +58,16 @@ def evaluate_gallery_store(stored: EmbeddingSet, n_way: int = 20, k_shot: int = 
     results = run(embeddings, metric, threshold)
     if way < n_way:
         results["oneshot"]["note"] = f"{n_way}-way asked; the store allows {way}-way"
+    if rerank is not None:
+        bind_reranker(rerank, stored, model, scored)
+        chosen = oneshot_episodes(scored, way, k_shot, episodes, within, seed)
+        reranked = rerank_episodes(embeddings[genuine], chosen, metric, scored["id"].to_numpy(), rerank)
+        results["oneshot_reranked"] = {
+            **reranked, "n_way": way, "k_shot": k_shot, "episodes": episodes, "model": str(rerank.name),
+            "model_fingerprint": rerank.fingerprint, "depth": rerank.depth, "margin": rerank.margin,
+            "margin_source": rerank.margin_source, "images_encoded": rerank.stats.gallery_encoded,
+            "images_unreadable": rerank.stats.gallery_unreadable,
+            "note": "the same episodes as 'oneshot'; knn and verification are the store's model alone"}
     if baseline:
         pixels, where = raw_pixel_vectors(table, stored.metadata)
         if pixels is None:
@@ -64,10 +77,34 @@ def evaluate_gallery_store(stored: EmbeddingSet, n_way: int = 20, k_shot: int = 
     return results
 
 
+def bind_reranker(rerank, stored: EmbeddingSet, model, table) -> None:
+    """Open the images of ``table`` (rows of ``stored``) for ``rerank`` and, with its margin
+    ``"model"``, take the margin of the store's model: ``model`` (checked against the store's
+    fingerprint), else the shipped model with that fingerprint, else the library default."""
+    from oneshot.embedder.artifact import as_model, shipped_model_with
+    from oneshot.embedder.preprocess import Recipe
+
+    recipe = stored.metadata.get("recipe")
+    if isinstance(recipe, dict) and Recipe.from_dict(recipe).kind == "face":
+        raise InvalidInputError("re-ranking reads images by path, and face stores keep a row per face of an "
+                                "image; it is not supported for face stores")
+    fingerprint = stored.metadata.get("model_fingerprint")
+    if model is not None:
+        base = as_model(model)
+        if fingerprint and getattr(base, "fingerprint", None) != fingerprint:
+            raise InvalidInputError(f"{model} (fingerprint {getattr(base, 'fingerprint', None)}) is not the model "
+                                    f"the store was embedded with ({fingerprint})")
+    else:
+        shipped = shipped_model_with(fingerprint)
+        base = as_model(shipped) if shipped is not None else None
+    rerank.resolve_margin(base)
+    rerank.bind_rows(table, "the store")
+
+
 def evaluate_store(store: str | os.PathLike | EmbeddingSet, n_way: int = 20, k_shot: int = 1,
                    episodes: int = 1000, within_group: bool = True, knn_k: int = 3,
                    gallery_fraction: float = 0.3, seed: int = 0, groups: list[str] | None = None,
-                   threshold: float | None = None, baseline: bool = True) -> dict:
+                   threshold: float | None = None, baseline: bool = True, rerank=None, model=None) -> dict:
     """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store (of ``groups`` only, if given).
 
     Beside the model, ``raw_pixels`` scores the store's own images as raw pixels on the same
@@ -75,6 +112,12 @@ def evaluate_store(store: str | os.PathLike | EmbeddingSet, n_way: int = 20, k_s
     images for writer identification, plus genuine-vs-forgery verification (``forgery``).
     ``threshold``: the verification threshold; ``None`` calibrates it on classes disjoint from
     those reported on.
+
+    ``rerank``: a :class:`~oneshot.pipelines.engines.rerank.Reranker` whose ``gallery`` holds the
+    store's images; ``oneshot_reranked`` then scores the same episodes with it answering the
+    hesitant queries again (:func:`~oneshot.pipelines.evaluation.reranked.rerank_episodes`). Its
+    margin ``"model"`` is the store's model's (``model``, else the shipped one the store was
+    embedded with, else the library default).
     """
     return evaluate_gallery_store(load_store(store, groups), n_way, k_shot, episodes, within_group, knn_k,
-                                  gallery_fraction, seed, threshold, baseline)
+                                  gallery_fraction, seed, threshold, baseline, rerank, model)
