@@ -73,20 +73,31 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_to_grid(self.features(x), self.grid)
 
-    @property
-    def map_channels(self) -> int:
-        """Channels of the map :meth:`forward_with_map` taps (needs two blocks or more)."""
-        if len(self.features) < 2:
-            raise InvalidInputError("a map matcher taps the second-to-last block: the backbone needs 2 blocks or more")
-        return self.features[-2][0].out_channels
+    def map_channels(self, tap: int = 2) -> int:
+        """Channels of the map :meth:`forward_with_map` taps ``tap`` blocks from the end (2: the
+        second-to-last); the backbone needs ``tap`` blocks or more."""
+        _check_tap(tap, len(self.features), "block")
+        return self.features[-tap][0].out_channels
 
-    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x -> (features as :meth:`forward` gives them, the second-to-last block's map before its
-        pool (N, C, H, W): 7 x 7 at 28 px), for :class:`~oneshot.embedder.matching.MapMatcher`."""
-        for block in self.features[:-2]:
+    def forward_with_map(self, x: torch.Tensor, tap: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (features as :meth:`forward` gives them, the map of the block ``tap`` from the end
+        before its pool (N, C, H, W): 7 x 7 at 28 px for the second-to-last, 14 x 14 for the one before),
+        for :class:`~oneshot.embedder.matching.MapMatcher`."""
+        _check_tap(tap, len(self.features), "block")
+        for block in self.features[:-tap]:
             x = block(x)
-        tapped = self.features[-2][:-1](x)  # conv, batch norm, ReLU
-        return pool_to_grid(self.features[-1](self.features[-2][-1](tapped)), self.grid), tapped
+        tapped = self.features[-tap][:-1](x)  # conv, batch norm, ReLU
+        x = self.features[-tap][-1](tapped)
+        for block in self.features[len(self.features) - tap + 1:]:
+            x = block(x)
+        return pool_to_grid(x, self.grid), tapped
+
+
+def _check_tap(tap, blocks: int, name: str) -> None:
+    """A map matcher taps a block with a pool after it: one of the first ``blocks - 1``."""
+    if isinstance(tap, bool) or not isinstance(tap, int) or not 2 <= tap <= blocks:
+        raise InvalidInputError(f"a map matcher taps a {name} 2 or more from the end (2: the second-to-last); this "
+                                f"backbone has {blocks} {name}s, so the tap must be in [2, {blocks}], got {tap!r}")
 
 
 def pool_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
@@ -154,19 +165,19 @@ class ResNetSmall(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_to_grid(self.stages(self.stem(x)), self.grid)
 
-    @property
-    def map_channels(self) -> int:
-        """Channels of the map :meth:`forward_with_map` taps (needs two stages or more)."""
-        if len(self.stages) < 2:
-            raise InvalidInputError("a map matcher taps the second-to-last stage: the backbone needs 2 stages or more")
-        return self.stages[-2].skip[0].out_channels
+    def map_channels(self, tap: int = 2) -> int:
+        """Channels of the map :meth:`forward_with_map` taps ``tap`` stages from the end."""
+        _check_tap(tap, len(self.stages), "stage")
+        return self.stages[-tap].skip[0].out_channels
 
-    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x -> (features as :meth:`forward` gives them, the second-to-last stage's map before its
-        pool (N, C, H, W): 7 x 7 at 28 px), for :class:`~oneshot.embedder.matching.MapMatcher`."""
-        x = self.stages[:-2](self.stem(x))
-        x, tapped = self.stages[-2].forward_with_map(x)
-        return pool_to_grid(self.stages[-1](x), self.grid), tapped
+    def forward_with_map(self, x: torch.Tensor, tap: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (features as :meth:`forward` gives them, the map of the stage ``tap`` from the end
+        before its pool (N, C, H, W): 7 x 7 at 28 px for the second-to-last, 14 x 14 for the one before),
+        for :class:`~oneshot.embedder.matching.MapMatcher`."""
+        _check_tap(tap, len(self.stages), "stage")
+        x = self.stages[: len(self.stages) - tap](self.stem(x))
+        x, tapped = self.stages[-tap].forward_with_map(x)
+        return pool_to_grid(self.stages[len(self.stages) - tap + 1:](x), self.grid), tapped
 
 
 class KochNet(nn.Module):

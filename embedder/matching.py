@@ -68,15 +68,20 @@ class MapMatcher(nn.Module):
         """local (N, L, d) -> each map's residual operator P P - 2 P, flattened (N, d*d).
 
         P = S^T (S S^T + lambda I)^-1 S for a map's locations S (L, d) reconstructs a row q as q P, and
-        ||Q - Q P||^2 = tr(G) + <G, P P - 2 P> for the query's Gram matrix G = Q^T Q.
+        ||Q - Q P||^2 = tr(G) + <G, P P - 2 P> for the query's Gram matrix G = Q^T Q. The same P is
+        (S^T S + lambda I)^-1 S^T S, so the solve is L x L or d x d, whichever is smaller. Both
+        systems are symmetric positive definite: Cholesky solves. (Also, after some threaded work in a
+        process, torch 2.13's batched LU solve on CPU failed here: "Pivots given to lu_solve must all be >= 1".)
         """
-        n, locations, _ = local.shape
-        ridge = self.log_ridge.exp() * torch.eye(locations, dtype=local.dtype, device=local.device)
-        # S S^T + lambda I is symmetric positive definite: a Cholesky solve. (Also, after some threaded work in a
-        # process, torch 2.13's batched LU solve on CPU failed here: "Pivots given to lu_solve must all be >= 1".)
-        factor = torch.linalg.cholesky(local @ local.transpose(1, 2) + ridge)
-        solved = torch.cholesky_solve(local, factor)  # (N, L, d)
-        operator = local.transpose(1, 2) @ solved  # (N, d, d), symmetric
+        n, locations, dim = local.shape
+        ridge = self.log_ridge.exp()
+        if locations <= dim:
+            factor = torch.linalg.cholesky(local @ local.transpose(1, 2) + ridge * _eye(locations, local))
+            operator = local.transpose(1, 2) @ torch.cholesky_solve(local, factor)  # (N, d, d)
+        else:
+            gram = local.transpose(1, 2) @ local
+            operator = torch.cholesky_solve(gram, torch.linalg.cholesky(gram + ridge * _eye(dim, local)))
+            operator = (operator + operator.transpose(1, 2)) / 2  # symmetric, as the other form is
         return (operator @ operator - 2 * operator).reshape(n, -1)
 
     def summaries(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +127,10 @@ class MapMatcher(nn.Module):
         distance``. For unit vectors the squared distance is 2 - 2 cosine, so this is
         ``1 - combined_distance / (2 s_g)``: the same order as :meth:`combined_distance`."""
         return cosine - self.match_weight * match_distance
+
+
+def _eye(size: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.eye(size, dtype=like.dtype, device=like.device)
 
 
 def coordinates(maps: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,8 @@ class Embedder(nn.Module):
         match_dim: with a positive value, a :class:`~oneshot.embedder.matching.MapMatcher` of that
             many channels on the backbone's tapped map (``None``: none). ``forward`` never uses it.
         match_position: the matcher also sees each location's coordinates (``MapMatcher(position=)``).
+        match_tap: the block the matcher taps, counted from the end (2: the second-to-last, 7 x 7 at
+            28 px; 3: the one before, 14 x 14).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Embedder(nn.Module):
         backbone_options: dict | None = None,
         match_dim: int | None = None,
         match_position: bool = False,
+        match_tap: int = 2,
     ):
         super().__init__()
         if head not in HEADS:
@@ -97,9 +100,10 @@ class Embedder(nn.Module):
         if match_dim is not None:
             if not hasattr(self.backbone, "forward_with_map"):
                 raise InvalidInputError(f"backbone {backbone!r} has no map to match (conv4, conv and resnet-small do)")
-            self.matcher = MapMatcher(self.backbone.map_channels, match_dim, match_position)
-        elif match_position:
-            raise InvalidInputError("match_position needs a map matcher (match_dim)")
+            self.matcher = MapMatcher(self.backbone.map_channels(match_tap), match_dim, match_position)
+        elif match_position or match_tap != 2:
+            raise InvalidInputError("match_position and match_tap need a map matcher (match_dim)")
+        self.match_tap = match_tap
 
     @property
     def dim(self) -> int:
@@ -122,6 +126,8 @@ class Embedder(nn.Module):
             config["match_dim"] = self.matcher.dim
             if self.matcher.position:  # likewise, so matchers without it keep theirs
                 config["match_position"] = True
+            if self.match_tap != 2:
+                config["match_tap"] = self.match_tap
         return config
 
     @classmethod
@@ -134,6 +140,7 @@ class Embedder(nn.Module):
             backbone_options=config.get("backbone_options"),
             match_dim=config.get("match_dim"),
             match_position=config.get("match_position", False),
+            match_tap=config.get("match_tap", 2),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,7 +159,7 @@ class Embedder(nn.Module):
         if self.matcher is None:
             raise InvalidInputError("this model has no map matcher (train one with the match_dim option)")
         self._check_images(images)
-        features, maps = self.backbone.forward_with_map(images)
+        features, maps = self.backbone.forward_with_map(images, self.match_tap)
         return self.head(features.float()), self.matcher.local_features(maps)
 
 

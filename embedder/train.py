@@ -54,7 +54,7 @@ PAIR_OBJECTIVES = ("siamese", "contrastive")
 PRECISIONS = ("fp32", "bf16")
 _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "classes_per_group",
                     "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed",
-                    "look_alike_classes", "look_alike_every", "match_dim")
+                    "look_alike_classes", "look_alike_every", "match_dim", "match_tap")
 _BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations", "reflections",
                     "small_groups", "match_position")
 
@@ -104,6 +104,7 @@ class TrainConfig:
     match_dim: int = 0
     match_weight: float = 1.0
     match_position: bool = False
+    match_tap: int = 2
 
     def __post_init__(self):
         for name in _INTEGER_OPTIONS:
@@ -152,8 +153,8 @@ class TrainConfig:
             raise InvalidInputError(f"training option distill_temperature must be positive, got {self.distill_temperature!r}")
         if self.match_dim < 0:
             raise InvalidInputError(f"training option match_dim must be >= 0 (0: no map matcher), got {self.match_dim!r}")
-        if self.match_position and not self.match_dim:
-            raise InvalidInputError("training option match_position needs a map matcher (match_dim > 0)")
+        if (self.match_position or self.match_tap != 2) and not self.match_dim:
+            raise InvalidInputError("training options match_position and match_tap need a map matcher (match_dim > 0)")
         Recipe.from_dict(self.recipe)
         self.augment = AugmentConfig.from_dict(self.augment).to_dict()  # every key: a partial dict means the defaults
 
@@ -171,7 +172,7 @@ class TrainConfig:
 def build_model(config: TrainConfig) -> Embedder:
     head = "siamese" if config.objective == "siamese" else "normalized"
     return Embedder(config.backbone, config.dim, head, Recipe.from_dict(config.recipe), config.backbone_options,
-                    config.match_dim or None, config.match_position)
+                    config.match_dim or None, config.match_position, config.match_tap)
 
 
 def build_loss(config: TrainConfig, model: Embedder, n_classes: int) -> torch.nn.Module:
@@ -225,7 +226,7 @@ def embed_batch_with_local(model: Embedder, images: torch.Tensor, precision: str
     if precision == "fp32":
         return model.forward_with_local(images)
     with torch.autocast(images.device.type, dtype=torch.bfloat16):
-        features, maps = model.backbone.forward_with_map(images)
+        features, maps = model.backbone.forward_with_map(images, model.match_tap)
     return model.head(features.float()), model.matcher.local_features(maps.float())
 
 

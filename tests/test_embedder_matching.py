@@ -33,11 +33,12 @@ def _reconstruction_residual(query: torch.Tensor, reference: torch.Tensor, ridge
     return float(((query - weights @ reference) ** 2).sum(1).mean())
 
 
-def test_distances_are_the_mean_ridge_reconstruction_residual_both_ways():
+@pytest.mark.parametrize("locations", [4, 9])  # fewer locations than channels (an L x L solve), then more (d x d)
+def test_distances_are_the_mean_ridge_reconstruction_residual_both_ways(locations):
     matcher = MapMatcher(channels=3, dim=5).double()
     with torch.no_grad():
         matcher.log_ridge.fill_(np.log(0.3))
-    queries, references = _unit_locations(3, 4, 5, seed=0), _unit_locations(2, 4, 5, seed=1)
+    queries, references = _unit_locations(3, locations, 5, seed=0), _unit_locations(2, locations, 5, seed=1)
     with torch.no_grad():
         found = matcher.distances(queries, references)
     assert found.shape == (3, 2)
@@ -101,20 +102,27 @@ def test_the_loss_sends_gradient_to_the_matcher_and_needs_enough_rows():
 
 
 @pytest.mark.parametrize("name", ["conv4", "resnet-small"])
-def test_the_tapped_map_is_the_second_to_last_block_before_its_pool(name):
+@pytest.mark.parametrize("tap, channels, side", [(2, 8, 7), (3, 6, 14), (4, 4, 28)])
+def test_the_tapped_map_is_a_block_before_its_pool(name, tap, channels, side):
     backbone = create_backbone(name, widths=[4, 6, 8, 10]).eval()
     images = torch.rand(3, 1, 28, 28)
-    features, tapped = backbone.forward_with_map(images)
+    features, tapped = backbone.forward_with_map(images, tap)
     assert torch.equal(features, backbone(images))
-    assert tapped.shape == (3, 8, 7, 7) and backbone.map_channels == 8
+    assert tapped.shape == (3, channels, side, side) and backbone.map_channels(tap) == channels
     assert (tapped >= 0).all()  # after the ReLU, before the pool
+    with torch.no_grad():
+        assert torch.equal(backbone.forward_with_map(images)[1], backbone.forward_with_map(images, 2)[1])
 
 
 def test_backbones_without_a_map_to_tap_are_refused():
     with pytest.raises(InvalidInputError, match="no map to match"):
         Embedder("koch", dim=8, recipe=Recipe(size=105), backbone_options={"hidden": 16}, match_dim=4)
-    with pytest.raises(InvalidInputError, match="2 blocks or more"):
+    with pytest.raises(InvalidInputError, match=r"tap must be in \[2, 1\]"):
         Embedder("conv", dim=8, recipe=Recipe(size=28), backbone_options={"channels": 4, "blocks": 1}, match_dim=4)
+    for tap in (1, 5, True, 2.0):
+        with pytest.raises(InvalidInputError, match="tap must be in"):
+            Embedder("conv4", dim=8, recipe=Recipe(size=28), backbone_options={"widths": [4, 4, 8, 8]}, match_dim=4,
+                     match_tap=tap)
 
 
 def test_a_model_file_with_a_matcher_round_trips_and_encodes_as_without(tmp_path):
@@ -158,11 +166,15 @@ def test_match_options_are_checked():
     with pytest.raises(InvalidInputError, match="match_dim must be an integer"):
         TrainConfig(match_dim=8.5)
     TrainConfig(match_dim=8, match_position=True)
-    with pytest.raises(InvalidInputError, match="match_position needs a map matcher"):
+    with pytest.raises(InvalidInputError, match="match_position and match_tap need a map matcher"):
         TrainConfig(match_position=True)
+    with pytest.raises(InvalidInputError, match="match_position and match_tap need a map matcher"):
+        TrainConfig(match_tap=3)
+    with pytest.raises(InvalidInputError, match="match_tap must be an integer"):
+        TrainConfig(match_dim=8, match_tap=2.5)
     with pytest.raises(InvalidInputError, match="match_position must be true or false"):
         TrainConfig(match_dim=8, match_position=1)
-    with pytest.raises(InvalidInputError, match="match_position needs a map matcher"):
+    with pytest.raises(InvalidInputError, match="match_position and match_tap need a map matcher"):
         Embedder("conv4", dim=8, recipe=Recipe(size=28), match_position=True)
 
 
@@ -197,6 +209,12 @@ def test_a_model_file_with_a_placed_matcher_round_trips(tmp_path):
     again = load_model(tmp_path / "m.safetensors")
     assert read_model_config(tmp_path / "m.safetensors")["model"]["match_position"] is True
     assert again.matcher.position and again.fingerprint == model.fingerprint
+    assert "match_tap" not in model.config()
+    tapped = Embedder("conv4", match_dim=5, match_tap=3, **options)
+    save_model(tapped, tmp_path / "t.safetensors")
+    assert read_model_config(tmp_path / "t.safetensors")["model"]["match_tap"] == 3
+    assert load_model(tmp_path / "t.safetensors").eval().forward_with_local(torch.rand(2, 1, 28, 28))[1].shape == \
+        (2, 14 * 14, 5)
     images = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(again.eval().forward_with_local(images)[1], model.eval().forward_with_local(images)[1])
