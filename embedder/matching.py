@@ -95,8 +95,16 @@ class MapMatcher(nn.Module):
                           locations: int) -> torch.Tensor:
         """:meth:`summaries` of Q and R maps of ``locations`` locations each -> (Q, R) match distances."""
         (gram_q, operator_q), (gram_r, operator_r) = queries, references
-        both = gram_q @ operator_r.T + operator_q @ gram_r.T  # [i, j]: both ways, less 2 L
-        return ((2 * locations + both) / (2 * locations)).clamp_min(0)
+        return _mean_residual(gram_q @ operator_r.T + operator_q @ gram_r.T, locations)
+
+    @staticmethod
+    def distances_each(queries: tuple[torch.Tensor, torch.Tensor], references: tuple[torch.Tensor, torch.Tensor],
+                       locations: int) -> torch.Tensor:
+        """:meth:`summaries` of Q maps ((Q, d*d) each), and of C maps for each of them ((Q, C, d*d)
+        each) -> (Q, C): each query's match distance to its own C maps (a re-ranker's candidates)."""
+        (gram_q, operator_q), (gram_r, operator_r) = queries, references
+        both = torch.einsum("qk,qck->qc", gram_q, operator_r) + torch.einsum("qk,qck->qc", operator_q, gram_r)
+        return _mean_residual(both, locations)
 
     def distances(self, queries: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         """local (Q, L, d) and (R, L, d) -> (Q, R) match distances in [0, 1]: the mean squared
@@ -109,7 +117,7 @@ class MapMatcher(nn.Module):
         if references is queries:
             gram = (queries.transpose(1, 2) @ queries).flatten(1)  # (Q, d*d); its trace is L for unit locations
             one_way = gram @ self.residual_operators(queries).T  # [i, j]: reconstructing i from j, less L
-            return ((2 * locations + one_way + one_way.T) / (2 * locations)).clamp_min(0)
+            return _mean_residual(one_way + one_way.T, locations)
         return self.distances_between(self.summaries(queries), self.summaries(references), locations)
 
     def combined_distance(self, global_distance: torch.Tensor, match_distance: torch.Tensor) -> torch.Tensor:
@@ -127,6 +135,11 @@ class MapMatcher(nn.Module):
         distance``. For unit vectors the squared distance is 2 - 2 cosine, so this is
         ``1 - combined_distance / (2 s_g)``: the same order as :meth:`combined_distance`."""
         return cosine - self.match_weight * match_distance
+
+
+def _mean_residual(both: torch.Tensor, locations: int) -> torch.Tensor:
+    """<G_q, R_r> + <R_q, G_r> (both ways, each less L) -> the mean squared residual per location, both ways."""
+    return ((2 * locations + both) / (2 * locations)).clamp_min(0)
 
 
 def _eye(size: int, like: torch.Tensor) -> torch.Tensor:
