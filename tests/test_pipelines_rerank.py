@@ -415,7 +415,7 @@ def test_cli_eval_reranks_the_episodes_and_says_how(eval_setting, tmp_path):
                                        "--images", str(eval_setting["gallery"])])
     assert result.exit_code == 0, result.output
     reranked = json.loads(result.output)["oneshot_reranked"]
-    assert reranked["margin"] == 0.01 and "carried by the index's model" in reranked["margin_source"]
+    assert reranked["margin"] == 0.01 and "carried by the store's model" in reranked["margin_source"]
     result = CliRunner().invoke(main, ["eval", str(eval_setting["store"]), "--way", "5", "--no-baseline",
                                        "--rerank", str(eval_setting["other"]), "--model", str(eval_setting["other"])])
     assert result.exit_code != 0 and "is not the model the store was embedded with" in result.output

@@ -139,11 +139,11 @@ class Reranker:
                                     "of an image; it is not supported for face models")
         self.bind_rows(index.table, "the index")
 
-    def resolve_margin(self, base_model) -> None:
+    def resolve_margin(self, base_model, whose: str = "the index's model") -> None:
         """With ``margin="model"``, take the margin ``base_model`` (the first model, an :class:`Embedder`,
-        or None when it is not known) carries, else ``DEFAULT_MARGIN``."""
+        or None when it is not known; ``whose`` names it) carries, else ``DEFAULT_MARGIN``."""
         if self.margin == MODEL_MARGIN:
-            self.margin, self.margin_source = stored_margin(base_model)
+            self.margin, self.margin_source = stored_margin(base_model, whose)
 
     def bind_rows(self, table: pd.DataFrame, what: str = "the store") -> None:
         """Open the gallery's images for ``table``'s rows (``id`` and ``path`` columns: an index's or a
@@ -313,13 +313,13 @@ class Reranker:
         return SearchResult(scores, ids, labels), chosen
 
 
-def stored_margin(model) -> tuple[float, str]:
-    """(margin, where it came from): the margin ``model`` (an :class:`Embedder` or None) carries in
-    ``info["rerank_margin"]``, else ``DEFAULT_MARGIN``."""
+def stored_margin(model, whose: str = "the index's model") -> tuple[float, str]:
+    """(margin, where it came from): the margin ``model`` (an :class:`Embedder` or None; ``whose``
+    names it) carries in ``info["rerank_margin"]``, else ``DEFAULT_MARGIN``."""
     stored = (getattr(model, "info", None) or {}).get("rerank_margin")
     if isinstance(stored, dict) and isinstance(stored.get("value"), (int, float)) and stored["value"] >= 0:
-        return float(stored["value"]), f"carried by the index's model, chosen on {stored.get('chosen_on', '?')}"
-    return DEFAULT_MARGIN, "the library default (the index's model carries no margin of its own)"
+        return float(stored["value"]), f"carried by {whose}, chosen on {stored.get('chosen_on', '?')}"
+    return DEFAULT_MARGIN, f"the library default ({whose} carries no margin of its own)"
 
 
 def store_margin(model_path: str | os.PathLike, margin: float, chosen_on: str, rule: str, reranker: str,

@@ -97,7 +97,7 @@ def bind_reranker(rerank, stored: EmbeddingSet, model, table) -> None:
     else:
         shipped = shipped_model_with(fingerprint)
         base = as_model(shipped) if shipped is not None else None
-    rerank.resolve_margin(base)
+    rerank.resolve_margin(base, "the store's model")
     rerank.bind_rows(table, "the store")
 
 
