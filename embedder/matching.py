@@ -97,15 +97,6 @@ class MapMatcher(nn.Module):
         (gram_q, operator_q), (gram_r, operator_r) = queries, references
         return _mean_residual(gram_q @ operator_r.T + operator_q @ gram_r.T, locations)
 
-    @staticmethod
-    def distances_each(queries: tuple[torch.Tensor, torch.Tensor], references: tuple[torch.Tensor, torch.Tensor],
-                       locations: int) -> torch.Tensor:
-        """:meth:`summaries` of Q maps ((Q, d*d) each), and of C maps for each of them ((Q, C, d*d)
-        each) -> (Q, C): each query's match distance to its own C maps (a re-ranker's candidates)."""
-        (gram_q, operator_q), (gram_r, operator_r) = queries, references
-        both = torch.einsum("qk,qck->qc", gram_q, operator_r) + torch.einsum("qk,qck->qc", operator_q, gram_r)
-        return _mean_residual(both, locations)
-
     def distances(self, queries: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         """local (Q, L, d) and (R, L, d) -> (Q, R) match distances in [0, 1]: the mean squared
         residual per location of reconstructing each map from the other, averaged over both ways.

@@ -218,15 +218,3 @@ def test_a_model_file_with_a_placed_matcher_round_trips(tmp_path):
     images = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(again.eval().forward_with_local(images)[1], model.eval().forward_with_local(images)[1])
-
-
-def test_each_querys_own_candidates_get_the_distances_of_the_full_product():
-    matcher = MapMatcher(channels=3, dim=5).double()
-    queries, references = _unit_locations(3, 4, 5, seed=2), _unit_locations(6, 4, 5, seed=3)
-    with torch.no_grad():
-        full = matcher.distances(queries, references)  # (3, 6)
-        picked = torch.tensor([[0, 2], [5, 1], [3, 3]])  # each query's own two candidates
-        grams, operators = matcher.summaries(references)
-        each = matcher.distances_each(matcher.summaries(queries), (grams[picked], operators[picked]), 4)
-    assert each.shape == (3, 2)
-    assert torch.allclose(each, torch.gather(full, 1, picked), atol=1e-12)

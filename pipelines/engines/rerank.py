@@ -206,36 +206,21 @@ class Reranker:
                 entries += list(zip(vectors.float().cpu().numpy(), grams.cpu().numpy(), operators.cpu().numpy()))
         return entries
 
-    def _scores(self, queries: list, galleries: list[list]) -> list[np.ndarray]:
-        """Each query's entry against its own gallery rows' entries, all queries in one product ->
-        one float32 (len(rows),) array per query, higher closer."""
-        counts = [len(rows) for rows in galleries]
-        width = max(counts, default=0)
-        if not width:
-            return [np.zeros(0, np.float32) for _ in counts]
-        mask = np.arange(width)[None, :] < np.array(counts)[:, None]  # (Q, C): real rows, the rest padding
-
-        def padded(part=None) -> np.ndarray:
-            """(Q, C, ...) of every gallery row's entry (its ``part``), zeros where a query has fewer rows."""
-            first = next(rows[0] for rows in galleries if rows)
-            shape = (first if part is None else first[part]).shape
-            out = np.zeros((len(galleries), width, *shape), np.float32)
-            for q, rows in enumerate(galleries):
-                if rows:
-                    out[q, : len(rows)] = np.stack([row if part is None else row[part] for row in rows])
-            return out
-
+    def _scores(self, query, gallery: list) -> np.ndarray:
+        """A query's entry against its gallery rows' entries -> (len(gallery),) float32 scores, higher closer."""
         if self.matcher is None:
-            scores = np.einsum("qd,qcd->qc", np.stack(queries), padded())
-        else:
-            import torch
+            vectors = np.stack(gallery) if gallery else np.zeros((0, len(query)), np.float32)
+            return vectors @ query
+        import torch
 
-            vectors, grams, operators = (torch.from_numpy(np.stack([q[k] for q in queries])) for k in range(3))
-            rows = [torch.from_numpy(padded(k)) for k in range(3)]
-            with torch.inference_mode():
-                distance = self.matcher.distances_each((grams, operators), (rows[1], rows[2]), self._locations)
-                scores = self.matcher.similarity(torch.einsum("qd,qcd->qc", vectors, rows[0]), distance).numpy()
-        return [scores[q, mask[q]].astype(np.float32) for q in range(len(queries))]
+        if not gallery:
+            return np.zeros(0, np.float32)
+        vectors, grams, operators = (np.stack(part) for part in zip(*gallery))
+        with torch.inference_mode():
+            distance = self.matcher.distances_between(
+                (torch.from_numpy(query[1][None]), torch.from_numpy(query[2][None])),
+                (torch.from_numpy(grams), torch.from_numpy(operators)), self._locations)[0]
+            return self.matcher.similarity(torch.from_numpy(vectors @ query[0]), distance).numpy().astype(np.float32)
 
     def row_scores(self, query_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
         """Re-ranking scores of bound rows against bound rows, all read by path (and cached).
@@ -253,18 +238,11 @@ class Reranker:
                                     f"{candidate_ids.shape}")
         found = self._gallery_vectors(np.concatenate([query_ids, candidate_ids.ravel()]))
         scores = np.full(candidate_ids.shape, np.nan, dtype=np.float32)
-        asked, keeps = [], []
         for q, (query_id, row) in enumerate(zip(query_ids.tolist(), candidate_ids.tolist())):
+            query = found.get(query_id)
             keep = [j for j, gid in enumerate(row) if found.get(gid) is not None]
-            if found.get(query_id) is not None and keep:
-                asked.append(q)
-                keeps.append(keep)
-        if asked:
-            rows = candidate_ids.tolist()
-            new = self._scores([found[int(query_ids[q])] for q in asked],
-                               [[found[rows[q][j]] for j in keep] for q, keep in zip(asked, keeps)])
-            for q, keep, values in zip(asked, keeps, new):
-                scores[q, keep] = values
+            if query is not None and keep:
+                scores[q, keep] = self._scores(query, [found[row[j]] for j in keep])
         return scores
 
     def hesitant(self, result: SearchResult) -> np.ndarray:
@@ -297,9 +275,10 @@ class Reranker:
         if len(rows):
             queries = self._encode(np.ascontiguousarray(pixels[rows]))
             found = self._gallery_vectors(ids[rows])
-            keeps = [[j for j, gid in enumerate(ids[q]) if gid >= 0 and found.get(int(gid)) is not None] for q in rows]
-            rescored = self._scores(queries, [[found[int(ids[q, j])] for j in keep] for q, keep in zip(rows, keeps)])
-            for q, keep, new in zip(rows, keeps, rescored):
+            for q, query in zip(rows, queries):
+                row_ids = ids[q]
+                keep = [j for j, gid in enumerate(row_ids) if gid >= 0 and found.get(int(gid)) is not None]
+                new = self._scores(query, [found[int(row_ids[j])] for j in keep])
                 order = np.argsort(-new, kind="stable")
                 count = len(keep)
                 picked = [keep[j] for j in order]
