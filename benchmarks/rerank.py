@@ -101,10 +101,9 @@ def run_job(split, table, folder: Path, base, rerank_model, depth: int, margins:
 
 def choose_margin(validation: dict, keep: float) -> dict:
     """The largest margin whose gain over the base is at least ``keep`` of every query's gain."""
-    base = validation["base"]["accuracy"]
-    full = next(r for r in validation["reranked"] if r["margin"] is None)["accuracy"]
-    fine = [r for r in validation["reranked"] if r["margin"] is not None and r["accuracy"] - base >= keep * (full - base)]
-    chosen = min(fine, key=lambda r: r["reranked_share"]) if fine and full > base else None
+    from oneshot.pipelines.evaluation.reranked import margin_by_rule
+
+    chosen = margin_by_rule(validation["base"]["accuracy"], validation["reranked"], keep)
     return {"rule": f"the margin re-scoring the fewest queries whose gain over the base is >= {keep:.0%} of "
                     "re-scoring every query's (background validation alphabets)",
             "margin": None if chosen is None else chosen["margin"],

@@ -419,3 +419,39 @@ def test_cli_eval_reranks_the_episodes_and_says_how(eval_setting, tmp_path):
     result = CliRunner().invoke(main, ["eval", str(eval_setting["store"]), "--way", "5", "--no-baseline",
                                        "--rerank", str(eval_setting["other"]), "--model", str(eval_setting["other"])])
     assert result.exit_code != 0 and "is not the model the store was embedded with" in result.output
+
+
+def test_margin_rule_picks_the_fewest_rescored_that_keep_the_gain():
+    from oneshot.pipelines.evaluation.reranked import margin_by_rule
+
+    runs = [{"margin": None, "accuracy": 0.90, "reranked_share": 1.0},
+            {"margin": 0.1, "accuracy": 0.895, "reranked_share": 0.4},
+            {"margin": 0.05, "accuracy": 0.891, "reranked_share": 0.2},
+            {"margin": 0.02, "accuracy": 0.85, "reranked_share": 0.05}]
+    assert margin_by_rule(0.80, runs)["margin"] == 0.05  # keeps 91% of the 10 points
+    assert margin_by_rule(0.80, runs, keep=0.95)["margin"] == 0.1
+    assert margin_by_rule(0.80, runs, keep=0.999) is None  # no margin keeps enough
+    assert margin_by_rule(0.95, runs) is None  # re-scoring every query loses
+
+
+def test_calibrate_chooses_and_stores_the_rerank_margin(eval_setting, tmp_path):
+    from oneshot.embedder.artifact import load_model
+    from oneshot.pipelines.cli import main
+    from oneshot.pipelines.engines.rerank import stored_margin
+    from oneshot.pipelines.evaluation.reranked import MARGINS, margin_by_rule
+
+    model = tmp_path / "base.safetensors"
+    shutil.copy(eval_setting["base"], model)
+    shutil.copy(Path(eval_setting["base"]).with_suffix(".json"), model.with_suffix(".json"))
+    result = CliRunner().invoke(main, ["calibrate", str(model), "--data", str(eval_setting["gallery"]),
+                                       "--rerank", str(eval_setting["other"])])
+    assert result.exit_code == 0, result.output
+    record = load_model(model).info["rerank_margin"]
+    assert [r["margin"] for r in record["runs"]] == list(MARGINS)
+    chosen = margin_by_rule(record["first_accuracy"], record["runs"])
+    full = record["runs"][0]["accuracy"]
+    assert record["value"] == (chosen["margin"] if chosen else (2.0 if full > record["first_accuracy"] else 0.0))
+    assert "5-way one-shot episodes within groups" in record["chosen_on"] and "calibrate" in record["command"]
+    assert f"rerank margin {record['value']}" in result.output
+    assert stored_margin(load_model(model))[0] == record["value"]  # where identify --rerank finds it
+    assert load_model(model).fingerprint == load_model(eval_setting["base"]).fingerprint  # weights untouched

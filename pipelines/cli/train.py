@@ -10,6 +10,7 @@ import click
 
 from oneshot.pipelines.cli.app import friendly, main
 from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
+from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH
 
 
 @main.command("train")
@@ -135,21 +136,40 @@ def _read_config(path: str) -> dict:
 @click.option("--val-groups", "--group", "groups", default=None, help="Comma-separated groups of --data to use.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Model file to write (default: in place).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rerank", "rerank_model", type=MODEL, default=None,
+              help="Also choose the margin below which this re-ranking model re-scores the model's answers in "
+                   "`identify --rerank` (stored in the model file).")
+@click.option("--rerank-depth", type=click.IntRange(min=1), default=DEFAULT_DEPTH, show_default=True,
+              help="Classes re-scored per query while choosing it.")
 @friendly
-def calibrate_command(model, data, split, groups, out, seed):
+def calibrate_command(model, data, split, groups, out, seed, rerank_model, rerank_depth):
     """Calibrate a model's verification, "unknown" and clustering thresholds on held-out labelled data and store
     them in the model file (weights and fingerprint unchanged).
+
+    With --rerank, also choose the re-ranking margin for this model's indexes on the same data.
 
     \b
     Example:
       oneshot calibrate runs/mine/model.safetensors --data held_out_gallery/
+      oneshot calibrate runs/mine/model.safetensors --data held_out_gallery/ --rerank handwriting-ensemble
     """
     from oneshot.pipelines.jobs.calibrate import calibrate_model_file
 
     command = _invoked_command()
-    thresholds = calibrate_model_file(model, data, out, groups.split(",") if groups else None, split, seed, command)
+    rerank = None
+    if rerank_model is not None:
+        from oneshot.pipelines.engines.rerank import Reranker
+
+        rerank = Reranker(rerank_model, data, depth=rerank_depth, margin=None)
+    thresholds = calibrate_model_file(model, data, out, groups.split(",") if groups else None, split, seed, command,
+                                      rerank)
     for kind, found in thresholds.items():
-        if kind == "cluster" and "cluster_distance" in found:
+        if kind == "rerank_margin":
+            shares = ", ".join(f"{r['margin'] if r['margin'] is not None else 'all'}: {r['accuracy']:.4f}"
+                               for r in found["runs"])
+            click.echo(f"rerank margin {found['value']} (the model alone {found['first_accuracy']:.4f}; {shares}; "
+                       f"{found['rule']})")
+        elif kind == "cluster" and "cluster_distance" in found:
             click.echo(f"cluster_distance {found['cluster_distance']:.4f}, cluster_radius {found['cluster_radius']:.4f} "
                        f"({found['classes']} classes, {found['images']} images)")
         else:

@@ -145,9 +145,10 @@ class Reranker:
         if self.margin == MODEL_MARGIN:
             self.margin, self.margin_source = stored_margin(base_model, whose)
 
-    def bind_rows(self, table: pd.DataFrame, what: str = "the store") -> None:
+    def bind_rows(self, table: pd.DataFrame, what: str = "the store", source: ImageSource | None = None) -> None:
         """Open the gallery's images for ``table``'s rows (``id`` and ``path`` columns: an index's or a
-        store's), so :meth:`row_scores` and :meth:`rescore` can read them by id."""
+        store's), so :meth:`row_scores` and :meth:`rescore` can read them by id; ``source``: an
+        already open source of those paths instead of ``gallery``."""
         if self.embedder.recipe.kind == "face":
             raise InvalidInputError("re-ranking reads images by path, and face stores keep a row per face of an "
                                     "image; it is not supported for face models")
@@ -156,7 +157,7 @@ class Reranker:
             raise InvalidInputError(f"{what} has {int((paths == '').sum())} rows without an image path; "
                                     "re-ranking reads the gallery's images by path (use a store made by "
                                     "`oneshot embed`, or an index built from one)")
-        self.source = _open_gallery(self.gallery, paths.iloc[0] if len(paths) else "")
+        self.source = source if source is not None else _open_gallery(self.gallery, paths.iloc[0] if len(paths) else "")
         self._paths = pd.Series(paths.to_numpy(), index=table["id"].to_numpy(dtype=np.int64))
 
     def search_depth(self, top: int, per_identity: int) -> int:

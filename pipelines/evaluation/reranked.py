@@ -26,6 +26,27 @@ if TYPE_CHECKING:
     from oneshot.pipelines.engines.rerank import Reranker
 
 
+# margins tried when one is chosen for a model (in its cosine; None: every query re-scored), and the share of
+# re-scoring every query's gain the chosen one must keep
+MARGINS = (None, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01)
+KEEP = 0.9
+
+
+def margin_by_rule(first: float, runs: Sequence[dict], keep: float = KEEP) -> dict | None:
+    """The run re-scoring the fewest queries whose gain over ``first`` (the index model alone) is at
+    least ``keep`` of re-scoring every query's.
+
+    Args:
+        runs: ``{"margin", "accuracy", "reranked_share"}`` each, one of them with margin None
+            (every query re-scored).
+    Returns:
+        That run, or None when re-scoring every query gains nothing or no margin keeps enough.
+    """
+    full = next(r for r in runs if r["margin"] is None)["accuracy"]
+    fine = [r for r in runs if r["margin"] is not None and r["accuracy"] - first >= keep * (full - first)]
+    return min(fine, key=lambda r: r["reranked_share"]) if fine and full > first else None
+
+
 def best_two_gaps(scores: np.ndarray) -> np.ndarray:
     """(Q, C) scores, C >= 2 -> (Q,) the best score less the second best."""
     top_two = -np.partition(-scores, 1, axis=1)[:, :2]

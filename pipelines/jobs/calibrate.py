@@ -1,7 +1,8 @@
 """Calibrate a model file's thresholds on a labelled source and store them in its info (weights untouched).
 
 Used for the shipped model (Omniglot background validation alphabets) and for any model a user
-wants to calibrate on their own held-out data (never on what they report on).
+wants to calibrate on their own held-out data (never on what they report on). With a re-ranking
+model, the margin ``identify --rerank`` uses for this model's indexes is chosen there too.
 """
 from __future__ import annotations
 
@@ -9,22 +10,35 @@ import copy
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from oneshot.data.forgeries import has_forgeries
-from oneshot.data.source import describe_source, open_source, rows_of_groups
+from oneshot.data.source import ImageSource, describe_source, open_source, rows_of_groups
 from oneshot.embedder.artifact import load_model, rewrite_info
+from oneshot.errors import InvalidInputError
 from oneshot.pipelines.engines.local import encode_source
+from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
+from oneshot.pipelines.evaluation.reranked import KEEP, MARGINS, margin_by_rule, rerank_episodes
 from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds
+from oneshot.pipelines.jobs.evaluate import feasible_way
 from oneshot.pipelines.reading import Rejects
+
+RERANK_EPISODES = 1000
 
 
 def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None,
                          groups: list[str] | None = None, split: str | None = None, seed: int = 0,
-                         command: str | None = None) -> dict:
+                         command: str | None = None, rerank=None) -> dict:
     """Calibrate ``model_path``'s verification, "unknown" and clustering thresholds on ``data`` (only ``groups``
     of it, if given) and write the model with them to ``out`` (default: in place).
 
+    ``rerank``: a :class:`~oneshot.pipelines.engines.rerank.Reranker`; the margin it re-scores this
+    model's hesitant queries at is then chosen on the same data (:func:`calibrate_rerank_margin`) and
+    stored as ``info["rerank_margin"]``, where ``identify --rerank`` finds it.
+
     Returns:
-        The thresholds stored (``info["thresholds"]``).
+        The thresholds stored (``info["thresholds"]``), and ``"rerank_margin"``'s record when asked.
     """
     model = load_model(model_path)
     source = open_source(data, split=split)
@@ -48,5 +62,54 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
     for found in thresholds.values():
         found["command"] = command
     info = {**model.info, "thresholds": thresholds}
+    if rerank is not None:
+        genuine = ~forged if forged is not None else np.ones(len(table), bool)
+        info["rerank_margin"] = {**calibrate_rerank_margin(model, table[genuine].reset_index(drop=True),
+                                                           embeddings[genuine], rerank, subset, described, seed),
+                                 "command": command}
     rewrite_info(model, Path(out) if out is not None else Path(model_path), info)
-    return thresholds
+    return {**thresholds, **({"rerank_margin": info["rerank_margin"]} if rerank is not None else {})}
+
+
+def calibrate_rerank_margin(model, table: pd.DataFrame, embeddings: np.ndarray, rerank, source: ImageSource,
+                            described: str, seed: int = 0) -> dict:
+    """The margin (in ``model``'s cosine) below which ``rerank`` should re-score ``model``'s answers,
+    chosen on labelled held-out rows.
+
+    On seeded 20-way one-shot episodes of ``table`` (within a group when there are groups; fewer
+    ways when the data has fewer classes), every margin of ``MARGINS`` is scored
+    (:func:`~oneshot.pipelines.evaluation.reranked.rerank_episodes`); the chosen one re-scores the
+    fewest queries while keeping ``KEEP`` of the gain of re-scoring every query. When re-scoring
+    every query gains nothing here, the margin is 0 (never re-score); when no margin keeps enough,
+    2 (every query: cosine gaps are below 2).
+
+    Args:
+        embeddings: (N, D) ``model``'s vectors of ``table``'s rows (``id``, ``path``, ``label``, ``group``).
+        source: where ``table``'s paths are read from.
+    Returns:
+        The record ``info["rerank_margin"]`` keeps: ``value``, ``chosen_on``, ``rule``, ``reranker``,
+        and every margin's accuracy (``runs``) beside the model alone's (``first_accuracy``).
+    """
+    if model.metric != "cosine":
+        raise InvalidInputError(f"re-ranking margins are in the index model's cosine; this model gives "
+                                f"{model.metric!r} vectors")
+    way, within = feasible_way(table, 20, True)
+    episodes = oneshot_episodes(table, way, 1, RERANK_EPISODES, within, seed)
+    rerank.bind_rows(table, "the data", source=source)
+    runs = []
+    for margin in MARGINS:
+        rerank.margin = margin
+        result = rerank_episodes(embeddings, episodes, model.metric, table["id"].to_numpy(), rerank)
+        runs.append({"margin": margin, "accuracy": result["accuracy"],
+                     "reranked_share": result["reranked"] / result["queries"]})
+    first, full = result["first_accuracy"], runs[0]["accuracy"]
+    chosen = margin_by_rule(first, runs)
+    value = chosen["margin"] if chosen is not None else (2.0 if full > first else 0.0)
+    rule = (f"the margin re-scoring the fewest queries whose gain over the model alone is >= {KEEP:.0%} of "
+            f"re-scoring every query's, of {[m for m in MARGINS if m is not None]}; 0 (never) when re-scoring every "
+            "query gains nothing, 2 (every query) when no margin keeps enough")
+    rerank.margin, rerank.margin_source = value, "chosen here"
+    return {"value": value, "chosen_on": f"{described}: {len(episodes)} {way}-way one-shot episodes"
+                                         f"{' within groups' if within else ''} (seed {seed})",
+            "rule": rule, "reranker": f"{rerank.name} (fingerprint {rerank.fingerprint})",
+            "first_accuracy": first, "runs": runs}
