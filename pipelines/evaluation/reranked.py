@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -22,8 +22,16 @@ from oneshot.pipelines.evaluation.episodes import Episode
 from oneshot.pipelines.evaluation.metrics import confidence_interval95, strictly_best
 from oneshot.pipelines.evaluation.prototypes import prototypes
 
-if TYPE_CHECKING:
-    from oneshot.pipelines.engines.rerank import Reranker
+
+class RowScorer(Protocol):
+    """What :func:`rerank_episodes` needs of a second model: a
+    :class:`~oneshot.pipelines.engines.rerank.Reranker` bound to the rows (``bind_rows``)."""
+
+    margin: float | None  # re-score queries whose best two classes are closer than this; None: every query
+    depth: int  # classes re-scored per query
+
+    def row_scores(self, query_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
+        """int64 (Q,) and (Q, C) row ids -> float32 (Q, C) scores, higher closer, NaN where unreadable."""
 
 
 # margins tried when one is chosen for a model (in its cosine; None: every query re-scored), and the share of
@@ -70,9 +78,9 @@ def reranked_correct(target: np.ndarray, order: np.ndarray, second: np.ndarray) 
 
 
 def rerank_episodes(embeddings: np.ndarray, episodes: Sequence[Episode], metric: Metric | str,
-                    row_ids: np.ndarray, reranker: Reranker) -> dict:
-    """Prototype accuracy over ``episodes`` with ``reranker`` (bound to the rows, see
-    :meth:`Reranker.bind_rows`) answering the hesitant queries again.
+                    row_ids: np.ndarray, reranker: RowScorer) -> dict:
+    """Prototype accuracy over ``episodes`` with ``reranker`` (a :class:`RowScorer`, bound to the
+    rows) answering the hesitant queries again.
 
     Args:
         embeddings: (N, D) the first model's vectors; episodes index their rows.
