@@ -56,7 +56,7 @@ _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "ite
                     "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed",
                     "look_alike_classes", "look_alike_every", "match_dim", "match_tap")
 _BOOLEAN_OPTIONS = ("every_support", "within_group", "same_group_negatives", "rotations", "reflections",
-                    "small_groups", "match_position")
+                    "small_groups", "match_position", "match_detach")
 
 
 @dataclass
@@ -105,6 +105,7 @@ class TrainConfig:
     match_weight: float = 1.0
     match_position: bool = False
     match_tap: int = 2
+    match_detach: bool = False
 
     def __post_init__(self):
         for name in _INTEGER_OPTIONS:
@@ -153,8 +154,9 @@ class TrainConfig:
             raise InvalidInputError(f"training option distill_temperature must be positive, got {self.distill_temperature!r}")
         if self.match_dim < 0:
             raise InvalidInputError(f"training option match_dim must be >= 0 (0: no map matcher), got {self.match_dim!r}")
-        if (self.match_position or self.match_tap != 2) and not self.match_dim:
-            raise InvalidInputError("training options match_position and match_tap need a map matcher (match_dim > 0)")
+        if (self.match_position or self.match_tap != 2 or self.match_detach) and not self.match_dim:
+            raise InvalidInputError("training options match_position, match_tap and match_detach need a map matcher "
+                                    "(match_dim > 0)")
         Recipe.from_dict(self.recipe)
         self.augment = AugmentConfig.from_dict(self.augment).to_dict()  # every key: a partial dict means the defaults
 
@@ -220,14 +222,17 @@ def embed_batch(model: Embedder, images: torch.Tensor, precision: str) -> torch.
     return model.head(features.float())
 
 
-def embed_batch_with_local(model: Embedder, images: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_batch_with_local(model: Embedder, images: torch.Tensor, precision: str,
+                           detach: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """images (N, C, H, W) -> (vectors (N, D), the matcher's local features (N, L, d)), both float32,
-    with the backbone in ``precision`` as :func:`embed_batch` runs it; the matcher runs in float32."""
-    if precision == "fp32":
-        return model.forward_with_local(images)
-    with torch.autocast(images.device.type, dtype=torch.bfloat16):
+    with the backbone in ``precision`` as :func:`embed_batch` runs it; the matcher runs in float32.
+    ``detach``: no gradient from the local features reaches the backbone (only the matcher learns
+    from them)."""
+    model._check_images(images)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision != "fp32"):
         features, maps = model.backbone.forward_with_map(images, model.match_tap)
-    return model.head(features.float()), model.matcher.local_features(maps.float())
+    maps = maps.float()
+    return model.head(features.float()), model.matcher.local_features(maps.detach() if detach else maps)
 
 
 def inference_embedder(model: Embedder, device: torch.device, memory_format: torch.memory_format, precision: str):
@@ -481,7 +486,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
             embeddings = embed_batch(model, images, config.precision)
             loss = loss_fn(embeddings, batch_labels)
         else:
-            embeddings, local = embed_batch_with_local(model, images, config.precision)
+            embeddings, local = embed_batch_with_local(model, images, config.precision, config.match_detach)
             loss = loss_fn(embeddings, batch_labels) + config.match_weight * match_loss(
                 model.matcher, embeddings, local, batch_labels, config.k_shot, config.every_support)
         if teacher is not None:

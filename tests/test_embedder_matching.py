@@ -143,6 +143,20 @@ def test_a_model_file_with_a_matcher_round_trips_and_encodes_as_without(tmp_path
         encode_with_local(plain, images)
 
 
+def test_detached_local_features_send_no_gradient_to_the_backbone():
+    torch.manual_seed(0)
+    model = Embedder("resnet-small", dim=8, recipe=Recipe(size=28), backbone_options={"widths": [4, 6, 8, 10]},
+                     match_dim=6)
+    images = torch.rand(4, 1, 28, 28)
+    for detach in (False, True):
+        model.zero_grad()
+        _, local = embed_batch_with_local(model, images, "fp32", detach)
+        local.sum().backward()
+        stem = model.backbone.stem[0].weight.grad
+        assert (stem is not None and stem.abs().sum() > 0) != detach
+        assert model.matcher.project.weight.grad.abs().sum() > 0  # the matcher learns either way
+
+
 def test_bf16_local_features_follow_fp32():
     torch.manual_seed(0)
     model = Embedder("resnet-small", dim=8, recipe=Recipe(size=28), backbone_options={"widths": [4, 6, 8, 10]},
@@ -166,12 +180,14 @@ def test_match_options_are_checked():
     with pytest.raises(InvalidInputError, match="match_dim must be an integer"):
         TrainConfig(match_dim=8.5)
     TrainConfig(match_dim=8, match_position=True)
-    with pytest.raises(InvalidInputError, match="match_position and match_tap need a map matcher"):
+    with pytest.raises(InvalidInputError, match="match_position, match_tap and match_detach need a map matcher"):
         TrainConfig(match_position=True)
-    with pytest.raises(InvalidInputError, match="match_position and match_tap need a map matcher"):
+    with pytest.raises(InvalidInputError, match="match_position, match_tap and match_detach need a map matcher"):
         TrainConfig(match_tap=3)
     with pytest.raises(InvalidInputError, match="match_tap must be an integer"):
         TrainConfig(match_dim=8, match_tap=2.5)
+    with pytest.raises(InvalidInputError, match="match_detach need a map matcher"):
+        TrainConfig(match_detach=True)
     with pytest.raises(InvalidInputError, match="match_position must be true or false"):
         TrainConfig(match_dim=8, match_position=1)
     with pytest.raises(InvalidInputError, match="match_position and match_tap need a map matcher"):
