@@ -455,3 +455,9 @@ def test_calibrate_chooses_and_stores_the_rerank_margin(eval_setting, tmp_path):
     assert f"rerank margin {record['value']}" in result.output
     assert stored_margin(load_model(model))[0] == record["value"]  # where identify --rerank finds it
     assert load_model(model).fingerprint == load_model(eval_setting["base"]).fingerprint  # weights untouched
+
+
+def test_face_models_are_refused_by_path_reading(setting):
+    rerank = Reranker("face", setting["gallery"])
+    with pytest.raises(InvalidInputError, match="face stores keep a row per face"):
+        rerank.bind_rows(setting["index"].table)

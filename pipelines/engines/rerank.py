@@ -134,10 +134,7 @@ class Reranker:
         base_recipe = base_model.recipe
         require_unit_vectors(self.embedder, self.name, base_recipe, "the index's model", "a re-ranking model")
         self.resolve_margin(base_model)
-        if base_recipe.kind == "face":
-            raise InvalidInputError("re-ranking reads gallery images by path, and face galleries keep a row per face "
-                                    "of an image; it is not supported for face models")
-        self.bind_rows(index.table, "the index")
+        self.bind_rows(index.table, "the index")  # refuses face models: the two preprocess alike
 
     def resolve_margin(self, base_model, whose: str = "the index's model") -> None:
         """With ``margin="model"``, take the margin ``base_model`` (the first model, an :class:`Embedder`,
