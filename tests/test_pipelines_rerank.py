@@ -455,6 +455,10 @@ def test_calibrate_chooses_and_stores_the_rerank_margin(eval_setting, tmp_path):
     assert f"rerank margin {record['value']}" in result.output
     assert stored_margin(load_model(model))[0] == record["value"]  # where identify --rerank finds it
     assert load_model(model).fingerprint == load_model(eval_setting["base"]).fingerprint  # weights untouched
+    other_size = _tiny(8, tmp_path, "size24", size=24, channels=16)
+    result = CliRunner().invoke(main, ["calibrate", str(model), "--data", str(eval_setting["gallery"]),
+                                       "--rerank", str(other_size)])
+    assert result.exit_code != 0 and "must match" in result.output  # identify would refuse the pair
 
 
 def test_face_models_are_refused_by_path_reading(setting):

@@ -41,6 +41,8 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
         The thresholds stored (``info["thresholds"]``), and ``"rerank_margin"``'s record when asked.
     """
     model = load_model(model_path)
+    if rerank is not None:
+        check_rerank_pair(model, rerank)  # before the encoding, not after
     source = open_source(data, split=split)
     table = source.table
     if groups:
@@ -71,6 +73,17 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
     return {**thresholds, **({"rerank_margin": info["rerank_margin"]} if rerank is not None else {})}
 
 
+def check_rerank_pair(model, rerank) -> None:
+    """Refuse a model and re-ranking model ``identify --rerank`` would refuse together."""
+    from oneshot.embedder.model import require_unit_vectors
+
+    if model.metric != "cosine":
+        raise InvalidInputError(f"re-ranking margins are in the index model's cosine; this model gives "
+                                f"{model.metric!r} vectors")
+    # identify --rerank reuses the pixels the index's model prepared, so the two must prepare images alike
+    require_unit_vectors(rerank.embedder, rerank.name, model.recipe, "the model", "a re-ranking model")
+
+
 def calibrate_rerank_margin(model, table: pd.DataFrame, embeddings: np.ndarray, rerank, source: ImageSource,
                             described: str, seed: int = 0) -> dict:
     """The margin (in ``model``'s cosine) below which ``rerank`` should re-score ``model``'s answers,
@@ -90,9 +103,7 @@ def calibrate_rerank_margin(model, table: pd.DataFrame, embeddings: np.ndarray, 
         The record ``info["rerank_margin"]`` keeps: ``value``, ``chosen_on``, ``rule``, ``reranker``,
         and every margin's accuracy (``runs``) beside the model alone's (``first_accuracy``).
     """
-    if model.metric != "cosine":
-        raise InvalidInputError(f"re-ranking margins are in the index model's cosine; this model gives "
-                                f"{model.metric!r} vectors")
+    check_rerank_pair(model, rerank)
     way, within = feasible_way(table, 20, True)
     episodes = oneshot_episodes(table, way, 1, RERANK_EPISODES, within, seed)
     rerank.bind_rows(table, "the data", source=source)
