@@ -70,8 +70,10 @@ class MapMatcher(nn.Module):
         P = S^T (S S^T + lambda I)^-1 S for a map's locations S (L, d) reconstructs a row q as q P, and
         ||Q - Q P||^2 = tr(G) + <G, P P - 2 P> for the query's Gram matrix G = Q^T Q. The same P is
         (S^T S + lambda I)^-1 S^T S, so the solve is L x L or d x d, whichever is smaller. Both
-        systems are symmetric positive definite: Cholesky solves. (Also, after some threaded work in a
-        process, torch 2.13's batched LU solve on CPU failed here: "Pivots given to lu_solve must all be >= 1".)
+        systems are symmetric positive definite: Cholesky solves. (Also, torch 2.13's batched LU solve
+        of 256 x 256 systems on CPU fails after an explicit ``torch.set_num_threads(n)``, n >= 2, in the
+        process, as the encode jobs' thread guard does: "Pivots given to lu_solve must all be greater
+        or equal to 1"; 49 x 49 ones did not.)
         """
         n, locations, dim = local.shape
         ridge = self.log_ridge.exp()

@@ -234,3 +234,22 @@ def test_a_model_file_with_a_placed_matcher_round_trips(tmp_path):
     images = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(again.eval().forward_with_local(images)[1], model.eval().forward_with_local(images)[1])
+
+
+def test_residual_operators_survive_an_explicit_thread_count():
+    """torch 2.13's batched LU solve of 256 x 256 systems fails after torch.set_num_threads(n >= 2) in
+    the process (as the encode jobs' thread guard sets it); the Cholesky solves the matcher uses do
+    not. In a fresh process, so this file's own set_num_threads(1) does not hide it."""
+    import subprocess
+    import sys
+
+    script = ("import torch\n"
+              "from torch.nn.functional import normalize\n"
+              "from oneshot.embedder.matching import MapMatcher\n"
+              "torch.set_num_threads(2)\n"
+              "for locations, dim in ((256, 256), (196, 64)):  # an L x L solve, then a d x d one\n"
+              "    local = normalize(torch.rand(8, locations, dim), dim=2)\n"
+              "    assert torch.isfinite(MapMatcher(4, dim).residual_operators(local)).all()\n"
+              "print('solved')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "solved" in done.stdout, done.stderr[-2000:]
