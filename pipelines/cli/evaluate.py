@@ -6,8 +6,7 @@ import json
 import click
 
 from oneshot.pipelines.cli.app import friendly, main
-from oneshot.pipelines.cli.options import MODEL
-from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN, MODEL_MARGIN
+from oneshot.pipelines.cli.options import MODEL, rerank_options
 
 
 @main.command("eval")
@@ -23,14 +22,7 @@ from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN, MODE
               help="Verification threshold; 'auto' calibrates it on half the classes and reports on the other half.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also score the store's images as raw pixels on the same episodes and pairs.")
-@click.option("--rerank", "rerank_model", type=MODEL, default=None,
-              help="A second, stronger model (e.g. handwriting-ensemble) that answers again the episode queries "
-                   "the store's vectors hesitate on, from the store's images ('oneshot_reranked').")
-@click.option("--rerank-depth", type=click.IntRange(min=1), default=DEFAULT_DEPTH, show_default=True,
-              help="Classes re-scored per query (its best ones by the store's vectors).")
-@click.option("--rerank-margin", default=MODEL_MARGIN, show_default=True,
-              help="Re-score only queries whose two best classes are closer than this in the store's score; "
-                   f"'all': every query; 'model': the margin the store's model carries, else {DEFAULT_MARGIN}.")
+@rerank_options("the store", "classes", "classes", ", from the store's images ('oneshot_reranked' in the JSON)")
 @click.option("--images", type=click.Path(exists=True), default=None,
               help="Where the store's images are, for --rerank (default: the source it was embedded from).")
 @click.option("--model", type=MODEL, default=None,

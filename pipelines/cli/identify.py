@@ -7,8 +7,14 @@ from pathlib import Path
 import click
 
 from oneshot.pipelines.cli.app import friendly, main
-from oneshot.pipelines.cli.options import MODEL, engine_options, precision_option, reject_options, rejects_for
-from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN, MODEL_MARGIN
+from oneshot.pipelines.cli.options import (
+    MODEL,
+    engine_options,
+    precision_option,
+    reject_options,
+    rejects_for,
+    rerank_options,
+)
 
 
 @main.command("identify")
@@ -24,15 +30,7 @@ from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN, MODE
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads reading query images.")
 @click.option("--out", type=click.Path(), default=None,
               help="Folder of Parquet shards (resumable), or a .jsonl file; default: JSON lines on stdout.")
-@click.option("--rerank", "rerank_model", type=MODEL, default=None,
-              help="A second, stronger model (e.g. handwriting-ensemble) that re-scores the index's best rows of "
-                   "each query the index hesitates on; it must preprocess images as --model does.")
-@click.option("--rerank-depth", type=click.IntRange(min=1), default=DEFAULT_DEPTH, show_default=True,
-              help="Gallery rows re-scored per query.")
-@click.option("--rerank-margin", default=MODEL_MARGIN, show_default=True,
-              help="Re-score only queries whose two best identities are closer than this in the index's score; "
-                   f"'all': every query; 'model': the margin the index's model carries (chosen for it on "
-                   f"validation data), else {DEFAULT_MARGIN}.")
+@rerank_options("the index", "gallery rows", "identities", "; it must preprocess images as --model does")
 @click.option("--gallery-images", type=click.Path(exists=True), default=None,
               help="Where the gallery's images are, for --rerank (default: the source its store was embedded from).")
 @precision_option

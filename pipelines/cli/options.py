@@ -36,6 +36,27 @@ def reject_options(command):
                              "writing nothing.")(command)
 
 
+def rerank_options(first: str, unit: str, what: str, note: str = ""):
+    """``--rerank``, ``--rerank-depth`` and ``--rerank-margin``, shared by ``identify`` and ``eval``:
+    ``first`` names the first stage (the index, the store), ``unit`` what is re-scored per query
+    (gallery rows, classes), ``what`` what the margin separates (identities, classes); ``note`` ends
+    ``--rerank``'s help."""
+    from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH, DEFAULT_MARGIN, MODEL_MARGIN
+
+    def decorate(command):
+        command = click.option(
+            "--rerank-margin", default=MODEL_MARGIN, show_default=True,
+            help=f"Re-score only queries whose two best {what} are closer than this in {first}'s score; 'all': every "
+                 f"query; 'model': the margin {first}'s model carries (chosen for it on validation data), else "
+                 f"{DEFAULT_MARGIN}.")(command)
+        command = click.option("--rerank-depth", type=click.IntRange(min=1), default=DEFAULT_DEPTH, show_default=True,
+                               help=f"{unit.capitalize()} re-scored per query.")(command)
+        return click.option("--rerank", "rerank_model", type=MODEL, default=None,
+                            help=f"A second, stronger model (e.g. handwriting-ensemble) that re-scores the best {unit} "
+                                 f"of each query {first} hesitates on{note}.")(command)
+    return decorate
+
+
 def rejects_for(on_error: str, max_rejects: str | None):
     from oneshot.errors import InvalidInputError
     from oneshot.pipelines.reading import RejectPolicy, Rejects
