@@ -64,7 +64,9 @@ def ensemble_models(models: Sequence[Embedder | str | os.PathLike]) -> Embedder:
 
     Returns:
         An eval-mode ``Embedder`` (backbone ``"ensemble"``, no projection) with the members' weights;
-        its ``info["members"]`` names each member's file (when given one) and fingerprint.
+        its ``info["members"]`` names each member's file (when given one) and fingerprint. A
+        member's map matcher (``match_dim``) stays in its weights but the ensemble does not use it:
+        it scores by its vectors' cosine (see :func:`members_with_matchers`).
     Raises:
         InvalidInputError: fewer than two models, a member that is not cosine, or recipes that differ.
     """
@@ -89,6 +91,13 @@ def ensemble_models(models: Sequence[Embedder | str | os.PathLike]) -> Embedder:
     if thresholds:
         ensemble.info["thresholds"] = thresholds
     return ensemble.to(next(loaded[0].parameters()).device).eval()
+
+
+def members_with_matchers(ensemble: Embedder) -> list[int]:
+    """Positions of ``ensemble``'s members trained with a map matcher, which it keeps but does not
+    score by (its score is the cosine of the joined vectors)."""
+    members = ensemble.backbone_options.get("members", []) if ensemble.backbone_name == "ensemble" else []
+    return [i for i, config in enumerate(members) if config.get("match_dim")]
 
 
 def mean_member_thresholds(members_info: Sequence[dict | None]) -> dict:

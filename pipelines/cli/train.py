@@ -191,7 +191,7 @@ def ensemble_command(models, out):
       oneshot calibrate runs/ab.safetensors --data held_out_gallery/
     """
     from oneshot.embedder.artifact import save_model
-    from oneshot.embedder.ensemble import ensemble_models
+    from oneshot.embedder.ensemble import ensemble_models, members_with_matchers
 
     if len(models) < 2:
         raise click.UsageError("an ensemble needs at least two models")
@@ -199,6 +199,11 @@ def ensemble_command(models, out):
     command = _invoked_command()
     path = save_model(model, out, info={**model.info, "command": command})
     click.echo(f"{len(models)} models, {model.dim}-d vectors; fingerprint {model.fingerprint}; model: {path}")
+    matched = members_with_matchers(model)
+    if matched:
+        click.echo(f"members {', '.join(str(models[i]) for i in matched)} have map matchers: the ensemble keeps them "
+                   "but scores by its vectors' cosine only (identify --rerank and eval --rerank use a matcher when "
+                   "given that member alone)", err=True)
     own = (f"oneshot calibrate {shlex.quote(str(path))} --data HELD_OUT (labelled images none of its members "
            "trained on)")
     kinds = sorted(model.info.get("thresholds", {}))
