@@ -24,21 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import pandas as pd
-
 from benchmarks import command_line, validation_alphabets, write_result
-
-
-def write_images(split, table: pd.DataFrame, folder: Path) -> Path:
-    """``table``'s images of ``split`` into ``folder/alphabet/character/file.png``."""
-    for start in range(0, len(table), 1024):
-        chunk = table.iloc[start : start + 1024]
-        for (_, row), image in zip(chunk.iterrows(), split.read(list(chunk["path"]))):
-            target = folder / row["alphabet"] / row["character"]
-            target.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(target / Path(row["path"]).name), image)
-    return folder
+from benchmarks.rerank import write_images
 
 
 def score_split(images, work: Path, base, rerankers: list[str], margins: list, depth: int, episodes: int,
@@ -93,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if "validation" in args.sections:
             split, table = validation_alphabets(args.data)
             print("validation (4 background validation alphabets):")
-            images = write_images(split, table, work / "validation" / "images")
+            images = work / "validation" / "images"
+            write_images(split, table, [images] * len(table))
             result["validation"] = score_split(images, work / "validation", base, args.rerank, margins, args.depth,
                                                args.episodes, args.seed)
         if "evaluation" in args.sections:

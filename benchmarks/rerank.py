@@ -40,19 +40,22 @@ from benchmarks import command_line, validation_alphabets, write_result
 CLI = [sys.executable, "-m", "oneshot.pipelines.cli"]
 
 
+def write_images(split, table: pd.DataFrame, roots: list[Path]) -> None:
+    """Each of ``table``'s images of ``split`` into ``roots[i]/alphabet/character/file.png`` (its row's root)."""
+    for start in range(0, len(table), 1024):
+        chunk = table.iloc[start : start + 1024]
+        for (_, row), image, root in zip(chunk.iterrows(), split.read(list(chunk["path"])), roots[start : start + 1024]):
+            target = root / row["alphabet"] / row["character"]
+            target.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(target / Path(row["path"]).name), image)
+
+
 def write_enrolment(split, table: pd.DataFrame, folder: Path, seed: int) -> tuple[Path, Path]:
     """One random drawing per character into ``folder/gallery``, the others into ``folder/queries``
     (``alphabet/character/file.png``, so both carry the same labels)."""
     rng = np.random.default_rng(seed)
     enrolled = table.groupby("label", sort=True).sample(n=1, random_state=rng).index
-    is_gallery = table.index.isin(enrolled)
-    for start in range(0, len(table), 1024):
-        chunk = table.iloc[start : start + 1024]
-        for (_, row), image, gallery in zip(chunk.iterrows(), split.read(list(chunk["path"])),
-                                            is_gallery[start : start + 1024]):
-            target = folder / ("gallery" if gallery else "queries") / row["alphabet"] / row["character"]
-            target.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(target / Path(row["path"]).name), image)
+    write_images(split, table, [folder / ("gallery" if g else "queries") for g in table.index.isin(enrolled)])
     return folder / "gallery", folder / "queries"
 
 

@@ -129,12 +129,16 @@ class Reranker:
             InvalidInputError: the two models preprocess images differently, or the index's rows
                 carry no image paths.
         """
-        from oneshot.embedder.model import require_unit_vectors
-
-        base_recipe = base_model.recipe
-        require_unit_vectors(self.embedder, self.name, base_recipe, "the index's model", "a re-ranking model")
+        self.check_base(base_model)
         self.resolve_margin(base_model)
         self.bind_rows(index.table, "the index")  # refuses face models: the two preprocess alike
+
+    def check_base(self, base_model, whose: str = "the index's model") -> None:
+        """Refuse a re-ranking model that preprocesses images other than ``base_model`` (an
+        :class:`Embedder`; ``whose`` names it): identify re-scores the pixels that model prepared."""
+        from oneshot.embedder.model import require_unit_vectors
+
+        require_unit_vectors(self.embedder, self.name, base_model.recipe, whose, "a re-ranking model")
 
     def resolve_margin(self, base_model, whose: str = "the index's model") -> None:
         """With ``margin="model"``, take the margin ``base_model`` (the first model, an :class:`Embedder`,

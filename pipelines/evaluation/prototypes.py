@@ -53,6 +53,13 @@ def prototypes(support: np.ndarray, metric: Metric | str) -> np.ndarray:
     return metric.prepare(prepared.mean(axis=1))
 
 
+def episode_scores(support: np.ndarray, queries: np.ndarray, metric: Metric | str) -> np.ndarray:
+    """(n_way, k_shot, D) support and (n_query, D) queries -> (n_query, n_way) similarity of each
+    query to each class's prototype."""
+    metric = get_metric(metric)
+    return metric.similarity(queries, prototypes(support, metric))
+
+
 def episode_correct(
     support: np.ndarray, queries: np.ndarray, target: np.ndarray, metric: Metric | str
 ) -> np.ndarray:
@@ -67,10 +74,7 @@ def episode_correct(
     Returns:
         (n_query,) bool.
     """
-    metric = get_metric(metric)
-    protos = prototypes(support, metric)
-    scores = metric.similarity(queries, protos)
-    return strictly_best(scores, target)
+    return strictly_best(episode_scores(support, queries, metric), target)
 
 
 def evaluate_episodes(

@@ -20,7 +20,7 @@ from oneshot.errors import InvalidInputError
 from oneshot.index.metric import Metric, as_matrix, get_metric
 from oneshot.pipelines.evaluation.episodes import Episode
 from oneshot.pipelines.evaluation.metrics import confidence_interval95, strictly_best
-from oneshot.pipelines.evaluation.prototypes import prototypes
+from oneshot.pipelines.evaluation.prototypes import episode_scores
 
 
 class RowScorer(Protocol):
@@ -104,7 +104,7 @@ def rerank_episodes(embeddings: np.ndarray, episodes: Sequence[Episode], metric:
     counts = {"queries": 0, "reranked": 0, "fixed": 0, "broken": 0, "unreadable": 0}
     for e, episode in enumerate(episodes):
         support, query, target = episode.support, episode.query, episode.query_target
-        scores = metric.similarity(vectors[query], prototypes(vectors[support], metric))  # (Q, n_way)
+        scores = episode_scores(vectors[support], vectors[query], metric)  # (Q, n_way)
         first = strictly_best(scores, target)
         final = first.copy()
         margin = reranker.margin

@@ -75,13 +75,10 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
 
 def check_rerank_pair(model, rerank) -> None:
     """Refuse a model and re-ranking model ``identify --rerank`` would refuse together."""
-    from oneshot.embedder.model import require_unit_vectors
-
     if model.metric != "cosine":
         raise InvalidInputError(f"re-ranking margins are in the index model's cosine; this model gives "
                                 f"{model.metric!r} vectors")
-    # identify --rerank reuses the pixels the index's model prepared, so the two must prepare images alike
-    require_unit_vectors(rerank.embedder, rerank.name, model.recipe, "the model", "a re-ranking model")
+    rerank.check_base(model, "the model")
 
 
 def calibrate_rerank_margin(model, table: pd.DataFrame, embeddings: np.ndarray, rerank, source: ImageSource,
