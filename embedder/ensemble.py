@@ -65,8 +65,9 @@ def ensemble_models(models: Sequence[Embedder | str | os.PathLike]) -> Embedder:
     Returns:
         An eval-mode ``Embedder`` (backbone ``"ensemble"``, no projection) with the members' weights;
         its ``info["members"]`` names each member's file (when given one) and fingerprint. A
-        member's map matcher (``match_dim``) stays in its weights but the ensemble does not use it:
-        it scores by its vectors' cosine (see :func:`members_with_matchers`).
+        member's map matcher (``match_dim``) stays in its weights: bulk jobs use the joined vectors'
+        cosine only, and re-ranking with the ensemble scores by its members' trained scores
+        (:func:`scoring_members`).
     Raises:
         InvalidInputError: fewer than two models, a member that is not cosine, or recipes that differ.
     """
@@ -94,10 +95,20 @@ def ensemble_models(models: Sequence[Embedder | str | os.PathLike]) -> Embedder:
 
 
 def members_with_matchers(ensemble: Embedder) -> list[int]:
-    """Positions of ``ensemble``'s members trained with a map matcher, which it keeps but does not
-    score by (its score is the cosine of the joined vectors)."""
+    """Positions of ``ensemble``'s members trained with a map matcher. Its vectors' cosine (what
+    bulk jobs use) ignores them; re-ranking uses them (:func:`scoring_members`)."""
     members = ensemble.backbone_options.get("members", []) if ensemble.backbone_name == "ensemble" else []
     return [i for i, config in enumerate(members) if config.get("match_dim")]
+
+
+def scoring_members(model: Embedder) -> list[Embedder]:
+    """The models whose scores, averaged, make ``model``'s re-ranking score: an ensemble's members
+    when any of them has a map matcher (each scores by its trained score, or its cosine without a
+    matcher; with none matched the mean is the joined vectors' cosine, so nothing changes), else
+    ``model`` itself."""
+    if members_with_matchers(model):
+        return list(model.backbone.members)
+    return [model]
 
 
 def mean_member_thresholds(members_info: Sequence[dict | None]) -> dict:

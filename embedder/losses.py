@@ -193,3 +193,19 @@ class NormalizedSoftmaxLoss(EmbeddingLoss):
         cosine = F.normalize(embeddings, dim=1) @ F.normalize(self.proxies, dim=1).T
         cosine = cosine - self.margin * F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
         return F.cross_entropy(self.scale * cosine, labels)
+
+
+class WithProxies(EmbeddingLoss):
+    """An episodic loss plus ``weight`` x a cosine softmax over one learned proxy per training class.
+
+    The episodes compare a batch's images with each other; the proxies push every image away from
+    every training class, not only the batch's own. ``episodic`` stays reachable (distillation reads
+    its episodes).
+    """
+
+    def __init__(self, episodic: PrototypicalLoss, proxies: NormalizedSoftmaxLoss, weight: float):
+        super().__init__()
+        self.episodic, self.proxies, self.weight = episodic, proxies, float(weight)
+
+    def compute_loss(self, embeddings, labels):
+        return self.episodic(embeddings, labels) + self.weight * self.proxies(embeddings, labels)

@@ -42,6 +42,7 @@ from oneshot.embedder.losses import (
     PrototypicalLoss,
     SiameseBCELoss,
     TripletLoss,
+    WithProxies,
 )
 from oneshot.embedder.model import Embedder
 from oneshot.embedder.preprocess import Recipe
@@ -106,13 +107,14 @@ class TrainConfig:
     match_position: bool = False
     match_tap: int = 2
     match_detach: bool = False
+    proxy_weight: float = 0.0
 
     def __post_init__(self):
         for name in _INTEGER_OPTIONS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidInputError(f"training option {name} must be an integer, got {value!r}")
-        for name in ("lr", "weight_decay", "max_seconds", "match_weight"):
+        for name in ("lr", "weight_decay", "max_seconds", "match_weight", "proxy_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInputError(f"training option {name} must be a non-negative number, got {value!r}")
@@ -143,7 +145,7 @@ class TrainConfig:
             raise InvalidInputError(f"training option look_alike_every must be positive, got {self.look_alike_every!r}")
         for option, used in (("every_support", self.every_support), ("classes_per_group", self.classes_per_group),
                              ("look_alike_classes", self.look_alike_classes), ("match_dim", self.match_dim),
-                             ("distillation from teachers", self.teachers)):
+                             ("distillation from teachers", self.teachers), ("proxy_weight", self.proxy_weight)):
             if used and self.objective != "prototypical":
                 raise InvalidInputError(f"{option} needs the prototypical objective, not {self.objective!r}")
         if isinstance(self.distill_weight, bool) or not isinstance(self.distill_weight, (int, float)) \
@@ -186,7 +188,10 @@ def build_loss(config: TrainConfig, model: Embedder, n_classes: int) -> torch.nn
     if config.objective == "triplet":
         return TripletLoss(0.2 if margin is None else margin, config.mining)
     if config.objective == "prototypical":
-        return PrototypicalLoss(config.k_shot, every_support=config.every_support)
+        episodic = PrototypicalLoss(config.k_shot, every_support=config.every_support)
+        if not config.proxy_weight:
+            return episodic
+        return WithProxies(episodic, NormalizedSoftmaxLoss(n_classes, model.dim), config.proxy_weight)
     return NormalizedSoftmaxLoss(n_classes, model.dim, margin=0.1 if margin is None else margin)
 
 
@@ -490,7 +495,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
             loss = loss_fn(embeddings, batch_labels) + config.match_weight * match_loss(
                 model.matcher, embeddings, local, batch_labels, config.k_shot, config.every_support)
         if teacher is not None:
-            soft = distillation_loss(loss_fn, embeddings, teacher[torch.from_numpy(rows).to(device)], batch_labels,
+            episodic = getattr(loss_fn, "episodic", loss_fn)
+            soft = distillation_loss(episodic, embeddings, teacher[torch.from_numpy(rows).to(device)], batch_labels,
                                      config.distill_temperature)
             loss = (1 - config.distill_weight) * loss + config.distill_weight * soft
         optimizer.zero_grad(set_to_none=True)

@@ -135,3 +135,27 @@ def test_map_matching_scores_members_by_their_trained_scores_and_counts_episodes
     expected = np.concatenate([(b.vectors[e.query] @ b.vectors[e.support[:, 0]].T).argmax(1) == e.query_target
                                for e in episodes])
     assert correct["global"].tolist() == expected.tolist() == correct["combined"].tolist()  # no matcher: no penalty
+
+
+def test_open_set_rerank_enrols_half_of_each_alphabet_and_scores_both_kinds_of_query(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.open_set_rerank import open_set_figures, write_open_set
+
+    class Split:  # 2 alphabets x 4 characters x 3 drawers of blank 8 x 8 drawings
+        table = pd.DataFrame([{"alphabet": a, "character": f"c{c}", "group": a, "label": f"{a}/c{c}",
+                               "path": f"{a}/c{c}/{d}.png"} for a in ("A", "B") for c in range(4) for d in range(3)])
+
+        def read(self, paths):
+            return [np.full((8, 8), 255, np.uint8) for _ in paths]
+
+    gallery, queries = write_open_set(Split(), Split.table, tmp_path, seed=0)
+    enrolled = sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in gallery.rglob("*.png"))
+    assert len(enrolled) == len(set(enrolled)) == 4 and sorted({e[0] for e in enrolled}) == ["A", "B"]
+    assert len(list(queries.rglob("*.png"))) == 24 - 4  # the enrolled characters' other drawings, and the rest
+    answers = pd.DataFrame({"true_label": ["A/c0", "A/c0", "A/c1", "B/c3"], "label": ["A/c0", "A/c2", "unknown", "B/c0"],
+                            "known": [True, True, False, True]})
+    found = open_set_figures(answers, {"A/c0"})
+    assert found == {"open_set_accuracy": 0.5, "known_accuracy": 0.5, "unknown_rejected": 0.5, "known_queries": 2,
+                     "unknown_queries": 2}

@@ -152,8 +152,8 @@ def test_the_cli_says_where_an_ensembles_thresholds_come_from(tmp_path):
     assert carried["verification"]["value"] == pytest.approx(0.65)
 
 
-def test_the_cli_says_an_ensemble_does_not_score_by_its_members_matchers(members, tmp_path):
-    from oneshot.embedder.ensemble import members_with_matchers
+def test_the_cli_says_where_an_ensemble_uses_its_members_matchers(members, tmp_path):
+    from oneshot.embedder.ensemble import members_with_matchers, scoring_members
 
     torch.manual_seed(4)
     matched = save_model(Embedder("conv", 8, "normalized", RECIPE, {"channels": 4, "blocks": 2}, match_dim=3).eval(),
@@ -162,8 +162,11 @@ def test_the_cli_says_an_ensemble_does_not_score_by_its_members_matchers(members
                                        "--out", str(tmp_path / "e.safetensors")])
     assert result.exit_code == 0, result.output
     assert f"members {matched} have map matchers" in result.stderr and "cosine only" in result.stderr
+    assert "as a re-ranker" in result.stderr and "members' trained scores" in result.stderr
     joined = load_model(tmp_path / "e.safetensors")
     assert members_with_matchers(joined) == [1] and joined.matcher is None
-    assert members_with_matchers(ensemble_models(members)) == []
+    assert [m.matcher is not None for m in scoring_members(joined)] == [False, True]
+    plain = ensemble_models(members)
+    assert members_with_matchers(plain) == [] and scoring_members(plain) == [plain]
     result = CliRunner().invoke(main, ["ensemble", *map(str, members), "--out", str(tmp_path / "p.safetensors")])
     assert "map matchers" not in result.stderr

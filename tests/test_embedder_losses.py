@@ -12,6 +12,7 @@ from oneshot.embedder.losses import (
     PrototypicalLoss,
     SiameseBCELoss,
     TripletLoss,
+    WithProxies,
     pairwise_distances,
 )
 from oneshot.embedder.model import SiameseHead
@@ -293,6 +294,19 @@ def test_normalized_softmax_matches_loop():
             logits.append(8.0 * (cosine - (0.2 if c == y[i] else 0.0)))
         total += math.log(sum(math.exp(v) for v in logits)) - logits[int(y[i])]
     assert loss_fn(x, y).item() == pytest.approx(total / len(y), rel=1e-9)
+
+
+def test_with_proxies_adds_the_weighted_proxy_softmax_to_the_episodes():
+    torch.manual_seed(0)
+    episodic, proxies = PrototypicalLoss(k_shot=1, every_support=True), NormalizedSoftmaxLoss(num_classes=6, dim=4)
+    both = WithProxies(episodic, proxies, weight=0.5)
+    x, y = torch.randn(12, 4), torch.tensor([0, 1, 5, 0, 1, 5, 0, 1, 5, 0, 1, 5])
+    assert both(x, y).item() == pytest.approx(episodic(x, y).item() + 0.5 * proxies(x, y).item(), rel=1e-6)
+    # every proxy is a parameter the optimiser sees, and the checkpoint keeps
+    assert any(p is proxies.proxies for p in both.parameters())
+    assert set(both.state_dict()) == {"episodic.log_scale", "proxies.proxies"}
+    both(x, y).backward()
+    assert proxies.proxies.grad[2].abs().sum() > 0  # a class outside the batch is pushed away too
 
 
 # ------------------------------------------------------------------------------- shapes

@@ -344,6 +344,10 @@ def test_config_checks():
         TrainConfig(look_alike_classes=20, look_alike_every=0)
     with pytest.raises(ValueError, match="look_alike_every must be an integer"):
         TrainConfig(look_alike_every=2.5)
+    with pytest.raises(ValueError, match="proxy_weight must be a non-negative number"):
+        TrainConfig(proxy_weight=-1.0)
+    with pytest.raises(ValueError, match="proxy_weight needs the prototypical objective"):
+        TrainConfig(objective="triplet", proxy_weight=1.0)
     config = _config()
     assert TrainConfig.from_dict(config.to_dict()) == config
 
@@ -524,3 +528,27 @@ def test_a_run_with_a_map_matcher_trains_it_and_resumes_exactly(data, tmp_path, 
                          every_support=True), data, tmp_path / "plain")
     # the match's cross-entropy is added to the prototypical loss, not put in its place
     assert plain.model.matcher is None and plain.history["loss"].iloc[-1] < full.history["loss"].iloc[-1]
+
+
+def test_a_run_with_class_proxies_trains_them_and_resumes_exactly(data, tmp_path, monkeypatch):
+    teacher = str(tmp_path / "teacher.safetensors")  # distillation reads the episodes inside the sum
+    save_model(build_model(_config(dim=12)), teacher, {})
+    config = _config(steps=6, val_every=3, checkpoint_every=3, warmup_steps=1, proxy_weight=1.0, teachers=[teacher])
+    full = _run(config, data, tmp_path / "full")
+    proxies = _final_state(tmp_path / "full")["loss"]["proxies.proxies"]
+    assert proxies.shape == (40, 16)  # one a training class: 2 alphabets x 5 characters x 4 rotations
+    torch.manual_seed(config.seed)
+    start = train_module.build_loss(config, build_model(config), 40).proxies.proxies
+    assert not torch.equal(proxies, start) and np.isfinite(full.history["loss"]).all()
+
+    real_augment = train_module.augment
+    _kill_during_step(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, data, tmp_path / "killed")
+    monkeypatch.setattr(train_module, "augment", real_augment)
+    resumed = _run(config, data, tmp_path / "killed")
+    assert resumed.model.fingerprint == full.model.fingerprint
+    assert torch.equal(_final_state(tmp_path / "killed")["loss"]["proxies.proxies"], proxies)
+    plain = _run(_config(steps=6, val_every=3, checkpoint_every=3, warmup_steps=1, teachers=[teacher]), data,
+                 tmp_path / "plain")
+    assert plain.model.fingerprint != full.model.fingerprint  # the proxies' gradient reaches the net

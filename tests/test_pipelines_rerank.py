@@ -278,6 +278,87 @@ def test_a_reranker_with_a_map_matcher_scores_by_its_trained_similarity(setting,
     assert rerank.cache_rows <= 6_000
 
 
+@pytest.mark.parametrize("both_matched", [False, True])
+def test_an_ensemble_with_matched_members_reranks_by_their_mean_trained_score(setting, tiny_model_path, matcher_model,
+                                                                               tmp_path, both_matched):
+    import cv2
+    import torch
+
+    from oneshot.embedder.artifact import load_model, save_model
+    from oneshot.embedder.encode import encode, encode_with_local
+    from oneshot.embedder.ensemble import ensemble_models
+    from oneshot.embedder.model import Embedder
+
+    torch.manual_seed(5)
+    second = Embedder("conv", dim=8, recipe=Recipe(size=16), backbone_options={"channels": 4, "blocks": 2},
+                      match_dim=3 if both_matched else None)
+    with torch.no_grad():  # an untrained matcher's weight is the same in both; make the two differ
+        if both_matched:
+            second.matcher.log_scale_match.add_(1.0)
+    second_path = save_model(second, tmp_path / "second.safetensors")
+    joined = save_model(ensemble_models([matcher_model, second_path]), tmp_path / "joined.safetensors")
+    rerank = Reranker(joined, setting["gallery"], depth=10, margin=None)
+    assert rerank.matched and len(rerank.matchers) == (2 if both_matched else 1)
+    answers = _answers(setting, tiny_model_path, rerank)
+    assert answers["reranked"].all() and rerank.stats.gallery_encoded == 60
+
+    table = setting["index"].table
+    images = [cv2.imread(str(setting["gallery"] / p), 0) for p in table["path"]]
+    expected = 0.0
+    for path in (matcher_model, second_path):  # each member on its own: its trained score, or its cosine
+        member = load_model(path)
+        if member.matcher is None:
+            vectors = encode(member, images)
+            expected = expected + vectors @ vectors.T
+            continue
+        vectors, local = encode_with_local(member, images)
+        with torch.no_grad():
+            distance = member.matcher.distances(torch.from_numpy(local), torch.from_numpy(local))
+            expected = expected + member.matcher.similarity(torch.from_numpy(vectors @ vectors.T), distance).numpy()
+    expected = expected / 2
+    row_of = {i: r for r, i in enumerate(table["id"].tolist())}
+    query_row = dict(zip(table["path"].tolist(), range(len(table))))
+    for _, answer in answers.iterrows():
+        got = [s for c in answer["candidates"] for s in c["gallery_scores"]]
+        wanted = [float(expected[query_row[answer["path"]], row_of[g]]) for c in answer["candidates"]
+                  for g in c["gallery_ids"]]
+        np.testing.assert_allclose(got, wanted, atol=1e-4)
+    assert rerank.cache_rows == 6_000 // len(rerank.matchers)
+    ids = table["id"].to_numpy()  # every pair at once, as calibration scores them
+    np.testing.assert_allclose(rerank.pair_scores(ids[:7], ids, chunk=3), expected[:7], atol=1e-4)
+
+
+def test_calibrate_gives_a_matched_model_an_unknown_threshold_on_its_trained_score(setting, tiny_model_path,
+                                                                                    matcher_model, tmp_path):
+    from oneshot.embedder.artifact import load_model
+    from oneshot.pipelines.cli import main
+    from oneshot.pipelines.evaluation.thresholds import resolve_threshold
+    from oneshot.pipelines.jobs.identify import enrolled_count
+
+    model = tmp_path / "matched.safetensors"
+    shutil.copy(matcher_model, model)
+    shutil.copy(Path(matcher_model).with_suffix(".json"), model.with_suffix(".json"))
+    result = CliRunner().invoke(main, ["calibrate", str(model), "--data", str(setting["gallery"])])
+    assert result.exit_code == 0, result.output
+    thresholds = load_model(model).info["thresholds"]
+    reranked = thresholds["unknown_reranked"]
+    assert reranked["metric"].startswith("trained score") and np.isfinite(reranked["value"])
+    assert reranked["value"] != thresholds["unknown"]["value"] and "command" in reranked
+    assert "unknown_reranked threshold" in result.output
+    rows = []
+    summary = identify_job(setting["gallery"], setting["index"], None, tiny_model_path, threshold="model",
+                           emit=rows.append, show_progress=False, rerank=Reranker(model, setting["gallery"], margin=None))
+    assert f"carried by the re-ranking model {model}" in summary.threshold_text
+    used, _ = resolve_threshold(load_model(model), "unknown_reranked", enrolled=enrolled_count(setting["index"]))
+    answers = pd.concat(rows)
+    assert answers["reranked"].all() and (answers["known"] == (answers["score"] >= np.float32(used))).all()
+    plain = tmp_path / "plain.safetensors"  # a cosine model gets no such threshold: its "unknown" covers it
+    shutil.copy(tiny_model_path, plain)
+    shutil.copy(Path(tiny_model_path).with_suffix(".json"), plain.with_suffix(".json"))
+    assert CliRunner().invoke(main, ["calibrate", str(plain), "--data", str(setting["gallery"])]).exit_code == 0
+    assert "unknown_reranked" not in load_model(plain).info["thresholds"]
+
+
 def test_a_matched_score_gets_no_cosine_threshold(setting, tiny_model_path, matcher_model):
     rows = []
     summary = identify_job(setting["gallery"], setting["index"], None, tiny_model_path, threshold="model",

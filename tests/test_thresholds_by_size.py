@@ -7,6 +7,7 @@ import pytest
 from oneshot.pipelines.evaluation.thresholds import (
     calibrate_unknown,
     calibrate_unknown_by_size,
+    calibrate_unknown_scored,
     resolve_threshold,
     threshold_for_enrolled,
 )
@@ -54,3 +55,33 @@ def test_resolver_uses_the_size_when_the_model_carries_it():
     assert "calibrated on held-out classes" in text and "for this index's 20" in text
     given, _ = resolve_threshold(config, "unknown", 0.3, enrolled=20)
     assert given == 0.3
+
+
+def test_a_threshold_on_any_score_follows_the_cosine_ones_rule():
+    x, labels = _classes(80, 3, spread=0.5)
+    cosine = calibrate_unknown(x, labels, "cosine", "held-out classes", seed=0)
+    scored = calibrate_unknown_scored(lambda a, b: x[a] @ x[b].T, labels, "held-out classes", seed=0, what="cosine")
+    # the same split, rule and draws: the cosine scored by hand gives the cosine's thresholds
+    assert scored["value"] == pytest.approx(cosine["value"], abs=1e-5)
+    assert scored["by_enrolled"]["enrolled"] == cosine["by_enrolled"]["enrolled"]
+    np.testing.assert_allclose(scored["by_enrolled"]["values"], cosine["by_enrolled"]["values"], atol=1e-5)
+    assert (scored["n_known_queries"], scored["n_unknown_queries"]) == (cosine["n_known_queries"],
+                                                                       cosine["n_unknown_queries"])
+    # another score, kept as its own kind and read by database size as "unknown" is
+    shifted = calibrate_unknown_scored(lambda a, b: x[a] @ x[b].T - 0.25, labels, "held-out classes", seed=0)
+    assert shifted["value"] == pytest.approx(cosine["value"] - 0.25, abs=1e-5)
+    config = {"info": {"thresholds": {"unknown": cosine, "unknown_reranked": shifted}}}
+    value, text = resolve_threshold(config, "unknown_reranked", enrolled=10)
+    assert value == pytest.approx(shifted["by_enrolled"]["values"][0]) and "10 enrolled" in text
+
+
+def test_an_image_without_a_score_is_never_the_best():
+    x, labels = _classes(40, 3, spread=0.5)
+
+    def score(a, b):
+        found = x[a] @ x[b].T
+        found[:, 0] = np.nan  # the first gallery image cannot be read
+        return found
+
+    found = calibrate_unknown_scored(score, labels, "held-out classes", seed=0)
+    assert np.isfinite(found["value"]) and all(np.isfinite(found["by_enrolled"]["values"]))

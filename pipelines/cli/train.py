@@ -201,9 +201,9 @@ def ensemble_command(models, out):
     click.echo(f"{len(models)} models, {model.dim}-d vectors; fingerprint {model.fingerprint}; model: {path}")
     matched = members_with_matchers(model)
     if matched:
-        click.echo(f"members {', '.join(str(models[i]) for i in matched)} have map matchers: the ensemble keeps them "
-                   "but scores by its vectors' cosine only (identify --rerank and eval --rerank use a matcher when "
-                   "given that member alone)", err=True)
+        click.echo(f"members {', '.join(str(models[i]) for i in matched)} have map matchers: bulk jobs score by the "
+                   "ensemble's vectors' cosine only; as a re-ranker (identify --rerank, eval --rerank) it scores by "
+                   "the mean of its members' trained scores", err=True)
     own = (f"oneshot calibrate {shlex.quote(str(path))} --data HELD_OUT (labelled images none of its members "
            "trained on)")
     kinds = sorted(model.info.get("thresholds", {}))

@@ -16,7 +16,10 @@ A re-scored query's ``score`` is the re-ranking model's cosine, its candidates a
 rows in that order, and ``reranked`` is True; other queries keep the index's scores. A re-ranking
 model trained with a map matcher (``match_dim``, :mod:`oneshot.embedder.matching`) scores by what it
 was trained with: its cosine minus its learned match weight times the two images' map-match
-distance (:meth:`MapMatcher.similarity`), which ranks as the trained combined distance does.
+distance (:meth:`MapMatcher.similarity`), which ranks as the trained combined distance does. An
+ensemble (``oneshot ensemble``) with matched members scores by the mean of its members' scores,
+each member's trained score (its cosine without a matcher): its cosine minus the mean of the
+matched members' weighted match distances.
 """
 from __future__ import annotations
 
@@ -104,6 +107,7 @@ class Reranker:
             raise InvalidInputError(f"rerank cache_rows must be >= 0, got {self.cache_rows}")
         from oneshot.embedder.artifact import as_model
         from oneshot.embedder.encode import default_device
+        from oneshot.embedder.ensemble import scoring_members
         from oneshot.embedder.inference import InferenceModel
 
         self.name = self.model if isinstance(self.model, (str, os.PathLike)) else "the re-ranking model"
@@ -114,10 +118,12 @@ class Reranker:
         self.fingerprint = getattr(model, "fingerprint", None)
         self.embedder = model.to(self.device or default_device())
         self.engine = InferenceModel(self.embedder)
-        self.matcher = getattr(model, "matcher", None)
-        self._locations = None  # the matcher's map locations (L), known once an image is encoded
-        if self.matcher is not None:
-            self.cache_rows = min(self.cache_rows, MATCH_CACHE_ROWS)
+        self.members = scoring_members(self.embedder)  # [the model], or an ensemble's members with matchers
+        self.matchers = [member.matcher for member in self.members if member.matcher is not None]
+        self.matched = bool(self.matchers)  # scores by a trained score, not a cosine
+        self._locations: list[int] = []  # each matcher's map locations (L), known once an image is encoded
+        if self.matched:
+            self.cache_rows = min(self.cache_rows, MATCH_CACHE_ROWS // len(self.matchers))
         self.source: ImageSource | None = None
         self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
 
@@ -190,11 +196,11 @@ class Reranker:
         return found
 
     def _encode(self, pixels: np.ndarray) -> list:
-        """float32 (N, C, H, W) -> one entry per image: its vector (D,), or with a map matcher
-        (vector (D,), its map's Gram matrix (d*d,), its residual operator (d*d,)): what scoring needs,
-        solved once per image."""
+        """float32 (N, C, H, W) -> one entry per image: its vector (D,), or with map matchers
+        (vector (D,), each matcher's Gram matrix of the image's map (d*d,), each one's residual
+        operator (d*d,)): what scoring needs, solved once per image."""
         step = self.engine.batch_size
-        if self.matcher is None:
+        if not self.matched:
             return list(np.concatenate([self.engine(pixels[s : s + step]) for s in range(0, len(pixels), step)]))
         import torch
 
@@ -202,27 +208,58 @@ class Reranker:
         entries = []
         with torch.inference_mode():
             for s in range(0, len(pixels), step):
-                vectors, local = self.embedder.forward_with_local(torch.from_numpy(pixels[s : s + step]).to(device))
-                self._locations = local.shape[1]
-                grams, operators = self.matcher.summaries(local)
-                entries += list(zip(vectors.float().cpu().numpy(), grams.cpu().numpy(), operators.cpu().numpy()))
+                images = torch.from_numpy(pixels[s : s + step]).to(device)
+                vectors, grams, operators, self._locations = [], [], [], []
+                for member in self.members:
+                    if member.matcher is None:
+                        vectors.append(member(images).float())
+                        continue
+                    vector, local = member.forward_with_local(images)
+                    gram, operator = member.matcher.summaries(local)
+                    vectors.append(vector.float())
+                    grams.append(gram.cpu().numpy())
+                    operators.append(operator.cpu().numpy())
+                    self._locations.append(local.shape[1])
+                # an ensemble's vector: its members' unit vectors side by side over sqrt(M)
+                joined = (torch.cat(vectors, dim=1) / len(self.members) ** 0.5).cpu().numpy()
+                entries += [(joined[i], [g[i] for g in grams], [o[i] for o in operators]) for i in range(len(joined))]
         return entries
 
     def _scores(self, query, gallery: list) -> np.ndarray:
         """A query's entry against its gallery rows' entries -> (len(gallery),) float32 scores, higher closer."""
-        if self.matcher is None:
-            vectors = np.stack(gallery) if gallery else np.zeros((0, len(query)), np.float32)
-            return vectors @ query
+        return self._score_matrix([query], gallery)[0]
+
+    def _score_matrix(self, queries: list, gallery: list) -> np.ndarray:
+        """Entries of Q queries and G gallery rows -> (Q, G) float32 scores, higher closer: the cosine,
+        less (with matchers) the mean over members of each matcher's weighted match distance (one
+        member: :meth:`MapMatcher.similarity`)."""
+        if not gallery or not queries:
+            return np.zeros((len(queries), len(gallery)), np.float32)
+        if not self.matched:
+            return np.stack(queries) @ np.stack(gallery).T
         import torch
 
-        if not gallery:
-            return np.zeros(0, np.float32)
-        vectors, grams, operators = (np.stack(part) for part in zip(*gallery))
+        cosine = np.stack([entry[0] for entry in queries]) @ np.stack([entry[0] for entry in gallery]).T
+        penalty = torch.zeros(cosine.shape)
         with torch.inference_mode():
-            distance = self.matcher.distances_between(
-                (torch.from_numpy(query[1][None]), torch.from_numpy(query[2][None])),
-                (torch.from_numpy(grams), torch.from_numpy(operators)), self._locations)[0]
-            return self.matcher.similarity(torch.from_numpy(vectors @ query[0]), distance).numpy().astype(np.float32)
+            for k, (matcher, locations) in enumerate(zip(self.matchers, self._locations)):
+                distance = matcher.distances_between(_summaries(queries, k), _summaries(gallery, k), locations)
+                penalty = penalty + matcher.match_weight * distance.float()
+            return (torch.from_numpy(cosine) - penalty / len(self.members)).numpy().astype(np.float32)
+
+    def pair_scores(self, ids_a: np.ndarray, ids_b: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """Re-ranking scores of every bound row of ``ids_a`` (A,) against every one of ``ids_b`` (B,)
+        -> float32 (A, B), higher closer (NaN where an image cannot be read); ``chunk`` rows of A at a time."""
+        ids_a, ids_b = np.asarray(ids_a, dtype=np.int64), np.asarray(ids_b, dtype=np.int64)
+        scores = np.full((len(ids_a), len(ids_b)), np.nan, dtype=np.float32)
+        found = self._gallery_vectors(np.concatenate([ids_a, ids_b]))
+        columns = [j for j, i in enumerate(ids_b.tolist()) if found.get(i) is not None]
+        gallery = [found[int(ids_b[j])] for j in columns]
+        for start in range(0, len(ids_a), chunk):
+            rows = [start + r for r, i in enumerate(ids_a[start : start + chunk].tolist()) if found.get(i) is not None]
+            if rows:
+                scores[np.ix_(rows, columns)] = self._score_matrix([found[int(ids_a[r])] for r in rows], gallery)
+        return scores
 
     def row_scores(self, query_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
         """Re-ranking scores of bound rows against bound rows, all read by path (and cached).
@@ -292,6 +329,14 @@ class Reranker:
             self.stats.reranked += len(rows)
         self.stats.seconds += time.perf_counter() - started
         return SearchResult(scores, ids, labels), chosen
+
+
+def _summaries(entries: list, k: int):
+    """Matcher ``k``'s (Gram matrices (N, d*d), residual operators (N, d*d)) of N encoded entries, as tensors."""
+    import torch
+
+    return (torch.from_numpy(np.stack([entry[1][k] for entry in entries])),
+            torch.from_numpy(np.stack([entry[2][k] for entry in entries])))
 
 
 def stored_margin(model, whose: str = "the index's model") -> tuple[float, str]:

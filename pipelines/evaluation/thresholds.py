@@ -6,6 +6,9 @@ classes it never trained on) and stored in the model file's info::
     info["thresholds"] = {"verification": {"value", "metric", "calibrated_on", "rule", "n_pairs"},
                           "unknown": {"value", "metric", "calibrated_on", "rule", ...}}
 
+A model that re-ranks by a trained score (map matchers) also carries ``"unknown_reranked"``: the
+"unknown" threshold on that score, for the queries it re-scores (:func:`calibrate_unknown_scored`).
+
 ``identify``, ``verify``, ``cluster`` and the report use them unless given another threshold, and
 say which one they used: :func:`resolve_threshold` is the one resolver of every kind (the
 clustering thresholds of :mod:`~oneshot.pipelines.evaluation.cluster_thresholds` included).
@@ -22,7 +25,7 @@ from oneshot.errors import InvalidInputError
 from oneshot.index.metric import get_metric
 
 log = logging.getLogger(__name__)
-KINDS = ("verification", "unknown")
+KINDS = ("verification", "unknown", "unknown_reranked")
 ALL_KINDS = KINDS + ("cluster_distance", "cluster_radius")
 
 
@@ -73,6 +76,25 @@ def calibrate_unknown(embeddings: np.ndarray, labels: np.ndarray, metric, descri
     from oneshot.index.search import ExactSearch
     from oneshot.pipelines.evaluation.open_set import calibrate_unknown_threshold
 
+    labels, in_gallery, queries, known = _half_known(labels, seed)
+    table = pd.DataFrame({"id": np.flatnonzero(in_gallery), "path": "", "label": labels[in_gallery], "group": ""})
+    index = ExactSearch(embeddings[in_gallery], table, metric)
+    value = calibrate_unknown_threshold(index, embeddings[queries], labels[queries], embeddings[~known])
+    found = {"value": float(value), "metric": get_metric(metric).name, "calibrated_on": described,
+             "rule": HALF_KNOWN_RULE, "gallery_per_class": 1, "n_known_queries": int(queries.sum()),
+             "n_unknown_queries": int((~known).sum())}
+    by_size = calibrate_unknown_by_size(embeddings, labels, metric, seed)
+    if by_size["enrolled"]:
+        found["by_enrolled"] = by_size
+    return found
+
+
+HALF_KNOWN_RULE = "open-set accuracy: half the classes known (1 image each in the gallery), half unknown"
+
+
+def _half_known(labels: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
+    """The half-known split of :func:`calibrate_unknown`: (labels as str (N,), in the gallery (N,),
+    known queries (N,), of a known class (N,)), the last three bool."""
     labels = np.asarray(labels, dtype=object).astype(str)
     classes = np.unique(labels)
     if len(classes) < 4:
@@ -86,13 +108,35 @@ def calibrate_unknown(embeddings: np.ndarray, labels: np.ndarray, metric, descri
     queries = known & ~in_gallery
     if not queries.any():
         raise InvalidInputError("known classes need 2 or more images each to calibrate the unknown threshold")
-    table = pd.DataFrame({"id": np.flatnonzero(in_gallery), "path": "", "label": labels[in_gallery], "group": ""})
-    index = ExactSearch(embeddings[in_gallery], table, metric)
-    value = calibrate_unknown_threshold(index, embeddings[queries], labels[queries], embeddings[~known])
-    found = {"value": float(value), "metric": get_metric(metric).name, "calibrated_on": described,
-             "rule": "open-set accuracy: half the classes known (1 image each in the gallery), half unknown",
+    return labels, in_gallery, queries, known
+
+
+def calibrate_unknown_scored(score, labels: np.ndarray, described: str, seed: int = 0, what: str = "score") -> dict:
+    """:func:`calibrate_unknown` for a score that is not a vector metric (e.g. a re-ranking model's
+    trained score with map matchers): the same split and rule, and thresholds per database size.
+
+    Args:
+        score: ``score(rows_a (A,), rows_b (B,)) -> (A, B)`` similarities of row positions, higher
+            closer (NaN: no score; never the best).
+        labels: (N,) class of each row.
+        what: how the record names the score (``metric``).
+    """
+    labels, in_gallery, queries, known = _half_known(labels, seed)
+    gallery = np.flatnonzero(in_gallery)
+    positive, negative = [], []
+    for rows, is_known in ((np.flatnonzero(queries), True), (np.flatnonzero(~known), False)):
+        scores = np.nan_to_num(score(rows, gallery), nan=-np.inf)
+        best = scores.max(axis=1)
+        if is_known:
+            positive.append(best[(labels[gallery][scores.argmax(axis=1)] == labels[rows]) & np.isfinite(best)])
+        else:
+            negative.append(best[np.isfinite(best)])
+    from oneshot.pipelines.evaluation.metrics import best_threshold
+
+    value, _ = best_threshold(np.concatenate(positive), np.concatenate(negative))
+    found = {"value": float(value), "metric": what, "calibrated_on": described, "rule": HALF_KNOWN_RULE,
              "gallery_per_class": 1, "n_known_queries": int(queries.sum()), "n_unknown_queries": int((~known).sum())}
-    by_size = calibrate_unknown_by_size(embeddings, labels, metric, seed)
+    by_size = unknown_by_size(score, labels, seed)
     if by_size["enrolled"]:
         found["by_enrolled"] = by_size
     return found
@@ -116,14 +160,21 @@ def calibrate_unknown_by_size(embeddings: np.ndarray, labels: np.ndarray, metric
     Returns:
         ``{"enrolled": [n, ...], "values": [threshold, ...], "draws": [...], "rule": ...}``.
     """
+    similarity = get_metric(metric)
+    prepared = np.ascontiguousarray(embeddings, dtype=np.float32)
+    return unknown_by_size(lambda a, b: similarity.similarity(prepared[a], prepared[b]), labels, seed, sizes, queries)
+
+
+def unknown_by_size(score, labels: np.ndarray, seed: int = 0, sizes: tuple[int, ...] = ENROLLED_SIZES,
+                    queries: int = 4000) -> dict:
+    """:func:`calibrate_unknown_by_size` for any ``score(rows_a (A,), rows_b (B,)) -> (A, B)``
+    (higher closer; NaN: no score, never the best)."""
     from oneshot.pipelines.evaluation.metrics import best_threshold
     from oneshot.pipelines.evaluation.verification import _csr
 
     classes, codes, order, starts = _csr(np.asarray(labels, dtype=object).astype(str))
     counts = np.bincount(codes, minlength=len(classes))
     eligible = np.flatnonzero(counts >= 2)
-    similarity = get_metric(metric)
-    prepared = np.ascontiguousarray(embeddings, dtype=np.float32)
     rng = np.random.default_rng(seed + 11)
     out = {"enrolled": [], "values": [], "draws": [],
            "rule": "open-set accuracy on databases of n classes (1 image each) queried by another image of each and "
@@ -139,12 +190,13 @@ def calibrate_unknown_by_size(embeddings: np.ndarray, labels: np.ndarray, metric
             gallery = np.array([p[0] for p in pick])
             known = np.array([p[1] for p in pick])
             unknown = np.array([order[starts[c] + rng.integers(counts[c])] for c in chosen[size:]])
-            known_scores = similarity.similarity(prepared[known], prepared[gallery])
-            unknown_best = similarity.similarity(prepared[unknown], prepared[gallery]).max(axis=1)
+            known_scores = np.nan_to_num(score(known, gallery), nan=-np.inf)
+            unknown_best = np.nan_to_num(score(unknown, gallery), nan=-np.inf).max(axis=1)
             right = known_scores.argmax(axis=1) == np.arange(size)
             positive.append(known_scores.max(axis=1)[right])
             negative.append(unknown_best)
-        value, _ = best_threshold(np.concatenate(positive), np.concatenate(negative))
+        positive, negative = np.concatenate(positive), np.concatenate(negative)
+        value, _ = best_threshold(positive[np.isfinite(positive)], negative[np.isfinite(negative)])
         out["enrolled"].append(int(size))
         out["values"].append(float(value))
         out["draws"].append(int(draws))
@@ -225,12 +277,13 @@ def resolve_threshold(model, kind: str, given: float | str | None = "model", own
 
     Args:
         model: an ``Embedder`` (its ``info``), a model file's config (its ``"info"``), or None.
-        kind: ``"verification"``, ``"unknown"``, ``"cluster_distance"`` or ``"cluster_radius"``.
+        kind: ``"verification"``, ``"unknown"``, ``"unknown_reranked"``, ``"cluster_distance"`` or
+            ``"cluster_radius"``.
         given: a number (used as is), ``None``/``"none"`` (no threshold), or ``"model"`` (the
             model's own calibrated threshold, if it has one).
         owner: how the sentence names the model (e.g. ``"the shipped model default.safetensors"``).
         default: (value, where it came from) to use when the model carries none.
-        enrolled: for ``"unknown"``, how many people (classes) the index holds: a model calibrated
+        enrolled: for the "unknown" kinds, how many people (classes) the index holds: a model calibrated
             per database size (``by_enrolled``) gives the threshold of that size.
     Returns:
         (value or None, a sentence for the user).
@@ -257,7 +310,7 @@ def resolve_threshold(model, kind: str, given: float | str | None = "model", own
         return None, f"no threshold: {why}"
     calibrated = f", calibrated on {stored['calibrated_on']}" if stored.get("calibrated_on") else ""
     by_size = stored.get("by_enrolled") or {}
-    if kind == "unknown" and enrolled is not None and by_size.get("enrolled"):
+    if kind.startswith("unknown") and enrolled is not None and by_size.get("enrolled"):
         value, how = threshold_for_enrolled(by_size, enrolled)
         return value, f"carried by {owner}{calibrated}, {how} ({by_size['rule']})"
     rule = f" ({stored['rule']})" if stored.get("rule") else ""

@@ -2,7 +2,8 @@
 
 Used for the shipped model (Omniglot background validation alphabets) and for any model a user
 wants to calibrate on their own held-out data (never on what they report on). With a re-ranking
-model, the margin ``identify --rerank`` uses for this model's indexes is chosen there too.
+model, the margin ``identify --rerank`` uses for this model's indexes is chosen there too. A model
+that re-ranks by a trained score (map matchers) also gets the "unknown" threshold of that score.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from oneshot.errors import InvalidInputError
 from oneshot.pipelines.engines.local import encode_source
 from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
 from oneshot.pipelines.evaluation.reranked import KEEP, MARGINS, margin_by_rule, rerank_episodes
-from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds
+from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds, calibrate_unknown_scored
 from oneshot.pipelines.jobs.evaluate import feasible_way
 from oneshot.pipelines.reading import Rejects
 
@@ -61,16 +62,48 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
     forged = table["forged"].astype(bool).to_numpy() if has_forgeries(table) else None
     thresholds = calibrate_thresholds(embeddings, table["label"].to_numpy(), model.metric, described, seed, forged,
                                       groups=table["group"].to_numpy())
+    genuine = ~forged if forged is not None else np.ones(len(table), bool)
+    reranked = calibrate_reranked_unknown(model, table[genuine].reset_index(drop=True), subset, described, seed)
+    if reranked is not None:
+        thresholds["unknown_reranked"] = reranked
     for found in thresholds.values():
         found["command"] = command
     info = {**model.info, "thresholds": thresholds}
     if rerank is not None:
-        genuine = ~forged if forged is not None else np.ones(len(table), bool)
         info["rerank_margin"] = {**calibrate_rerank_margin(model, table[genuine].reset_index(drop=True),
                                                            embeddings[genuine], rerank, subset, described, seed),
                                  "command": command}
     rewrite_info(model, Path(out) if out is not None else Path(model_path), info)
     return {**thresholds, **({"rerank_margin": info["rerank_margin"]} if rerank is not None else {})}
+
+
+TRAINED_SCORE = "trained score: the cosine less the map matchers' learned weight times the match distance"
+
+
+def calibrate_reranked_unknown(model, table: pd.DataFrame, source: ImageSource, described: str,
+                               seed: int = 0) -> dict | None:
+    """The "unknown" threshold on the score ``model`` re-scores by as a re-ranker, when that is a
+    trained score (a model with a map matcher, or an ensemble with such members; see
+    :class:`~oneshot.pipelines.engines.rerank.Reranker`); None when it re-scores by its cosine,
+    which the "unknown" threshold already covers.
+
+    The rule and split are the "unknown" threshold's (:func:`calibrate_unknown_scored`), each pair
+    scored from the images (``table``'s ``id``, ``path``, ``label`` rows, read from ``source``).
+    A record of why instead of a value when it cannot be calibrated.
+    """
+    from oneshot.embedder.ensemble import scoring_members
+    from oneshot.pipelines.engines.rerank import Reranker
+
+    if all(member.matcher is None for member in scoring_members(model)):
+        return None
+    rerank = Reranker(model, source, margin=None)
+    rerank.bind_rows(table, "the data", source=source)
+    ids = table["id"].to_numpy(dtype=np.int64)
+    try:
+        return calibrate_unknown_scored(lambda a, b: rerank.pair_scores(ids[a], ids[b]), table["label"].to_numpy(),
+                                        described, seed, what=TRAINED_SCORE)
+    except InvalidInputError as error:
+        return {"value": None, "calibrated_on": described, "not_calibrated": str(error)}
 
 
 def check_rerank_pair(model, rerank) -> None:

@@ -242,10 +242,14 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
             raise InvalidInputError("re-ranking needs image queries (not an embedding store), k = 1 and the local "
                                     "engine (re-scoring reads the queries' pixels)")
         rerank.bind(model, index)
-        if rerank.matcher is not None and isinstance(given_threshold, str) and given_threshold.lower() == "model":
-            # the model's thresholds were calibrated on its cosine; the matched score is on another footing
-            rerank_threshold, rerank_text = None, ("no threshold: the model's own was calibrated on its cosine, not on "
-                                                   "its map-matched score (give --threshold X)")
+        if rerank.matched and isinstance(given_threshold, str) and given_threshold.lower() == "model":
+            # its "unknown" threshold was calibrated on its cosine; the trained score has its own, when calibrated
+            rerank_threshold, rerank_text = resolve_threshold(rerank.embedder, "unknown_reranked", "model",
+                                                              owner=f"the re-ranking model {rerank.name}",
+                                                              enrolled=enrolled_count(index))
+            if rerank_threshold is None:
+                rerank_text = ("no threshold: the model's own was calibrated on its cosine, not on its map-matched "
+                               f"score (give --threshold X, or `oneshot calibrate {rerank.name} --data HELD_OUT`)")
         else:
             rerank_threshold, rerank_text = _threshold(rerank.embedder, rerank.fingerprint, given_threshold,
                                                        enrolled_count(index))
