@@ -24,6 +24,8 @@ from oneshot.errors import InvalidInputError
 #: What the ensemble's file repeats of each member's training record.
 MEMBER_FACTS = ("command", "seed", "train_seconds", "data")
 #: How a threshold taken from the members is described (``rule``).
+#: The score an ensemble with matched members re-ranks by (:func:`scoring_members`).
+TRAINED_MEAN = "the mean of its members' trained scores (a member without a map matcher: its cosine)"
 MEAN_RULE = ("the mean of its members' calibrated values (an ensemble's cosine is the mean of theirs); "
              "`oneshot calibrate` gives it its own")
 
@@ -88,7 +90,8 @@ def ensemble_models(models: Sequence[Embedder | str | os.PathLike]) -> Embedder:
                                   **{key: value for key, value in getattr(member, "info", {}).items()
                                      if key in MEMBER_FACTS}}
                                  for model, member in zip(models, loaded)]}
-    thresholds = mean_member_thresholds([getattr(member, "info", None) for member in loaded])
+    thresholds = mean_member_thresholds([getattr(member, "info", None) for member in loaded],
+                                        [member.matcher is not None for member in loaded])
     if thresholds:
         ensemble.info["thresholds"] = thresholds
     return ensemble.to(next(loaded[0].parameters()).device).eval()
@@ -111,20 +114,27 @@ def scoring_members(model: Embedder) -> list[Embedder]:
     return [model]
 
 
-def mean_member_thresholds(members_info: Sequence[dict | None]) -> dict:
+def mean_member_thresholds(members_info: Sequence[dict | None], matched: Sequence[bool] | None = None) -> dict:
     """``info["thresholds"]`` for an ensemble: each threshold that every member carries, averaged.
 
     An ensemble's cosine is the mean of its members' cosines, so the mean of their thresholds
     (each calibrated on the member's own held-out data) stands in for the ensemble's own until
     ``oneshot calibrate`` measures those. Kinds some member lacks are left out; the ``unknown``
-    threshold keeps its per-database-size values when every member was calibrated at the same sizes.
+    thresholds keep their per-database-size values when every member was calibrated at the same sizes.
+    With ``matched`` (which members have a map matcher; any), ``unknown_reranked`` too: the
+    ensemble re-scores by the mean of its members' scores, so it is the mean of the matched
+    members' ``unknown_reranked`` and the others' ``unknown``.
     """
     carried = [(info or {}).get("thresholds") or {} for info in members_info]
     if not carried:
         return {}
     thresholds = {}
-    for kind in ("verification", "unknown", "cluster"):
-        records = [member.get(kind) or {} for member in carried]
+    kinds = ["verification", "unknown", "cluster"] + (["unknown_reranked"] if matched and any(matched) else [])
+    for kind in kinds:
+        if kind == "unknown_reranked":
+            records = [member.get(kind if is_matched else "unknown") or {} for member, is_matched in zip(carried, matched)]
+        else:
+            records = [member.get(kind) or {} for member in carried]
         keys = ("cluster_distance", "cluster_radius") if kind == "cluster" else ("value",)
         if not all(isinstance(record.get(key), (int, float)) for record in records for key in keys):
             continue
@@ -133,9 +143,9 @@ def mean_member_thresholds(members_info: Sequence[dict | None]) -> dict:
         thresholds[kind] = {**mean, "calibrated_on": f"its members' held-out data ({where or 'not recorded'}), averaged",
                             "rule": MEAN_RULE, "members": len(records)}
         if kind != "cluster":
-            thresholds[kind]["metric"] = "cosine"
+            thresholds[kind]["metric"] = "cosine" if kind != "unknown_reranked" else TRAINED_MEAN
         by_size = [record.get("by_enrolled") or {} for record in records]
-        if kind == "unknown" and all(size.get("enrolled") == by_size[0].get("enrolled") and size.get("values")
+        if kind.startswith("unknown") and all(size.get("enrolled") == by_size[0].get("enrolled") and size.get("values")
                                      for size in by_size):
             values = [float(sum(column) / len(column)) for column in zip(*(size["values"] for size in by_size))]
             thresholds[kind]["by_enrolled"] = {"enrolled": list(by_size[0]["enrolled"]), "values": values,

@@ -141,6 +141,30 @@ def test_a_threshold_some_member_lacks_is_left_out_and_sizes_that_differ_are_dro
     assert "by_enrolled" not in thresholds["unknown"] and thresholds["unknown"]["value"] == pytest.approx(0.75)
 
 
+def test_an_ensemble_with_matched_members_starts_with_the_mean_threshold_of_the_score_it_reranks_by(members,
+                                                                                                     tmp_path):
+    from oneshot.embedder.ensemble import TRAINED_MEAN, mean_member_thresholds
+    from oneshot.pipelines.evaluation.thresholds import resolve_threshold
+
+    where = {"calibrated_on": "held-out", "rule": "r"}
+    matched = {"thresholds": {"unknown": {"value": 0.8, **where}, "unknown_reranked": {"value": 0.6, **where}}}
+    plain = {"thresholds": {"unknown": {"value": 0.7, **where}}}
+    # the ensemble re-scores by the mean of the matched member's trained score and the other's cosine
+    thresholds = mean_member_thresholds([matched, plain], [True, False])
+    assert thresholds["unknown"]["value"] == pytest.approx(0.75)
+    assert thresholds["unknown_reranked"]["value"] == pytest.approx(0.65)
+    assert thresholds["unknown_reranked"]["metric"] == TRAINED_MEAN
+    assert resolve_threshold({"info": {"thresholds": thresholds}}, "unknown_reranked")[0] == pytest.approx(0.65)
+    assert "unknown_reranked" not in mean_member_thresholds([matched, plain])  # no member matched: cosine only
+    assert "unknown_reranked" not in mean_member_thresholds([plain, plain], [True, False])  # never calibrated
+    torch.manual_seed(4)
+    model = Embedder("conv", 8, "normalized", RECIPE, {"channels": 4, "blocks": 2}, match_dim=3).eval()
+    file = save_model(model, tmp_path / "matched.safetensors", matched)
+    other = save_model(load_model(members[0]), tmp_path / "plain.safetensors", plain)
+    joined = ensemble_models([file, other]).info["thresholds"]
+    assert joined["unknown_reranked"]["value"] == pytest.approx(0.65)
+
+
 def test_the_cli_says_where_an_ensembles_thresholds_come_from(tmp_path):
     a = _calibrated(tmp_path / "a.safetensors", 1, 0.6, 0.8, (0.10, 0.20))
     b = _calibrated(tmp_path / "b.safetensors", 2, 0.7, 0.7, (0.14, 0.16))

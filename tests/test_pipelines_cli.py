@@ -361,6 +361,22 @@ def test_train_synthetic_with_config(tmp_path):
     assert load_model(tmp_path / "bf16" / "model.safetensors").info["train_config"]["precision"] == "bf16"
 
 
+def test_training_a_matched_model_calibrates_the_unknown_threshold_of_its_trained_score(tmp_path):
+    from oneshot.embedder.artifact import load_model
+
+    config = tmp_path / "matched.json"
+    config.write_text(json.dumps({**TINY_CONFIG, "match_dim": 4, "every_support": True, "items_per_class": 3}))
+    ok(run("train", "--synthetic", "--config", config, "--out", tmp_path / "run"))
+    thresholds = load_model(tmp_path / "run" / "model.safetensors").info["thresholds"]
+    reranked = thresholds["unknown_reranked"]
+    assert np.isfinite(reranked["value"]) and reranked["metric"].startswith("trained score")
+    assert reranked["calibrated_on"] == thresholds["unknown"]["calibrated_on"]  # the same held-out images
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(TINY_CONFIG))
+    ok(run("train", "--synthetic", "--config", plain, "--out", tmp_path / "plain"))
+    assert "unknown_reranked" not in load_model(tmp_path / "plain" / "model.safetensors").info["thresholds"]
+
+
 def test_train_with_teachers_distills_and_refuses_a_teacher_of_other_images(tmp_path):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY_CONFIG))

@@ -324,8 +324,8 @@ def test_an_ensemble_with_matched_members_reranks_by_their_mean_trained_score(se
                   for g in c["gallery_ids"]]
         np.testing.assert_allclose(got, wanted, atol=1e-4)
     assert rerank.cache_rows == 6_000 // len(rerank.matchers)
-    ids = table["id"].to_numpy()  # every pair at once, as calibration scores them
-    np.testing.assert_allclose(rerank.pair_scores(ids[:7], ids, chunk=3), expected[:7], atol=1e-4)
+    entries = rerank.encode_pixels(Recipe(size=16).prepare(images).pixels)  # every pair at once, as calibration does
+    np.testing.assert_allclose(rerank.score_entries(entries[:7], entries), expected[:7], atol=1e-4)
 
 
 def test_calibrate_gives_a_matched_model_an_unknown_threshold_on_its_trained_score(setting, tiny_model_path,

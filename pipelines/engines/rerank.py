@@ -184,7 +184,7 @@ class Reranker:
                 self._cache[int(i)] = None
             self.stats.gallery_unreadable += len(batch.rejected)
             if len(batch.rows):
-                for i, entry in zip(batch.rows["id"].tolist(), self._encode(batch.pixels)):
+                for i, entry in zip(batch.rows["id"].tolist(), self.encode_pixels(batch.pixels)):
                     self._cache[int(i)] = entry
                 self.stats.gallery_encoded += len(batch.rows)
         found = {}
@@ -195,7 +195,7 @@ class Reranker:
             self._cache.popitem(last=False)
         return found
 
-    def _encode(self, pixels: np.ndarray) -> list:
+    def encode_pixels(self, pixels: np.ndarray) -> list:
         """float32 (N, C, H, W) -> one entry per image: its vector (D,), or with map matchers
         (vector (D,), each matcher's Gram matrix of the image's map (d*d,), each one's residual
         operator (d*d,)): what scoring needs, solved once per image."""
@@ -227,12 +227,12 @@ class Reranker:
 
     def _scores(self, query, gallery: list) -> np.ndarray:
         """A query's entry against its gallery rows' entries -> (len(gallery),) float32 scores, higher closer."""
-        return self._score_matrix([query], gallery)[0]
+        return self.score_entries([query], gallery)[0]
 
-    def _score_matrix(self, queries: list, gallery: list) -> np.ndarray:
-        """Entries of Q queries and G gallery rows -> (Q, G) float32 scores, higher closer: the cosine,
-        less (with matchers) the mean over members of each matcher's weighted match distance (one
-        member: :meth:`MapMatcher.similarity`)."""
+    def score_entries(self, queries: list, gallery: list) -> np.ndarray:
+        """:meth:`encode_pixels` entries of Q queries and G gallery rows -> (Q, G) float32 scores, higher
+        closer: the cosine, less (with matchers) the mean over members of each matcher's weighted
+        match distance (one member: :meth:`MapMatcher.similarity`)."""
         if not gallery or not queries:
             return np.zeros((len(queries), len(gallery)), np.float32)
         if not self.matched:
@@ -246,20 +246,6 @@ class Reranker:
                 distance = matcher.distances_between(_summaries(queries, k), _summaries(gallery, k), locations)
                 penalty = penalty + matcher.match_weight * distance.float()
             return (torch.from_numpy(cosine) - penalty / len(self.members)).numpy().astype(np.float32)
-
-    def pair_scores(self, ids_a: np.ndarray, ids_b: np.ndarray, chunk: int = 512) -> np.ndarray:
-        """Re-ranking scores of every bound row of ``ids_a`` (A,) against every one of ``ids_b`` (B,)
-        -> float32 (A, B), higher closer (NaN where an image cannot be read); ``chunk`` rows of A at a time."""
-        ids_a, ids_b = np.asarray(ids_a, dtype=np.int64), np.asarray(ids_b, dtype=np.int64)
-        scores = np.full((len(ids_a), len(ids_b)), np.nan, dtype=np.float32)
-        found = self._gallery_vectors(np.concatenate([ids_a, ids_b]))
-        columns = [j for j, i in enumerate(ids_b.tolist()) if found.get(i) is not None]
-        gallery = [found[int(ids_b[j])] for j in columns]
-        for start in range(0, len(ids_a), chunk):
-            rows = [start + r for r, i in enumerate(ids_a[start : start + chunk].tolist()) if found.get(i) is not None]
-            if rows:
-                scores[np.ix_(rows, columns)] = self._score_matrix([found[int(ids_a[r])] for r in rows], gallery)
-        return scores
 
     def row_scores(self, query_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
         """Re-ranking scores of bound rows against bound rows, all read by path (and cached).
@@ -312,7 +298,7 @@ class Reranker:
         scores, ids, labels = result.scores.copy(), result.ids.copy(), result.labels.copy()
         rows = np.flatnonzero(chosen)
         if len(rows):
-            queries = self._encode(np.ascontiguousarray(pixels[rows]))
+            queries = self.encode_pixels(np.ascontiguousarray(pixels[rows]))
             found = self._gallery_vectors(ids[rows])
             for q, query in zip(rows, queries):
                 row_ids = ids[q]

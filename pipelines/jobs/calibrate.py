@@ -17,8 +17,9 @@ import pandas as pd
 from oneshot.data.forgeries import has_forgeries
 from oneshot.data.source import ImageSource, describe_source, open_source, rows_of_groups
 from oneshot.embedder.artifact import load_model, rewrite_info
+from oneshot.embedder.ensemble import scoring_members
 from oneshot.errors import InvalidInputError
-from oneshot.pipelines.engines.local import encode_source
+from oneshot.pipelines.engines.local import encode_source, prepare_batch
 from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
 from oneshot.pipelines.evaluation.reranked import KEEP, MARGINS, margin_by_rule, rerank_episodes
 from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds, calibrate_unknown_scored
@@ -63,9 +64,10 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
     thresholds = calibrate_thresholds(embeddings, table["label"].to_numpy(), model.metric, described, seed, forged,
                                       groups=table["group"].to_numpy())
     genuine = ~forged if forged is not None else np.ones(len(table), bool)
-    reranked = calibrate_reranked_unknown(model, table[genuine].reset_index(drop=True), subset, described, seed)
-    if reranked is not None:
-        thresholds["unknown_reranked"] = reranked
+    if any(member.matcher is not None for member in scoring_members(model)):
+        batch = prepare_batch(subset, table[genuine], model.recipe)  # the rows encode_source could read
+        labels = table.set_index("id").loc[batch.rows["id"], "label"].to_numpy()
+        thresholds["unknown_reranked"] = calibrate_reranked_unknown(model, batch.pixels, labels, described, seed)
     for found in thresholds.values():
         found["command"] = command
     info = {**model.info, "thresholds": thresholds}
@@ -80,28 +82,34 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
 TRAINED_SCORE = "trained score: the cosine less the map matchers' learned weight times the match distance"
 
 
-def calibrate_reranked_unknown(model, table: pd.DataFrame, source: ImageSource, described: str,
+def calibrate_reranked_unknown(model, pixels: np.ndarray, labels: np.ndarray, described: str,
                                seed: int = 0) -> dict | None:
     """The "unknown" threshold on the score ``model`` re-scores by as a re-ranker, when that is a
     trained score (a model with a map matcher, or an ensemble with such members; see
     :class:`~oneshot.pipelines.engines.rerank.Reranker`); None when it re-scores by its cosine,
     which the "unknown" threshold already covers.
 
-    The rule and split are the "unknown" threshold's (:func:`calibrate_unknown_scored`), each pair
-    scored from the images (``table``'s ``id``, ``path``, ``label`` rows, read from ``source``).
-    A record of why instead of a value when it cannot be calibrated.
+    The rule and split are the "unknown" threshold's (:func:`calibrate_unknown_scored`), every pair
+    scored from the images' encodings, kept in memory (each matcher keeps 32 KB an image).
+
+    Args:
+        pixels: float32 (N, C, H, W) held-out images as ``model``'s recipe prepares them.
+        labels: (N,) their classes.
+    Returns:
+        The record, or one saying why instead of a value when it cannot be calibrated.
     """
-    from oneshot.embedder.ensemble import scoring_members
     from oneshot.pipelines.engines.rerank import Reranker
 
     if all(member.matcher is None for member in scoring_members(model)):
         return None
-    rerank = Reranker(model, source, margin=None)
-    rerank.bind_rows(table, "the data", source=source)
-    ids = table["id"].to_numpy(dtype=np.int64)
+    rerank = Reranker(model, None, margin=None)
+    entries = rerank.encode_pixels(np.ascontiguousarray(pixels, dtype=np.float32))
+
+    def score(rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        return rerank.score_entries([entries[i] for i in rows_a], [entries[j] for j in rows_b])
+
     try:
-        return calibrate_unknown_scored(lambda a, b: rerank.pair_scores(ids[a], ids[b]), table["label"].to_numpy(),
-                                        described, seed, what=TRAINED_SCORE)
+        return calibrate_unknown_scored(score, labels, described, seed, what=TRAINED_SCORE)
     except InvalidInputError as error:
         return {"value": None, "calibrated_on": described, "not_calibrated": str(error)}
 

@@ -48,6 +48,7 @@ from oneshot.locks import exclusive_lock
 from oneshot.pipelines.evaluation.evaluate import lake_run_errors
 from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds
 from oneshot.pipelines.evaluation.validation import OneShotValidation
+from oneshot.pipelines.jobs.calibrate import calibrate_reranked_unknown
 from oneshot.pipelines.jobs.last_layer import LastLayerOptions, gallery_features, tune_last_layer
 from oneshot.pipelines.reading import Rejects, scan_source
 
@@ -464,8 +465,13 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
     validate = OneShotValidation(genuine_val, config.val_way, config.val_episodes, config.seed + 1, within_group=within)
     result = train(config, train_set, validate, out, resume=resume, show_progress=show_progress, info=info,
                    init=_init_model(init))
-    thresholds = calibrate_model_thresholds(result.model, val_set, forged, f"the validation split ({found.described_validation})",
-                                            config.seed)
+    described = f"the validation split ({found.described_validation})"
+    thresholds = calibrate_model_thresholds(result.model, val_set, forged, described, config.seed)
+    genuine = ~forged if forged is not None else np.ones(len(val_set.labels), bool)
+    reranked = calibrate_reranked_unknown(result.model, val_set.images[genuine], val_set.labels[genuine], described,
+                                          config.seed)
+    if reranked is not None:  # a model with a map matcher: also the threshold of its trained score
+        thresholds["unknown_reranked"] = reranked
     save_model(result.model, result.model_path, {**result.model.info, "thresholds": thresholds})
     return result
 
