@@ -114,6 +114,11 @@ def scoring_members(model: Embedder) -> list[Embedder]:
     return [model]
 
 
+def reranks_by_trained_score(model: Embedder) -> bool:
+    """Whether ``model`` re-ranks by a trained score (it, or one of its members, has a map matcher)."""
+    return any(member.matcher is not None for member in scoring_members(model))
+
+
 def mean_member_thresholds(members_info: Sequence[dict | None], matched: Sequence[bool] | None = None) -> dict:
     """``info["thresholds"]`` for an ensemble: each threshold that every member carries, averaged.
 

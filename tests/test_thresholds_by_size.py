@@ -85,3 +85,12 @@ def test_an_image_without_a_score_is_never_the_best():
 
     found = calibrate_unknown_scored(score, labels, "held-out classes", seed=0)
     assert np.isfinite(found["value"]) and all(np.isfinite(found["by_enrolled"]["values"]))
+
+
+def test_scoring_a_chunk_of_queries_at_a_time_changes_nothing(monkeypatch):
+    from oneshot.pipelines.evaluation import thresholds
+
+    x, labels = _classes(40, 3, spread=0.5)
+    whole = calibrate_unknown_scored(lambda a, b: x[a] @ x[b].T, labels, "held-out classes", seed=0)
+    monkeypatch.setattr(thresholds, "SCORED_ROWS", 7)
+    assert calibrate_unknown_scored(lambda a, b: x[a] @ x[b].T, labels, "held-out classes", seed=0) == whole

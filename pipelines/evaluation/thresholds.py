@@ -89,6 +89,7 @@ def calibrate_unknown(embeddings: np.ndarray, labels: np.ndarray, metric, descri
     return found
 
 
+SCORED_ROWS = 2048  # query rows :func:`calibrate_unknown_scored` scores against the gallery at once
 HALF_KNOWN_RULE = "open-set accuracy: half the classes known (1 image each in the gallery), half unknown"
 
 
@@ -121,18 +122,20 @@ def calibrate_unknown_scored(score, labels: np.ndarray, described: str, seed: in
         labels: (N,) class of each row.
         what: how the record names the score (``metric``).
     """
+    from oneshot.pipelines.evaluation.metrics import best_threshold
+
     labels, in_gallery, queries, known = _half_known(labels, seed)
     gallery = np.flatnonzero(in_gallery)
     positive, negative = [], []
     for rows, is_known in ((np.flatnonzero(queries), True), (np.flatnonzero(~known), False)):
-        scores = np.nan_to_num(score(rows, gallery), nan=-np.inf)
-        best = scores.max(axis=1)
-        if is_known:
-            positive.append(best[(labels[gallery][scores.argmax(axis=1)] == labels[rows]) & np.isfinite(best)])
-        else:
-            negative.append(best[np.isfinite(best)])
-    from oneshot.pipelines.evaluation.metrics import best_threshold
-
+        for start in range(0, len(rows), SCORED_ROWS):  # (rows, gallery) scores a chunk at a time
+            chunk = rows[start : start + SCORED_ROWS]
+            scores = np.nan_to_num(score(chunk, gallery), nan=-np.inf)
+            best = scores.max(axis=1)
+            if is_known:
+                positive.append(best[(labels[gallery][scores.argmax(axis=1)] == labels[chunk]) & np.isfinite(best)])
+            else:
+                negative.append(best[np.isfinite(best)])
     value, _ = best_threshold(np.concatenate(positive), np.concatenate(negative))
     found = {"value": float(value), "metric": what, "calibrated_on": described, "rule": HALF_KNOWN_RULE,
              "gallery_per_class": 1, "n_known_queries": int(queries.sum()), "n_unknown_queries": int((~known).sum())}

@@ -17,7 +17,7 @@ import pandas as pd
 from oneshot.data.forgeries import has_forgeries
 from oneshot.data.source import ImageSource, describe_source, open_source, rows_of_groups
 from oneshot.embedder.artifact import load_model, rewrite_info
-from oneshot.embedder.ensemble import scoring_members
+from oneshot.embedder.ensemble import reranks_by_trained_score
 from oneshot.errors import InvalidInputError
 from oneshot.pipelines.engines.local import encode_source, prepare_batch
 from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
@@ -64,7 +64,7 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
     thresholds = calibrate_thresholds(embeddings, table["label"].to_numpy(), model.metric, described, seed, forged,
                                       groups=table["group"].to_numpy())
     genuine = ~forged if forged is not None else np.ones(len(table), bool)
-    if any(member.matcher is not None for member in scoring_members(model)):
+    if reranks_by_trained_score(model):
         batch = prepare_batch(subset, table[genuine], model.recipe)  # the rows encode_source could read
         labels = table.set_index("id").loc[batch.rows["id"], "label"].to_numpy()
         thresholds["unknown_reranked"] = calibrate_reranked_unknown(model, batch.pixels, labels, described, seed)
@@ -100,7 +100,7 @@ def calibrate_reranked_unknown(model, pixels: np.ndarray, labels: np.ndarray, de
     """
     from oneshot.pipelines.engines.rerank import Reranker
 
-    if all(member.matcher is None for member in scoring_members(model)):
+    if not reranks_by_trained_score(model):
         return None
     rerank = Reranker(model, None, margin=None)
     entries = rerank.encode_pixels(np.ascontiguousarray(pixels, dtype=np.float32))
