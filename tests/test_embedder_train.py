@@ -507,6 +507,16 @@ def test_bf16_training_follows_fp32_and_saves_a_float32_model(data, tmp_path):
     assert again.model.fingerprint == half.model.fingerprint  # same seed, same numbers
 
 
+def _killed_at_step_5_and_resumed(config, data, out_dir, monkeypatch):
+    """The run of ``config`` killed during step 5 (after the step-3 checkpoint), then resumed to its end."""
+    real_augment = train_module.augment
+    _kill_during_step(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, data, out_dir)
+    monkeypatch.setattr(train_module, "augment", real_augment)
+    return _run(config, data, out_dir)
+
+
 def test_a_run_with_a_map_matcher_trains_it_and_resumes_exactly(data, tmp_path, monkeypatch):
     config = _config(steps=6, val_every=3, checkpoint_every=3, warmup_steps=1, items_per_class=3, every_support=True,
                      match_dim=4)
@@ -517,12 +527,7 @@ def test_a_run_with_a_map_matcher_trains_it_and_resumes_exactly(data, tmp_path, 
     assert not torch.equal(full.model.matcher.project.weight, start.project.weight)
     assert full.model.matcher.log_scale_match.item() != start.log_scale_match.item()
 
-    real_augment = train_module.augment
-    _kill_during_step(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        _run(config, data, tmp_path / "killed")
-    monkeypatch.setattr(train_module, "augment", real_augment)
-    resumed = _run(config, data, tmp_path / "killed")
+    resumed = _killed_at_step_5_and_resumed(config, data, tmp_path / "killed", monkeypatch)
     assert resumed.model.fingerprint == full.model.fingerprint
     plain = _run(_config(steps=6, val_every=3, checkpoint_every=3, warmup_steps=1, items_per_class=3,
                          every_support=True), data, tmp_path / "plain")
@@ -541,12 +546,7 @@ def test_a_run_with_class_proxies_trains_them_and_resumes_exactly(data, tmp_path
     start = train_module.build_loss(config, build_model(config), 40).proxies.proxies
     assert not torch.equal(proxies, start) and np.isfinite(full.history["loss"]).all()
 
-    real_augment = train_module.augment
-    _kill_during_step(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        _run(config, data, tmp_path / "killed")
-    monkeypatch.setattr(train_module, "augment", real_augment)
-    resumed = _run(config, data, tmp_path / "killed")
+    resumed = _killed_at_step_5_and_resumed(config, data, tmp_path / "killed", monkeypatch)
     assert resumed.model.fingerprint == full.model.fingerprint
     assert torch.equal(_final_state(tmp_path / "killed")["loss"]["proxies.proxies"], proxies)
     plain = _run(_config(steps=6, val_every=3, checkpoint_every=3, warmup_steps=1, teachers=[teacher]), data,

@@ -267,6 +267,12 @@ def test_a_reranker_with_a_map_matcher_scores_by_its_trained_similarity(setting,
     with torch.no_grad():
         distance = model.matcher.distances(torch.from_numpy(local), torch.from_numpy(local))
         expected = model.matcher.similarity(torch.from_numpy(vectors @ vectors.T), distance).numpy()
+    _assert_scored_by(answers, table, expected)
+    assert rerank.cache_rows <= 6_000
+
+
+def _assert_scored_by(answers: pd.DataFrame, table: pd.DataFrame, expected: np.ndarray) -> None:
+    """Every re-scored candidate row's score is ``expected[query's row, gallery row]`` (rows in ``table``'s order)."""
     row_of = {i: r for r, i in enumerate(table["id"].tolist())}
     query_row = dict(zip(table["path"].tolist(), range(len(table))))
     for _, answer in answers.iterrows():
@@ -275,7 +281,6 @@ def test_a_reranker_with_a_map_matcher_scores_by_its_trained_similarity(setting,
                   for g in c["gallery_ids"]]
         np.testing.assert_allclose(got, wanted, atol=1e-4)
         assert answer["score"] == pytest.approx(max(got), abs=1e-6)
-    assert rerank.cache_rows <= 6_000
 
 
 @pytest.mark.parametrize("both_matched", [False, True])
@@ -316,13 +321,7 @@ def test_an_ensemble_with_matched_members_reranks_by_their_mean_trained_score(se
             distance = member.matcher.distances(torch.from_numpy(local), torch.from_numpy(local))
             expected = expected + member.matcher.similarity(torch.from_numpy(vectors @ vectors.T), distance).numpy()
     expected = expected / 2
-    row_of = {i: r for r, i in enumerate(table["id"].tolist())}
-    query_row = dict(zip(table["path"].tolist(), range(len(table))))
-    for _, answer in answers.iterrows():
-        got = [s for c in answer["candidates"] for s in c["gallery_scores"]]
-        wanted = [float(expected[query_row[answer["path"]], row_of[g]]) for c in answer["candidates"]
-                  for g in c["gallery_ids"]]
-        np.testing.assert_allclose(got, wanted, atol=1e-4)
+    _assert_scored_by(answers, table, expected)
     assert rerank.cache_rows == 6_000 // len(rerank.matchers)
     entries = rerank.encode_pixels(Recipe(size=16).prepare(images).pixels)  # every pair at once, as calibration does
     np.testing.assert_allclose(rerank.score_entries(entries[:7], entries), expected[:7], atol=1e-4)
