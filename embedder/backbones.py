@@ -125,12 +125,13 @@ def _check_pool_last(pool_last) -> None:
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, pool: bool = True):
+    def __init__(self, cin: int, cout: int, pool: bool = True, convs: int = 2):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-        )
+        layers = []
+        for i in range(convs):  # conv, batch norm (, ReLU but after the last): the skip is added before it
+            layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
+            layers += [nn.ReLU(inplace=True)] if i < convs - 1 else []
+        self.body = nn.Sequential(*layers)
         self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
         self.out = nn.Sequential(nn.ReLU(inplace=True), *([nn.MaxPool2d(2)] if pool else []))
 
@@ -146,19 +147,22 @@ class _ResidualBlock(nn.Module):
 class ResNetSmall(nn.Module):
     """A small residual net: a stem conv, then residual stages that halve the size, then GAP.
     ``pool_last=False``: the last stage keeps its size (see :func:`_check_pool_last`); ``grid`` as
-    in :class:`ConvNet`."""
+    in :class:`ConvNet`; ``convs``: 3 x 3 convolutions in each stage's residual branch (2; 3 as in
+    ResNet-12)."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 1, pool_last: bool = True,
-                 grid: int = 1):
+                 grid: int = 1, convs: int = 2):
         super().__init__()
         _check_pool_last(pool_last)
+        if isinstance(convs, bool) or not isinstance(convs, int) or convs < 1:
+            raise InvalidInputError(f"convs must be a positive integer (3 x 3 convolutions a stage), got {convs!r}")
         self.grid = _checked_grid(grid)
         widths = tuple(int(w) for w in widths)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
         )
         pools = [True] * (len(widths) - 1) + [pool_last]
-        stages = [_ResidualBlock(a, b, pool) for a, b, pool in zip((widths[0],) + widths[:-1], widths, pools)]
+        stages = [_ResidualBlock(a, b, pool, convs) for a, b, pool in zip((widths[0],) + widths[:-1], widths, pools)]
         self.stages = nn.Sequential(*stages)
         self.feature_dim = widths[-1] * self.grid ** 2
 

@@ -246,6 +246,27 @@ def test_pool_last_false_averages_the_whole_last_map(name, tmp_path):
         create_backbone(name, widths=[4, 4, 8, 16], pool_last="no")
 
 
+def test_resnet_stages_with_three_convolutions_each(tmp_path):
+    from oneshot.embedder.artifact import load_model, save_model
+
+    two = create_backbone("resnet-small", widths=[4, 8])
+    three = create_backbone("resnet-small", widths=[4, 8], convs=3)
+    convs = [[m for m in stage.body if isinstance(m, torch.nn.Conv2d)] for stage in three.stages]
+    assert [len(c) for c in convs] == [3, 3] and convs[1][0].in_channels == 4 and convs[1][2].in_channels == 8
+    # the default keeps its layer names, so every file written before the option loads as it did
+    assert set(two.state_dict()) == set(create_backbone("resnet-small", widths=[4, 8], convs=2).state_dict())
+    assert set(two.state_dict()) < set(three.state_dict())
+    model = Embedder("resnet-small", dim=6, recipe=Recipe(size=28), backbone_options={"widths": [4, 8], "convs": 3})
+    save_model(model.eval(), tmp_path / "m.safetensors")
+    again = load_model(tmp_path / "m.safetensors")
+    images = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(images), again(images))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="convs must be a positive integer"):
+            create_backbone("resnet-small", widths=[4, 8], convs=bad)
+
+
 @pytest.mark.parametrize("name", ["conv4", "resnet-small"])
 def test_grid_keeps_each_cell_of_the_last_map_in_place(name, tmp_path):
     from oneshot.embedder.artifact import load_model, save_model
