@@ -24,10 +24,10 @@ from oneshot.errors import InvalidInputError
 #: What the ensemble's file repeats of each member's training record.
 MEMBER_FACTS = ("command", "seed", "train_seconds", "data")
 #: How a threshold taken from the members is described (``rule``).
-#: The score an ensemble with matched members re-ranks by (:func:`scoring_members`).
-TRAINED_MEAN = "the mean of its members' trained scores (a member without a map matcher: its cosine)"
 MEAN_RULE = ("the mean of its members' calibrated values (an ensemble's cosine is the mean of theirs); "
              "`oneshot calibrate` gives it its own")
+#: The score an ensemble with matched members re-ranks by (:func:`scoring_members`).
+TRAINED_MEAN = "the mean of its members' trained scores (a member without a map matcher: its cosine)"
 
 
 class MemberStack(nn.Module):
@@ -150,8 +150,8 @@ def mean_member_thresholds(members_info: Sequence[dict | None], matched: Sequenc
         if kind != "cluster":
             thresholds[kind]["metric"] = "cosine" if kind != "unknown_reranked" else TRAINED_MEAN
         by_size = [record.get("by_enrolled") or {} for record in records]
-        if kind.startswith("unknown") and all(size.get("enrolled") == by_size[0].get("enrolled") and size.get("values")
-                                     for size in by_size):
+        same_sizes = all(size.get("enrolled") == by_size[0].get("enrolled") and size.get("values") for size in by_size)
+        if kind.startswith("unknown") and same_sizes:
             values = [float(sum(column) / len(column)) for column in zip(*(size["values"] for size in by_size))]
             thresholds[kind]["by_enrolled"] = {"enrolled": list(by_size[0]["enrolled"]), "values": values,
                                                "rule": f"{by_size[0].get('rule', 'by database size')}; {MEAN_RULE}"}
