@@ -26,8 +26,11 @@ MEMBER_FACTS = ("command", "seed", "train_seconds", "data")
 #: How a threshold taken from the members is described (``rule``).
 MEAN_RULE = ("the mean of its members' calibrated values (an ensemble's cosine is the mean of theirs); "
              "`oneshot calibrate` gives it its own")
-#: The score an ensemble with matched members re-ranks by (:func:`scoring_members`).
+#: The score an ensemble with matched members re-ranks by (:func:`scoring_members`), and how its
+#: ``unknown_reranked`` threshold is taken from the members.
 TRAINED_MEAN = "the mean of its members' trained scores (a member without a map matcher: its cosine)"
+TRAINED_MEAN_RULE = ("the mean of its matched members' unknown_reranked and its other members' unknown thresholds "
+                     "(its re-ranking score is the mean of theirs); `oneshot calibrate` gives it its own")
 
 
 class MemberStack(nn.Module):
@@ -145,8 +148,9 @@ def mean_member_thresholds(members_info: Sequence[dict | None], matched: Sequenc
             continue
         where = "; ".join(sorted({str(record["calibrated_on"]) for record in records if record.get("calibrated_on")}))
         mean = {key: float(sum(record[key] for record in records) / len(records)) for key in keys}
+        rule = TRAINED_MEAN_RULE if kind == "unknown_reranked" else MEAN_RULE
         thresholds[kind] = {**mean, "calibrated_on": f"its members' held-out data ({where or 'not recorded'}), averaged",
-                            "rule": MEAN_RULE, "members": len(records)}
+                            "rule": rule, "members": len(records)}
         if kind != "cluster":
             thresholds[kind]["metric"] = "cosine" if kind != "unknown_reranked" else TRAINED_MEAN
         by_size = [record.get("by_enrolled") or {} for record in records]
@@ -154,5 +158,5 @@ def mean_member_thresholds(members_info: Sequence[dict | None], matched: Sequenc
         if kind.startswith("unknown") and same_sizes:
             values = [float(sum(column) / len(column)) for column in zip(*(size["values"] for size in by_size))]
             thresholds[kind]["by_enrolled"] = {"enrolled": list(by_size[0]["enrolled"]), "values": values,
-                                               "rule": f"{by_size[0].get('rule', 'by database size')}; {MEAN_RULE}"}
+                                               "rule": f"{by_size[0].get('rule', 'by database size')}; {rule}"}
     return thresholds

@@ -143,7 +143,7 @@ def test_a_threshold_some_member_lacks_is_left_out_and_sizes_that_differ_are_dro
 
 def test_an_ensemble_with_matched_members_starts_with_the_mean_threshold_of_the_score_it_reranks_by(members,
                                                                                                      tmp_path):
-    from oneshot.embedder.ensemble import TRAINED_MEAN, mean_member_thresholds
+    from oneshot.embedder.ensemble import MEAN_RULE, TRAINED_MEAN, TRAINED_MEAN_RULE, mean_member_thresholds
     from oneshot.pipelines.evaluation.thresholds import resolve_threshold
 
     where = {"calibrated_on": "held-out", "rule": "r"}
@@ -154,6 +154,7 @@ def test_an_ensemble_with_matched_members_starts_with_the_mean_threshold_of_the_
     assert thresholds["unknown"]["value"] == pytest.approx(0.75)
     assert thresholds["unknown_reranked"]["value"] == pytest.approx(0.65)
     assert thresholds["unknown_reranked"]["metric"] == TRAINED_MEAN
+    assert thresholds["unknown_reranked"]["rule"] == TRAINED_MEAN_RULE and thresholds["unknown"]["rule"] == MEAN_RULE
     assert resolve_threshold({"info": {"thresholds": thresholds}}, "unknown_reranked")[0] == pytest.approx(0.65)
     assert "unknown_reranked" not in mean_member_thresholds([matched, plain])  # no member matched: cosine only
     assert "unknown_reranked" not in mean_member_thresholds([plain, plain], [True, False])  # never calibrated
