@@ -19,7 +19,6 @@ on the validation alphabets' enrolment job, ``benchmarks/rerank.py``) and with e
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -75,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": command_line("eval_rerank", argv), "base": args.base or "default",
               "base_fingerprint": load_model(base).fingerprint, "episodes": args.episodes, "n_way": 20, "k_shot": 1,
               "within_group": True, "seed": args.seed}
-    work = Path(tempfile.mkdtemp(prefix="oneshot_eval_rerank_"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="oneshot_eval_rerank_", ignore_cleanup_errors=True) as folder:
+        work = Path(folder)
         if "validation" in args.sections:
             split, table = validation_alphabets(args.data)
             print("validation (4 background validation alphabets):")
@@ -88,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
             print("evaluation (20 evaluation alphabets, reported only):")
             result["evaluation"] = score_split(Path(args.data) / "images_evaluation.zip", work / "evaluation", base,
                                                args.rerank, margins, args.depth, args.episodes, args.seed)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     write_result(result, args.out)
     return 0
 

@@ -111,9 +111,14 @@ def pool_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def _checked_grid(grid) -> int:
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-        raise InvalidInputError(f"grid must be a positive integer (1: global average), got {grid!r}")
-    return grid
+    return _positive_integer(grid, "grid", "1: global average")
+
+
+def _positive_integer(value, name: str, meaning: str) -> int:
+    """``value`` when it is an integer >= 1 (not a bool), else an error naming ``name`` and ``meaning``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer ({meaning}), got {value!r}")
+    return value
 
 
 def _check_pool_last(pool_last) -> None:
@@ -154,8 +159,7 @@ class ResNetSmall(nn.Module):
                  grid: int = 1, convs: int = 2):
         super().__init__()
         _check_pool_last(pool_last)
-        if isinstance(convs, bool) or not isinstance(convs, int) or convs < 1:
-            raise InvalidInputError(f"convs must be a positive integer (3 x 3 convolutions a stage), got {convs!r}")
+        convs = _positive_integer(convs, "convs", "3 x 3 convolutions a stage")
         self.grid = _checked_grid(grid)
         widths = tuple(int(w) for w in widths)
         self.stem = nn.Sequential(

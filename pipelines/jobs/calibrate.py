@@ -82,12 +82,10 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
 TRAINED_SCORE = "trained score: the cosine less the map matchers' learned weight times the match distance"
 
 
-def calibrate_reranked_unknown(model, pixels: np.ndarray, labels: np.ndarray, described: str,
-                               seed: int = 0) -> dict | None:
-    """The "unknown" threshold on the score ``model`` re-scores by as a re-ranker, when that is a
-    trained score (a model with a map matcher, or an ensemble with such members; see
-    :class:`~oneshot.pipelines.engines.rerank.Reranker`); None when it re-scores by its cosine,
-    which the "unknown" threshold already covers.
+def calibrate_reranked_unknown(model, pixels: np.ndarray, labels: np.ndarray, described: str, seed: int = 0) -> dict:
+    """The "unknown" threshold on the score ``model`` re-scores by as a re-ranker, for a model that
+    re-scores by a trained score (:func:`~oneshot.embedder.ensemble.reranks_by_trained_score`: a map
+    matcher, or an ensemble with such members); a cosine re-ranker's is its "unknown" threshold.
 
     The rule and split are the "unknown" threshold's (:func:`calibrate_unknown_scored`), every pair
     scored from the images' encodings, kept in memory (each matcher keeps 32 KB an image).
@@ -100,8 +98,6 @@ def calibrate_reranked_unknown(model, pixels: np.ndarray, labels: np.ndarray, de
     """
     from oneshot.pipelines.engines.rerank import Reranker
 
-    if not reranks_by_trained_score(model):
-        return None
     rerank = Reranker(model, None, margin=None)
     entries = rerank.encode_pixels(np.ascontiguousarray(pixels, dtype=np.float32))
 

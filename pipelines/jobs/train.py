@@ -38,6 +38,7 @@ from oneshot.embedder.artifact import (
 )
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
+from oneshot.embedder.ensemble import reranks_by_trained_score
 from oneshot.embedder.model import Embedder
 from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.recipes import SIZES, infer_recipe, recipe_for, with_canvas, with_normalisation
@@ -467,11 +468,10 @@ def _train(out, options: dict, data, split, synthetic, val_alphabets, resume, co
                    init=_init_model(init))
     described = f"the validation split ({found.described_validation})"
     thresholds = calibrate_model_thresholds(result.model, val_set, forged, described, config.seed)
-    genuine = ~forged if forged is not None else np.ones(len(val_set.labels), bool)
-    reranked = calibrate_reranked_unknown(result.model, val_set.images[genuine], val_set.labels[genuine], described,
-                                          config.seed)
-    if reranked is not None:  # a model with a map matcher: also the threshold of its trained score
-        thresholds["unknown_reranked"] = reranked
+    if reranks_by_trained_score(result.model):  # a model with a map matcher: also its trained score's threshold
+        genuine = ~forged if forged is not None else np.ones(len(val_set.labels), bool)
+        thresholds["unknown_reranked"] = calibrate_reranked_unknown(result.model, val_set.images[genuine],
+                                                                    val_set.labels[genuine], described, config.seed)
     save_model(result.model, result.model_path, {**result.model.info, "thresholds": thresholds})
     return result
 
