@@ -358,6 +358,25 @@ def test_calibrate_gives_a_matched_model_an_unknown_threshold_on_its_trained_sco
     assert "unknown_reranked" not in load_model(plain).info["thresholds"]
 
 
+def test_the_trained_score_calibration_is_capped_to_whole_classes(setting, matcher_model, tmp_path, monkeypatch):
+    from oneshot.embedder.artifact import load_model
+    from oneshot.pipelines.jobs import calibrate
+
+    read = []
+    prepare = calibrate.prepare_batch
+    monkeypatch.setattr(calibrate, "prepare_batch", lambda source, rows, recipe: read.append(rows) or
+                        prepare(source, rows, recipe))
+    monkeypatch.setattr(calibrate, "TRAINED_SCORE_ROWS", 30)
+    found = calibrate.calibrate_model_file(matcher_model, setting["gallery"], out=tmp_path / "capped.safetensors")
+    capped = found["unknown_reranked"]
+    assert len(read) == 1 and len(read[0]) <= 30  # only the drawn classes are read again
+    assert f"scored on {len(read[0])} of its 60 images" in capped["calibrated_on"] and np.isfinite(capped["value"])
+    counts = setting["index"].table["label"].value_counts()
+    assert (read[0]["label"].value_counts() == counts[read[0]["label"].unique()]).all()  # whole classes
+    assert "scored on" not in found["unknown"]["calibrated_on"]  # the cosine's thresholds use every image
+    assert load_model(tmp_path / "capped.safetensors").info["thresholds"]["unknown_reranked"] == capped
+
+
 def test_a_matched_score_gets_no_cosine_threshold(setting, tiny_model_path, matcher_model):
     rows = []
     summary = identify_job(setting["gallery"], setting["index"], None, tiny_model_path, threshold="model",

@@ -9,6 +9,7 @@ from oneshot.pipelines.evaluation.thresholds import (
     calibrate_unknown_by_size,
     calibrate_unknown_scored,
     resolve_threshold,
+    rows_of_drawn_classes,
     threshold_for_enrolled,
 )
 
@@ -94,3 +95,15 @@ def test_scoring_a_chunk_of_queries_at_a_time_changes_nothing(monkeypatch):
     whole = calibrate_unknown_scored(lambda a, b: x[a] @ x[b].T, labels, "held-out classes", seed=0)
     monkeypatch.setattr(thresholds, "SCORED_ROWS", 7)
     assert calibrate_unknown_scored(lambda a, b: x[a] @ x[b].T, labels, "held-out classes", seed=0) == whole
+
+
+def test_rows_of_drawn_classes_keeps_whole_classes_within_the_limit():
+    labels = np.repeat([f"c{i}" for i in range(40)], np.arange(40) % 7 + 1)  # 1 to 7 images a class
+    rows = rows_of_drawn_classes(labels, 50, seed=0)
+    kept = set(labels[rows])
+    assert len(rows) <= 50 and np.all(np.diff(rows) > 0)
+    assert sorted(rows) == sorted(np.flatnonzero(np.isin(labels, list(kept))))  # every row of a drawn class
+    assert len(rows) >= 50 - 6  # a class that did not fit was passed over for a smaller one
+    assert np.array_equal(rows_of_drawn_classes(labels, 50, seed=0), rows)  # seeded
+    assert not np.array_equal(rows_of_drawn_classes(labels, 50, seed=1), rows)
+    assert np.array_equal(rows_of_drawn_classes(labels, len(labels), seed=0), np.arange(len(labels)))

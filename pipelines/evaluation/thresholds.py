@@ -93,6 +93,25 @@ SCORED_ROWS = 2048  # query rows :func:`calibrate_unknown_scored` scores against
 HALF_KNOWN_RULE = "open-set accuracy: half the classes known (1 image each in the gallery), half unknown"
 
 
+def rows_of_drawn_classes(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Row positions (sorted) of whole classes drawn in a seeded order while their rows fit in
+    ``limit`` (a class that does not fit is passed over for a smaller one); every row when there
+    are no more than ``limit``.
+
+    Args:
+        labels: (N,) class of each row.
+    """
+    labels = np.asarray(labels, dtype=object).astype(str)
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    taken, total = np.zeros(len(classes), bool), 0
+    for c in np.random.default_rng(seed + 23).permutation(len(classes)):
+        if total + counts[c] <= limit:
+            taken[c], total = True, total + counts[c]
+    return np.flatnonzero(taken[codes])
+
+
 def _half_known(labels: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
     """The half-known split of :func:`calibrate_unknown`: (labels as str (N,), in the gallery (N,),
     known queries (N,), of a known class (N,)), the last three bool."""

@@ -22,7 +22,8 @@ from oneshot.errors import InvalidInputError
 from oneshot.pipelines.engines.local import encode_source, prepare_batch
 from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
 from oneshot.pipelines.evaluation.reranked import KEEP, MARGINS, margin_by_rule, rerank_episodes
-from oneshot.pipelines.evaluation.thresholds import calibrate_thresholds, calibrate_unknown_scored
+from oneshot.pipelines.evaluation.thresholds import (calibrate_thresholds, calibrate_unknown_scored,
+                                                     rows_of_drawn_classes)
 from oneshot.pipelines.jobs.evaluate import feasible_way
 from oneshot.pipelines.reading import Rejects
 
@@ -64,10 +65,13 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
     thresholds = calibrate_thresholds(embeddings, table["label"].to_numpy(), model.metric, described, seed, forged,
                                       groups=table["group"].to_numpy())
     genuine = ~forged if forged is not None else np.ones(len(table), bool)
-    if reranks_by_trained_score(model):
-        batch = prepare_batch(subset, table[genuine], model.recipe)  # the rows encode_source could read
-        labels = table.set_index("id").loc[batch.rows["id"], "label"].to_numpy()
-        thresholds["unknown_reranked"] = calibrate_reranked_unknown(model, batch.pixels, labels, described, seed)
+    if reranks_by_trained_score(model):  # read again: only the rows encode_source could read, within the cap
+        held = table[genuine].reset_index(drop=True)
+        drawn = held.iloc[rows_of_drawn_classes(held["label"].to_numpy(), TRAINED_SCORE_ROWS, seed)]
+        batch = prepare_batch(subset, drawn, model.recipe)
+        labels = drawn.set_index("id").loc[batch.rows["id"], "label"].to_numpy()
+        thresholds["unknown_reranked"] = calibrate_reranked_unknown(model, batch.pixels, labels, described, seed,
+                                                                    held_out=len(held))
     for found in thresholds.values():
         found["command"] = command
     info = {**model.info, "thresholds": thresholds}
@@ -80,24 +84,38 @@ def calibrate_model_file(model_path: str | os.PathLike, data: str | os.PathLike,
 
 
 TRAINED_SCORE = "trained score: the cosine less the map matchers' learned weight times the match distance"
+#: Held-out images the trained score's calibration encodes at most (whole classes, drawn with the
+#: seed): each matcher keeps 32 KB an image in memory, so 8,192 images take 256 MB a matcher.
+TRAINED_SCORE_ROWS = 8192
 
 
-def calibrate_reranked_unknown(model, pixels: np.ndarray, labels: np.ndarray, described: str, seed: int = 0) -> dict:
+def calibrate_reranked_unknown(model, pixels: np.ndarray, labels: np.ndarray, described: str, seed: int = 0,
+                               held_out: int | None = None) -> dict:
     """The "unknown" threshold on the score ``model`` re-scores by as a re-ranker, for a model that
     re-scores by a trained score (:func:`~oneshot.embedder.ensemble.reranks_by_trained_score`: a map
     matcher, or an ensemble with such members); a cosine re-ranker's is its "unknown" threshold.
 
     The rule and split are the "unknown" threshold's (:func:`calibrate_unknown_scored`), every pair
-    scored from the images' encodings, kept in memory (each matcher keeps 32 KB an image).
+    scored from the images' encodings, kept in memory; past ``TRAINED_SCORE_ROWS`` images, on
+    whole classes drawn with ``seed`` (:func:`rows_of_drawn_classes`), and the record says so.
 
     Args:
         pixels: float32 (N, C, H, W) held-out images as ``model``'s recipe prepares them.
         labels: (N,) their classes.
+        held_out: how many held-out images there were when the caller drew ``pixels`` from more
+            (for the record); default N.
     Returns:
         The record, or one saying why instead of a value when it cannot be calibrated.
     """
     from oneshot.pipelines.engines.rerank import Reranker
 
+    held_out = held_out or len(labels)
+    if len(labels) > TRAINED_SCORE_ROWS:
+        drawn = rows_of_drawn_classes(labels, TRAINED_SCORE_ROWS, seed)
+        pixels, labels = pixels[drawn], np.asarray(labels)[drawn]
+    if len(labels) < held_out:
+        described += (f"; scored on {len(labels)} of its {held_out} images (whole classes drawn with seed {seed}, "
+                      f"at most {TRAINED_SCORE_ROWS})")
     rerank = Reranker(model, None, margin=None)
     entries = rerank.encode_pixels(np.ascontiguousarray(pixels, dtype=np.float32))
 
