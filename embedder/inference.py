@@ -26,20 +26,11 @@ from torch import nn
 
 from oneshot.embedder.encode import tta_views
 from oneshot.embedder.model import Embedder
-from oneshot.errors import InvalidInputError
+from oneshot.embedder.precision import check_precision
 
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "eager", "script", "compile")
-PRECISIONS = ("float32", "bfloat16")
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` if it is one of ``PRECISIONS``; else :class:`InvalidInputError` (a ValueError).
-    Jobs call it before they read anything, so a typo costs no listing of a large gallery."""
-    if precision not in PRECISIONS:
-        raise InvalidInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision
 
 
 def native_bfloat16(device: torch.device) -> bool | None:
@@ -134,7 +125,7 @@ class InferenceModel:
                  precision: str = "float32"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        check_precision(precision)
+        precision = check_precision(precision)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.recipe = model.recipe
         self.metric = model.metric

@@ -45,6 +45,7 @@ from oneshot.embedder.losses import (
     WithProxies,
 )
 from oneshot.embedder.model import Embedder
+from oneshot.embedder.precision import PRECISION_SPELLINGS, TRAINING_PRECISIONS, training_precision
 from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.samplers import EpisodeSampler, PairSampler, PKSampler
 from oneshot.errors import CorruptFileError, InvalidInputError
@@ -52,7 +53,7 @@ from oneshot.errors import CorruptFileError, InvalidInputError
 log = logging.getLogger(__name__)
 OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax")
 PAIR_OBJECTIVES = ("siamese", "contrastive")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = TRAINING_PRECISIONS
 _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "classes_per_group",
                     "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed",
                     "look_alike_classes", "look_alike_every", "match_dim", "match_tap")
@@ -120,6 +121,8 @@ class TrainConfig:
                 raise InvalidInputError(f"training option {name} must be a non-negative number, got {value!r}")
         if not 0 <= self.ema_decay < 1:
             raise InvalidInputError(f"training option ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.precision in PRECISION_SPELLINGS:  # "float32" and "bfloat16" are taken too
+            self.precision = training_precision(self.precision)
         if self.precision not in PRECISIONS:
             raise InvalidInputError(f"training option precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.objective not in OBJECTIVES:

@@ -133,3 +133,11 @@ def test_bfloat16_vectors_are_float32_unit_vectors_close_to_float32s(tta):
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         InferenceModel(load_model(), precision="float16")
+
+
+def test_every_spelling_of_a_precision_means_one_thing():
+    from oneshot.embedder.precision import check_precision, training_precision
+
+    assert [check_precision(p) for p in ("float32", "fp32", "bfloat16", "bf16")] == ["float32"] * 2 + ["bfloat16"] * 2
+    assert [training_precision(p) for p in ("float32", "fp32", "bfloat16", "bf16")] == ["fp32"] * 2 + ["bf16"] * 2
+    assert InferenceModel(load_model(), mode="eager", precision="bf16").precision == "bfloat16"

@@ -357,8 +357,8 @@ def test_train_synthetic_with_config(tmp_path):
     assert model.dim == 8 and model.recipe.size == 16
     assert model.info["val_accuracy"] == pytest.approx(float(found.group(1)), abs=1e-4)
     assert model.info["train_config"]["precision"] == "fp32"
-    ok(run("train", "--synthetic", "--config", config, "--precision", "bf16", "--out", tmp_path / "bf16"))
-    assert load_model(tmp_path / "bf16" / "model.safetensors").info["train_config"]["precision"] == "bf16"
+    ok(run("train", "--synthetic", "--config", config, "--precision", "bfloat16", "--out", tmp_path / "bf16"))
+    assert load_model(tmp_path / "bf16" / "model.safetensors").info["train_config"]["precision"] == "bf16"  # one name kept
 
 
 def test_training_a_matched_model_calibrates_the_unknown_threshold_of_its_trained_score(tmp_path):

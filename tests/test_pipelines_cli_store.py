@@ -61,6 +61,6 @@ def test_bf16_through_the_cli(tmp_path, synthetic_gallery, tiny_model_path):
     run("index", "build", store, "--out", tmp_path / "b.faiss")
     answers = tmp_path / "answers.jsonl"
     run("identify", synthetic_gallery, "--index", tmp_path / "b.faiss", "--model", tiny_model_path,
-        "--precision", "bf16", "--threshold", "none", "--out", answers)
+        "--precision", "bfloat16", "--threshold", "none", "--out", answers)  # inference's own spelling too
     frame = pd.read_json(answers, lines=True)
     assert len(frame) == 60 and (frame["label"] == frame["true_label"]).mean() >= 0.9

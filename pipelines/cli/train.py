@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from oneshot.embedder.precision import PRECISION_SPELLINGS, training_precision
 from oneshot.pipelines.cli.app import friendly, main
 from oneshot.pipelines.cli.options import MODEL, reject_options, rejects_for
 from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH
@@ -49,8 +50,9 @@ from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH
 @click.option("--steps", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--seed", type=int, default=None)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="Training arithmetic: fp32 (default) or bf16 mixed precision (about twice as fast on "
+@click.option("--precision", type=click.Choice(list(PRECISION_SPELLINGS)), default=None,
+              callback=lambda ctx, param, value: value and training_precision(value),
+              help="Training arithmetic: fp32 (default; float32 too) or bf16 (bfloat16) mixed precision (about twice as fast on "
                    "CPUs with AVX-512 BF16 and on recent GPUs; the saved model is float32 either way).")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(exists=True),
               help="A trained model to distill from (repeatable; prototypical objective; their vectors of the "

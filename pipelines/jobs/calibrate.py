@@ -22,8 +22,11 @@ from oneshot.errors import InvalidInputError
 from oneshot.pipelines.engines.local import encode_source, prepare_batch
 from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
 from oneshot.pipelines.evaluation.reranked import KEEP, MARGINS, margin_by_rule, rerank_episodes
-from oneshot.pipelines.evaluation.thresholds import (calibrate_thresholds, calibrate_unknown_scored,
-                                                     rows_of_drawn_classes)
+from oneshot.pipelines.evaluation.thresholds import (
+    calibrate_thresholds,
+    calibrate_unknown_scored,
+    rows_of_drawn_classes,
+)
 from oneshot.pipelines.jobs.evaluate import feasible_way
 from oneshot.pipelines.reading import Rejects
 

@@ -26,7 +26,8 @@ from oneshot.data.folders import Gallery
 from oneshot.data.source import ImageSource, describe_source, listing_rejects, open_source
 from oneshot.embedder.artifact import as_model, shipped_model_with
 from oneshot.embedder.encode import default_device
-from oneshot.embedder.inference import InferenceModel, check_precision
+from oneshot.embedder.inference import InferenceModel
+from oneshot.embedder.precision import check_precision
 from oneshot.embedder.model import Embedder
 from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.shipped import choose_shipped_model, sample_rows
@@ -163,7 +164,7 @@ def embed_to_store(source: str | os.PathLike | ImageSource, out: str | os.PathLi
     out = Path(out)
     if shard_rows < 1:
         raise InvalidInputError(f"shard_rows must be >= 1, got {shard_rows}")
-    check_precision(precision)
+    precision = check_precision(precision)
     rejects = rejects if rejects is not None else Rejects()
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out):

@@ -36,7 +36,8 @@ from oneshot.atomic import atomic_path
 from oneshot.data.source import listing_rejects
 from oneshot.embedder.artifact import as_model, shipped_model_with
 from oneshot.embedder.encode import default_device, progress_bar
-from oneshot.embedder.inference import InferenceModel, check_precision
+from oneshot.embedder.inference import InferenceModel
+from oneshot.embedder.precision import check_precision
 from oneshot.errors import InvalidInputError, ModelMismatchError
 from oneshot.index.dataset_store import DatasetStore, is_dataset_store, path_ids
 from oneshot.index.store import EMBEDDING_COLUMN, read_store_metadata
@@ -216,7 +217,7 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
         ModelMismatchError: the queries (store or model) and the index come from different models.
     """
     started = time.perf_counter()
-    check_precision(precision)
+    precision = check_precision(precision)
     if k < 1 or top < 1 or per_identity < 1:
         raise InvalidInputError(f"k, top and per_identity must be >= 1, got {k}, {top}, {per_identity}")
     index_path = None if isinstance(index, VectorIndex) else str(Path(index).resolve())
