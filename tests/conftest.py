@@ -52,6 +52,20 @@ def synthetic_gallery(tmp_path_factory) -> Path:
     return make_alphabets(2, 5, drawers=6, seed=3).write(tmp_path_factory.mktemp("synthetic") / "gallery")
 
 
+@pytest.fixture(scope="module")
+def tiny_training_sets():
+    """(train, val) LabelledImages at 16 px: train 2 synthetic alphabets x 5 characters x 4 drawers with
+    rotations (40 virtual classes), val 1 alphabet; one pair per test module."""
+    from oneshot.data.synthetic import make_alphabets
+    from oneshot.embedder.dataset import LabelledImages
+    from oneshot.embedder.preprocess import Recipe
+
+    train_set = make_alphabets(2, 5, drawers=4, seed=0)
+    val_set = make_alphabets(1, 5, drawers=4, seed=0, prefix="val")
+    return (LabelledImages.from_table(train_set.table, train_set.read, Recipe(size=16), rotations=True),
+            LabelledImages.from_table(val_set.table, val_set.read, Recipe(size=16)))
+
+
 @pytest.fixture()
 def tiny_train_config(tmp_path):
     """Write a training config for a seconds-long run (a tiny conv net, 16x16 input); returns a

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oneshot.data.synthetic import make_alphabets
 from oneshot.embedder.artifact import read_model_config, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.distill import distillation_loss, teacher_vectors
@@ -23,11 +22,8 @@ RECIPE = Recipe(size=16)
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[LabelledImages, LabelledImages]:
-    train_set = make_alphabets(2, 5, drawers=4, seed=0)
-    val_set = make_alphabets(1, 5, drawers=4, seed=0, prefix="val")
-    return (LabelledImages.from_table(train_set.table, train_set.read, RECIPE, rotations=True),
-            LabelledImages.from_table(val_set.table, val_set.read, RECIPE))
+def data(tiny_training_sets) -> tuple[LabelledImages, LabelledImages]:
+    return tiny_training_sets  # at RECIPE's 16 px
 
 
 def _teacher(path, seed: int, dim: int = 16, recipe: Recipe = RECIPE):

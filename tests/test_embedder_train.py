@@ -25,12 +25,9 @@ RECIPE = Recipe(size=16)
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[LabelledImages, LabelledImages]:
+def data(tiny_training_sets) -> tuple[LabelledImages, LabelledImages]:
     """Train: 2 alphabets x 5 characters x 4 drawers, with rotations (40 virtual classes); val: 1 alphabet."""
-    train_set = make_alphabets(2, 5, drawers=4, seed=0)
-    val_set = make_alphabets(1, 5, drawers=4, seed=0, prefix="val")
-    return (LabelledImages.from_table(train_set.table, train_set.read, RECIPE, rotations=True),
-            LabelledImages.from_table(val_set.table, val_set.read, RECIPE))
+    return tiny_training_sets  # at RECIPE's 16 px
 
 
 def _config(**changes) -> TrainConfig:
