@@ -121,7 +121,7 @@ class TrainConfig:
                 raise InvalidInputError(f"training option {name} must be a non-negative number, got {value!r}")
         if not 0 <= self.ema_decay < 1:
             raise InvalidInputError(f"training option ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.precision in PRECISION_SPELLINGS:  # "float32" and "bfloat16" are taken too
+        if isinstance(self.precision, str) and self.precision in PRECISION_SPELLINGS:  # "float32", "bfloat16" too
             self.precision = training_precision(self.precision)
         if self.precision not in PRECISIONS:
             raise InvalidInputError(f"training option precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

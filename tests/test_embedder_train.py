@@ -334,6 +334,8 @@ def test_config_checks():
         TrainConfig(precision="fp16")
     assert TrainConfig(precision="bfloat16").precision == "bf16"  # inference's spellings are taken too
     assert TrainConfig.from_dict({"precision": "float32"}).precision == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        TrainConfig(precision=["bf16"])
     for bad in (1, 60, -2):
         with pytest.raises(ValueError, match="look_alike_classes must be 0 .off. or in .2, classes_per_batch."):
             TrainConfig(look_alike_classes=bad)
