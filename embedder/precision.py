@@ -16,7 +16,7 @@ def check_precision(precision: str) -> str:
     """``precision``'s name in ``PRECISIONS`` (any spelling of ``PRECISION_SPELLINGS``); else
     :class:`InvalidInputError` (a ValueError). Jobs call it before they read anything, so a typo
     costs no listing of a large gallery."""
-    if precision not in PRECISION_SPELLINGS:
+    if not isinstance(precision, str) or precision not in PRECISION_SPELLINGS:
         raise InvalidInputError(f"precision must be one of {tuple(PRECISION_SPELLINGS)}, got {precision!r}")
     return PRECISION_SPELLINGS[precision]
 

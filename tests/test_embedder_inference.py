@@ -141,3 +141,5 @@ def test_every_spelling_of_a_precision_means_one_thing():
     assert [check_precision(p) for p in ("float32", "fp32", "bfloat16", "bf16")] == ["float32"] * 2 + ["bfloat16"] * 2
     assert [training_precision(p) for p in ("float32", "fp32", "bfloat16", "bf16")] == ["fp32"] * 2 + ["bf16"] * 2
     assert InferenceModel(load_model(), mode="eager", precision="bf16").precision == "bfloat16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        check_precision(["bf16"])

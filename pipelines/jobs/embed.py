@@ -27,8 +27,8 @@ from oneshot.data.source import ImageSource, describe_source, listing_rejects, o
 from oneshot.embedder.artifact import as_model, shipped_model_with
 from oneshot.embedder.encode import default_device
 from oneshot.embedder.inference import InferenceModel
-from oneshot.embedder.precision import check_precision
 from oneshot.embedder.model import Embedder
+from oneshot.embedder.precision import check_precision
 from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.shipped import choose_shipped_model, sample_rows
 from oneshot.errors import InvalidInputError, ModelMismatchError
