@@ -57,8 +57,13 @@ class MemberStack(nn.Module):
         self.feature_dim = sum(member.dim for member in self.members)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        joined = torch.cat([member(images) for member in self.members], dim=1)
-        return joined / len(self.members) ** 0.5
+        return join_member_vectors([member(images) for member in self.members])
+
+
+def join_member_vectors(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """M members' unit vectors, each (N, D_m) -> the ensemble's (N, sum D_m): side by side over
+    sqrt(M), so the joined vector is unit length and its cosine is the mean of the members'."""
+    return torch.cat(list(vectors), dim=1) / len(vectors) ** 0.5
 
 
 register_backbone("ensemble")(MemberStack)

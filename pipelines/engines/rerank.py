@@ -204,6 +204,8 @@ class Reranker:
             return list(np.concatenate([self.engine(pixels[s : s + step]) for s in range(0, len(pixels), step)]))
         import torch
 
+        from oneshot.embedder.ensemble import join_member_vectors
+
         device = next(self.embedder.parameters()).device
         entries = []
         with torch.inference_mode():
@@ -220,8 +222,7 @@ class Reranker:
                     grams.append(gram.cpu().numpy())
                     operators.append(operator.cpu().numpy())
                     self._locations.append(local.shape[1])
-                # an ensemble's vector: its members' unit vectors side by side over sqrt(M)
-                joined = (torch.cat(vectors, dim=1) / len(self.members) ** 0.5).cpu().numpy()
+                joined = join_member_vectors(vectors).cpu().numpy()  # one member: its own vector
                 entries += [(joined[i], [g[i] for g in grams], [o[i] for o in operators]) for i in range(len(joined))]
         return entries
 

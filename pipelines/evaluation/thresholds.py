@@ -80,10 +80,16 @@ def calibrate_unknown(embeddings: np.ndarray, labels: np.ndarray, metric, descri
     table = pd.DataFrame({"id": np.flatnonzero(in_gallery), "path": "", "label": labels[in_gallery], "group": ""})
     index = ExactSearch(embeddings[in_gallery], table, metric)
     value = calibrate_unknown_threshold(index, embeddings[queries], labels[queries], embeddings[~known])
-    found = {"value": float(value), "metric": get_metric(metric).name, "calibrated_on": described,
-             "rule": HALF_KNOWN_RULE, "gallery_per_class": 1, "n_known_queries": int(queries.sum()),
-             "n_unknown_queries": int((~known).sum())}
-    by_size = calibrate_unknown_by_size(embeddings, labels, metric, seed)
+    return _unknown_record(value, get_metric(metric).name, described, queries, known,
+                           calibrate_unknown_by_size(embeddings, labels, metric, seed))
+
+
+def _unknown_record(value: float, metric: str, described: str, queries: np.ndarray, known: np.ndarray,
+                    by_size: dict) -> dict:
+    """The record of a half-known "unknown" threshold (:func:`_half_known`'s ``queries`` and ``known``),
+    with its per-database-size values when any size could be calibrated."""
+    found = {"value": float(value), "metric": metric, "calibrated_on": described, "rule": HALF_KNOWN_RULE,
+             "gallery_per_class": 1, "n_known_queries": int(queries.sum()), "n_unknown_queries": int((~known).sum())}
     if by_size["enrolled"]:
         found["by_enrolled"] = by_size
     return found
@@ -156,12 +162,7 @@ def calibrate_unknown_scored(score, labels: np.ndarray, described: str, seed: in
             else:
                 negative.append(best[np.isfinite(best)])
     value, _ = best_threshold(np.concatenate(positive), np.concatenate(negative))
-    found = {"value": float(value), "metric": what, "calibrated_on": described, "rule": HALF_KNOWN_RULE,
-             "gallery_per_class": 1, "n_known_queries": int(queries.sum()), "n_unknown_queries": int((~known).sum())}
-    by_size = unknown_by_size(score, labels, seed)
-    if by_size["enrolled"]:
-        found["by_enrolled"] = by_size
-    return found
+    return _unknown_record(value, what, described, queries, known, unknown_by_size(score, labels, seed))
 
 
 #: Database sizes (people or classes enrolled) the "unknown" threshold is calibrated for.
