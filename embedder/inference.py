@@ -14,6 +14,7 @@ bfloat16 it is emulated and slower; a warning says so.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -119,6 +120,9 @@ class InferenceModel:
         requested_mode: the mode asked for (``"auto"`` resolves to ``"script"`` or ``"eager"``).
         precision: ``"float32"`` or ``"bfloat16"`` (autocast; vectors come back float32).
         batch_size: the batch size chosen for this machine (:func:`choose_batch_size`).
+        folded: the eager copy (BatchNorm folded, channels_last on the CPU) behind the graph, for
+            callers that need more than ``forward`` (a map matcher's maps): feed it :meth:`layout`'s
+            batches inside :meth:`flushing_denormals`.
     """
 
     def __init__(self, model: Embedder, mode: str = "auto", device: str | torch.device | None = None,
@@ -136,7 +140,7 @@ class InferenceModel:
         self._channels_last = self.device.type == "cpu"
         if self._channels_last:
             net = net.to(memory_format=torch.channels_last)
-        self._eager = net
+        self.folded = net
         self.requested_mode = mode
         self.precision = precision
         if precision == "bfloat16":  # eager under autocast: a traced autocast graph ran slower (best call 10,300 vs 14,400 img/s)
@@ -148,10 +152,23 @@ class InferenceModel:
             self._net, self.mode = self._optimise(net, mode)
 
     def _example(self) -> torch.Tensor:
-        return self._layout(torch.rand(8, self.recipe.channels, *self.recipe.shape, device=self.device))
+        return self.layout(torch.rand(8, self.recipe.channels, *self.recipe.shape, device=self.device))
 
-    def _layout(self, batch: torch.Tensor) -> torch.Tensor:
+    def layout(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch (B, C, H, W) on this model's device, in the memory layout its nets run fastest in."""
+        batch = batch.to(self.device, non_blocking=True)
         return batch.contiguous(memory_format=torch.channels_last) if self._channels_last else batch
+
+    @contextlib.contextmanager
+    def flushing_denormals(self):
+        """On the CPU, denormal floats flushed to zero inside the block (activations of mostly blank
+        images underflow; denormal arithmetic made the forward pass ~2.5x slower on MNIST)."""
+        flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
+        try:
+            yield
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)
 
     def _optimise(self, net: nn.Module, mode: str):
         started = time.perf_counter()
@@ -181,23 +198,16 @@ class InferenceModel:
 
     @torch.inference_mode()
     def embed_tensor(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """Preprocessed (B, 1, S, S) on any device -> (B, D) float32 on this model's device.
-
-        On CPU, denormal floats are flushed to zero during the call (activations of mostly blank
-        images underflow; denormal arithmetic made the forward pass ~2.5x slower on MNIST).
-        """
-        flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
-        try:
-            batch = self._layout(batch.to(self.device, non_blocking=True))
+        """Preprocessed (B, 1, S, S) on any device -> (B, D) float32 on this model's device
+        (denormals flushed on the CPU: :meth:`flushing_denormals`)."""
+        with self.flushing_denormals():
+            batch = self.layout(batch)
             views = tta_views(batch) if tta else [batch]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
-                vectors = [self._net(self._layout(view)).float() for view in views]
+                vectors = [self._net(self.layout(view)).float() for view in views]
             out = vectors[0] if len(vectors) == 1 else torch.stack(vectors).mean(0)
             renormalise = tta or self.precision == "bfloat16"
             return F.normalize(out, dim=1) if renormalise and self.metric == "cosine" else out
-        finally:
-            if flush:
-                torch.set_flush_denormal(False)
 
     def __call__(self, batch, tta: bool = False):
         """float32 numpy (B, 1, S, S) -> float32 numpy (B, D)."""

@@ -240,7 +240,9 @@ def test_omniglot_folder_opens_the_split_the_paths_name(omniglot_dir):
 
 @pytest.fixture(scope="module")
 def matcher_model(tmp_path_factory):
-    """A tiny model with a map matcher (16 px, maps 8 x 8 before the last block), trained by nobody."""
+    """A tiny model with a map matcher (16 px, maps 8 x 8 before the last block), trained by nobody;
+    its batch norms carry statistics and scales as training leaves them (not the identity), so the
+    re-ranker's BatchNorm-folded copy is checked against the eager model."""
     import torch
 
     from oneshot.embedder.artifact import save_model
@@ -248,6 +250,10 @@ def matcher_model(tmp_path_factory):
 
     torch.manual_seed(3)
     model = Embedder("conv", dim=8, recipe=Recipe(size=16), backbone_options={"channels": 4, "blocks": 2}, match_dim=3)
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.running_mean.uniform_(-0.5, 0.5), norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.2, 0.2)
     return save_model(model, tmp_path_factory.mktemp("matcher") / "matcher.safetensors")
 
 

@@ -393,7 +393,7 @@ def _portable_copy(engine: InferenceModel):
 
     import torch
 
-    return copy.deepcopy(engine._eager).to("cpu").to(memory_format=torch.contiguous_format)
+    return copy.deepcopy(engine.folded).to("cpu").to(memory_format=torch.contiguous_format)
 
 
 @contextlib.contextmanager
