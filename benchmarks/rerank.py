@@ -18,6 +18,9 @@ base model (the shipped default); the re-ranking model (``handwriting-ensemble``
 
     python -m benchmarks.rerank --data ../shared/data/omniglot --out benchmarks/results/rerank.json
 
+``--precision bf16`` runs every job's queries and the re-ranking model in bfloat16 (identify's
+``--precision``), plain and re-ranked alike; the index is built in float32 either way.
+
 ``--store-margin`` writes the chosen margin into the base model's file (``info["rerank_margin"]``),
 where ``identify --rerank`` finds it for that model's indexes.
 """
@@ -59,15 +62,18 @@ def write_enrolment(split, table: pd.DataFrame, folder: Path, seed: int) -> tupl
     return folder / "gallery", folder / "queries"
 
 
-def identify_setting(queries: Path, index, model, rerank_model, depth: int, margin: float | None) -> dict:
-    """One identify job in this process, timed from the re-ranking model's loading to the last answer."""
+def identify_setting(queries: Path, index, model, rerank_model, depth: int, margin: float | None,
+                     precision: str = "float32") -> dict:
+    """One identify job in this process (queries and the re-ranking model's forward pass in
+    ``precision``), timed from the re-ranking model's loading to the last answer."""
     from oneshot.pipelines.engines.rerank import Reranker
     from oneshot.pipelines.jobs.identify import identify_job
 
     started = time.perf_counter()
     reranker = None if rerank_model is None else Reranker(rerank_model, index.metadata["gallery_images"],
-                                                          depth=depth, margin=margin)
-    summary = identify_job(queries, index, None, model, threshold=None, show_progress=False, rerank=reranker)
+                                                          depth=depth, margin=margin, precision=precision)
+    summary = identify_job(queries, index, None, model, threshold=None, show_progress=False, rerank=reranker,
+                           precision=precision)
     result = {"accuracy": summary.accuracy, "queries": summary.queries, "seconds": round(time.perf_counter() - started, 2)}
     if reranker is not None:
         stats = reranker.stats
@@ -86,14 +92,16 @@ def build_index(gallery: Path, model, store: Path):
     return index
 
 
-def run_job(split, table, folder: Path, base, rerank_model, depth: int, margins: list, seed: int) -> dict:
+def run_job(split, table, folder: Path, base, rerank_model, depth: int, margins: list, seed: int,
+            precision: str = "float32") -> dict:
     gallery, queries = write_enrolment(split, table, folder, seed)
     base_index = build_index(gallery, base, folder / "base.parquet")
     rerank_index = build_index(gallery, rerank_model, folder / "rerank.parquet")
     out = {"identities": int(table["label"].nunique()),
-           "base": identify_setting(queries, base_index, base, None, depth, None),
-           "rerank_model_alone": identify_setting(queries, rerank_index, rerank_model, None, depth, None),
-           "reranked": [identify_setting(queries, base_index, base, rerank_model, depth, m) for m in margins]}
+           "base": identify_setting(queries, base_index, base, None, depth, None, precision),
+           "rerank_model_alone": identify_setting(queries, rerank_index, rerank_model, None, depth, None, precision),
+           "reranked": [identify_setting(queries, base_index, base, rerank_model, depth, m, precision)
+                        for m in margins]}
     for name in ("base", "rerank_model_alone"):
         print(f"  {name:24s} accuracy {out[name]['accuracy']:.4f}  {out[name]['seconds']:.1f} s")
     for r in out["reranked"]:
@@ -127,14 +135,16 @@ def timed_with_output(command: list[str]) -> tuple[float, str]:
 
 
 def time_job(queries: Path, gallery: Path, folder: Path, rerank_model: str, margin: float | None, depth: int,
-             rounds: int, base: str | None = None) -> dict:
+             rounds: int, base: str | None = None, precision: str = "float32") -> dict:
     """Whole-process ``oneshot identify`` of ``queries`` against an index of ``gallery`` (``base``,
-    default the shipped default), plain, re-ranked at ``margin`` and for every query; rounds alternate."""
+    default the shipped default), plain, re-ranked at ``margin`` and for every query, each with
+    ``--precision precision``; rounds alternate."""
     store, index = folder / "gallery.parquet", folder / "gallery.faiss"
     model = ["--model", base] if base else []
     timed([*CLI, "embed", str(gallery), "--out", str(store), *model])
     timed([*CLI, "index", "build", str(store), "--out", str(index)])
-    plain = [*CLI, "identify", str(queries), "--index", str(index), "--threshold", "none", *model]
+    plain = [*CLI, "identify", str(queries), "--index", str(index), "--threshold", "none", *model,
+             "--precision", precision]
     extra = ["--rerank", rerank_model, "--rerank-depth", str(depth),
              "--rerank-margin", "all" if margin is None else str(margin)]
     times = {"plain": [], "rerank": [], "rerank_all": []}
@@ -151,7 +161,8 @@ def time_job(queries: Path, gallery: Path, folder: Path, rerank_model: str, marg
     print(f"  plain {best['plain']:.2f} s, re-ranked (margin {margin}, {reranked['rerank']:.3f} of the queries) "
           f"{best['rerank']:.2f} s (x{best['rerank'] / best['plain']:.2f}), every query {best['rerank_all']:.2f} s "
           f"(x{best['rerank_all'] / best['plain']:.2f})")
-    return {"command": f"oneshot identify {queries} --index INDEX --threshold none --out OUT [{' '.join(extra)}]",
+    return {"command": f"oneshot identify {queries} --index INDEX --threshold none --precision {precision} --out OUT "
+                       f"[{' '.join(extra)}]",
             "seconds": times, "best": best, "reranked_share": reranked["rerank"],
             "ratio": best["rerank"] / best["plain"], "ratio_every_query": best["rerank_all"] / best["plain"]}
 
@@ -167,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="validation,evaluation,scale")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="float32",
+                        help="identify's --precision (the queries' and the re-ranking model's forward pass)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--store-margin", action="store_true",
                         help="write the chosen margin into the base model's file")
     args = parser.parse_args(argv)
     from oneshot.embedder.artifact import load_model
+    from oneshot.embedder.precision import check_precision
     from oneshot.pipelines.engines.rerank import parse_margin
 
     sections = args.sections.split(",")
@@ -179,13 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     base = load_model(args.base)
     result = {"command": command_line("rerank", argv), "base": args.base or "default",
               "base_fingerprint": base.fingerprint, "rerank": args.rerank,
-              "depth": args.depth, "seed": args.seed}
+              "depth": args.depth, "seed": args.seed, "precision": check_precision(args.precision)}
+    precision = result["precision"]
     work = Path(tempfile.mkdtemp(prefix="oneshot_rerank_"))
     try:
         split, table = validation_alphabets(args.data)
         print("validation (4 background validation alphabets):")
         result["validation"] = run_job(split, table, work / "validation", base, args.rerank, args.depth, margins,
-                                       args.seed)
+                                       args.seed, precision)
         result["chosen"] = choose_margin(result["validation"], args.keep)
         print(f"  chosen margin: {result['chosen']['margin']} ({result['chosen']['rule']})")
         chosen = result["chosen"]["margin"]
@@ -209,17 +224,17 @@ def main(argv: list[str] | None = None) -> int:
             print("evaluation (20 evaluation alphabets, reported only):")
             result["evaluation"] = run_job(evaluation, evaluation.table.reset_index(drop=True), work / "evaluation",
                                            base, args.rerank, args.depth, sorted({None, chosen}, key=str),
-                                           args.seed)
+                                           args.seed, precision)
         if "scale" in sections:
             zipped = Path(args.data) / "images_evaluation.zip"
             print("scale: the 13,180 evaluation images against their own index (whole processes):")
             result["scale"] = time_job(zipped, zipped, work / "scale", args.rerank, chosen, args.depth, args.rounds,
-                                       args.base)
+                                       args.base, precision)
             if "evaluation" in sections:
                 print("scale: the evaluation enrolment job above (12,521 queries, 659 enrolled; whole processes):")
                 result["scale_enrolled"] = time_job(work / "evaluation" / "queries", work / "evaluation" / "gallery",
                                                     work / "scale_enrolled", args.rerank, chosen, args.depth,
-                                                    args.rounds, args.base)
+                                                    args.rounds, args.base, precision)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_result(result, args.out)

@@ -44,7 +44,7 @@ from oneshot.embedder.losses import (
     TripletLoss,
     WithProxies,
 )
-from oneshot.embedder.model import Embedder
+from oneshot.embedder.model import Embedder, embed_batch, embed_batch_with_local
 from oneshot.embedder.precision import PRECISION_SPELLINGS, TRAINING_PRECISIONS, training_precision
 from oneshot.embedder.preprocess import Recipe
 from oneshot.embedder.samplers import EpisodeSampler, PairSampler, PKSampler
@@ -212,35 +212,6 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
     """``channels_last`` on the CPU (oneDNN's convolutions, batch norm and pooling run about a third
     faster on (N, H, W, C) batches than on (N, C, H, W)), else the default layout."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-
-
-def embed_batch(model: Embedder, images: torch.Tensor, precision: str) -> torch.Tensor:
-    """images (N, C, H, W) -> vectors (N, D) float32 for the loss.
-
-    ``fp32``: the model as written. ``bf16``: mixed precision, the backbone under bfloat16 autocast
-    (convolutions and matrix products in bfloat16), the head (projection and unit length) in float32;
-    weights, batch-norm statistics, the loss and the optimiser stay float32, so the saved model is an
-    ordinary float32 one. On CPUs with AVX-512 BF16 a step of the default's net takes about half the
-    time; elsewhere bfloat16 is emulated and may be slower.
-    """
-    if precision == "fp32":
-        return model(images)
-    with torch.autocast(images.device.type, dtype=torch.bfloat16):
-        features = model.backbone(images)
-    return model.head(features.float())
-
-
-def embed_batch_with_local(model: Embedder, images: torch.Tensor, precision: str,
-                           detach: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """images (N, C, H, W) -> (vectors (N, D), the matcher's local features (N, L, d)), both float32,
-    with the backbone in ``precision`` as :func:`embed_batch` runs it; the matcher runs in float32.
-    ``detach``: no gradient from the local features reaches the backbone (only the matcher learns
-    from them)."""
-    model._check_images(images)
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision != "fp32"):
-        features, maps = model.backbone.forward_with_map(images, model.match_tap)
-    maps = maps.float()
-    return model.head(features.float()), model.matcher.local_features(maps.detach() if detach else maps)
 
 
 def inference_embedder(model: Embedder, device: torch.device, memory_format: torch.memory_format, precision: str):

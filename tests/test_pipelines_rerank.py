@@ -383,6 +383,35 @@ def test_the_trained_score_calibration_is_capped_to_whole_classes(setting, match
     assert load_model(tmp_path / "capped.safetensors").info["thresholds"]["unknown_reranked"] == capped
 
 
+def test_a_matched_reranker_in_bfloat16_scores_close_to_float32(setting, matcher_model):
+    import cv2
+
+    images = [cv2.imread(str(setting["gallery"] / p), 0) for p in setting["index"].table["path"]]
+    pixels = Recipe(size=16).prepare(images).pixels
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        rerank = Reranker(matcher_model, setting["gallery"], margin=None, precision=precision)
+        entries = rerank.encode_pixels(pixels)
+        scores[rerank.precision] = rerank.score_entries(entries[:9], entries)
+    assert set(scores) == {"float32", "bfloat16"}
+    assert not np.array_equal(scores["float32"], scores["bfloat16"])  # the backbone did run in bfloat16
+    np.testing.assert_allclose(scores["bfloat16"], scores["float32"], atol=0.03)
+    with pytest.raises(InvalidInputError, match="precision must be one of"):
+        Reranker(matcher_model, setting["gallery"], precision="half")
+
+
+def test_cli_reranks_in_the_jobs_precision(setting, matcher_model, tiny_model_path, tmp_path):
+    from oneshot.pipelines.cli import main
+
+    setting["index"].save(tmp_path / "g.faiss")
+    result = CliRunner().invoke(main, ["identify", str(setting["gallery"]), "--index", str(tmp_path / "g.faiss"),
+                                       "--model", str(tiny_model_path), "--rerank", str(matcher_model),
+                                       "--rerank-margin", "all", "--threshold", "none", "--precision", "bf16",
+                                       "--out", str(tmp_path / "a.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "re-scored in bfloat16" in result.output and "re-ranked 60 of 60 queries" in result.output
+
+
 def test_a_matched_score_gets_no_cosine_threshold(setting, tiny_model_path, matcher_model):
     rows = []
     summary = identify_job(setting["gallery"], setting["index"], None, tiny_model_path, threshold="model",

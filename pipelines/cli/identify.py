@@ -64,7 +64,8 @@ def identify_command(queries, index_path, model, threshold, k, top, batch_size, 
         from oneshot.pipelines.engines.rerank import Reranker, gallery_images_of, parse_margin
 
         gallery = gallery_images_of(read_index_metadata(index_path), gallery_images)
-        rerank = Reranker(rerank_model, gallery, depth=rerank_depth, margin=parse_margin(rerank_margin))
+        rerank = Reranker(rerank_model, gallery, depth=rerank_depth, margin=parse_margin(rerank_margin),
+                          precision=precision)
     rejects = rejects_for(on_error, max_rejects)
     with executor_for(engine, ray_address, on_error=on_error) as executor:
         if executor is not None and not is_query_store(Path(queries)):

@@ -85,7 +85,8 @@ def precision_option(command):
                         show_default=True, callback=lambda ctx, param, value: PRECISION_SPELLINGS[value],
                         help="Forward pass in bfloat16: 1.2-1.4x faster on CPUs with native bfloat16 (AVX512-BF16, "
                              "AMX), vectors within cosine 0.9999 of float32's; slower on CPUs without it. "
-                             "Recorded in the store; --append keeps the store's precision.")(command)
+                             "Recorded in the store; --append keeps the store's precision. identify: the "
+                             "--rerank model's forward pass too.")(command)
 
 
 def removal_options(command):

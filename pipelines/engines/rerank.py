@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from oneshot.embedder.precision import check_precision
 from oneshot.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -87,6 +88,10 @@ class Reranker:
             ``DEFAULT_MARGIN``, resolved by :meth:`bind` (``margin_source`` says which).
         cache_rows: gallery vectors kept between batches (least recently used dropped first; with a
             map matcher at most ``MATCH_CACHE_ROWS``, since each row also keeps its map's summaries).
+        precision: ``"float32"`` or ``"bfloat16"`` (any spelling of
+            :data:`~oneshot.embedder.precision.PRECISION_SPELLINGS`): the re-ranking model's forward
+            pass, as ``identify --precision`` runs the index's model; a map matcher's solve and the
+            scores stay float32.
     """
 
     model: object
@@ -95,6 +100,7 @@ class Reranker:
     margin: float | str | None = MODEL_MARGIN
     cache_rows: int = DEFAULT_CACHE_ROWS
     device: str | None = None
+    precision: str = "float32"
     stats: RerankStats = field(default_factory=RerankStats)
 
     def __post_init__(self):
@@ -105,6 +111,7 @@ class Reranker:
             self.margin, "given")
         if self.cache_rows < 0:
             raise InvalidInputError(f"rerank cache_rows must be >= 0, got {self.cache_rows}")
+        self.precision = check_precision(self.precision)
         from oneshot.embedder.artifact import as_model
         from oneshot.embedder.encode import default_device
         from oneshot.embedder.ensemble import reranks_by_trained_score, scoring_members
@@ -117,7 +124,7 @@ class Reranker:
                                     f"not {model.metric!r}")
         self.fingerprint = getattr(model, "fingerprint", None)
         self.embedder = model.to(self.device or default_device())
-        self.engine = InferenceModel(self.embedder)
+        self.engine = InferenceModel(self.embedder, precision=self.precision)
         self.matched = reranks_by_trained_score(self.embedder)  # by a trained score, not a cosine
         # [the model], or an ensemble's members with matchers; matched ones run on the engine's
         # BatchNorm-folded, channels_last copy (the same scores, faster)
@@ -207,6 +214,7 @@ class Reranker:
         import torch
 
         from oneshot.embedder.ensemble import join_member_vectors
+        from oneshot.embedder.model import embed_batch, embed_batch_with_local
 
         entries = []
         with torch.inference_mode(), self.engine.flushing_denormals():
@@ -215,9 +223,9 @@ class Reranker:
                 vectors, grams, operators, self._locations = [], [], [], []
                 for member in self.members:
                     if member.matcher is None:
-                        vectors.append(member(images).float())
+                        vectors.append(embed_batch(member, images, self.precision))
                         continue
-                    vector, local = member.forward_with_local(images)
+                    vector, local = embed_batch_with_local(member, images, self.precision)
                     gram, operator = member.matcher.summaries(local)
                     vectors.append(vector.float())
                     grams.append(gram.cpu().numpy())

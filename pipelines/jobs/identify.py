@@ -255,7 +255,8 @@ def identify_job(queries: str | os.PathLike, index: VectorIndex | str | os.PathL
             rerank_threshold, rerank_text = _threshold(rerank.embedder, rerank.fingerprint, given_threshold,
                                                        enrolled_count(index))
         threshold_text = (f"{threshold_text}; re-scored queries ({rerank.name}): {rerank_text}; re-scoring margin "
-                          f"{'none (every query)' if rerank.margin is None else rerank.margin} ({rerank.margin_source})")
+                          f"{'none (every query)' if rerank.margin is None else rerank.margin} ({rerank.margin_source})"
+                          + ("" if rerank.precision == "float32" else f"; re-scored in {rerank.precision}"))
     if threshold is not None and index.metadata.get("pca") and threshold_text.startswith("carried by"):
         log.warning("the index reduces vectors with PCA; the model's threshold was calibrated without it")
     rejects = rejects if rejects is not None else Rejects()
