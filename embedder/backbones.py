@@ -130,8 +130,13 @@ def _check_pool_last(pool_last) -> None:
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, pool: bool = True, convs: int = 2):
+    """``drop``: in training, each image's residual branch is dropped with this probability (the
+    skip alone passes) and kept ones scaled by 1 / (1 - drop), so inference needs no change
+    (stochastic depth, Huang et al. 2016)."""
+
+    def __init__(self, cin: int, cout: int, pool: bool = True, convs: int = 2, drop: float = 0.0):
         super().__init__()
+        self.drop = drop
         layers = []
         for i in range(convs):  # conv, batch norm (, ReLU but after the last): the skip is added before it
             layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
@@ -140,12 +145,19 @@ class _ResidualBlock(nn.Module):
         self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
         self.out = nn.Sequential(nn.ReLU(inplace=True), *([nn.MaxPool2d(2)] if pool else []))
 
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        body = self.body(x)
+        if self.training and self.drop > 0:
+            keep = torch.rand(body.shape[0], 1, 1, 1, device=body.device) >= self.drop
+            body = body * (keep.to(body.dtype) / (1 - self.drop))
+        return body + self.skip(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(x) + self.skip(x))
+        return self.out(self._branch(x))
 
     def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x -> (the block's output, its map before the pool)."""
-        tapped = self.out[0](self.body(x) + self.skip(x))
+        tapped = self.out[0](self._branch(x))
         return self.out[1:](tapped), tapped
 
 
@@ -153,20 +165,25 @@ class ResNetSmall(nn.Module):
     """A small residual net: a stem conv, then residual stages that halve the size, then GAP.
     ``pool_last=False``: the last stage keeps its size (see :func:`_check_pool_last`); ``grid`` as
     in :class:`ConvNet`; ``convs``: 3 x 3 convolutions in each stage's residual branch (2; 3 as in
-    ResNet-12)."""
+    ResNet-12); ``drop_path``: the last stage's stochastic-depth rate in training, earlier stages
+    a linear share of it (stage i of n: ``drop_path * i / n``); 0, the default, drops nothing."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 1, pool_last: bool = True,
-                 grid: int = 1, convs: int = 2):
+                 grid: int = 1, convs: int = 2, drop_path: float = 0.0):
         super().__init__()
         _check_pool_last(pool_last)
         convs = _positive_integer(convs, "convs", "3 x 3 convolutions a stage")
+        if isinstance(drop_path, bool) or not isinstance(drop_path, (int, float)) or not 0 <= drop_path < 1:
+            raise InvalidInputError(f"drop_path must be a number in [0, 1), got {drop_path!r}")
         self.grid = _checked_grid(grid)
         widths = tuple(int(w) for w in widths)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
         )
         pools = [True] * (len(widths) - 1) + [pool_last]
-        stages = [_ResidualBlock(a, b, pool, convs) for a, b, pool in zip((widths[0],) + widths[:-1], widths, pools)]
+        drops = [drop_path * (i + 1) / len(widths) for i in range(len(widths))]
+        stages = [_ResidualBlock(a, b, pool, convs, drop)
+                  for a, b, pool, drop in zip((widths[0],) + widths[:-1], widths, pools, drops)]
         self.stages = nn.Sequential(*stages)
         self.feature_dim = widths[-1] * self.grid ** 2
 

@@ -12,6 +12,7 @@ current weights (hard-class mining): see :mod:`oneshot.embedder.look_alikes`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -212,6 +213,15 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
     """``channels_last`` on the CPU (oneDNN's convolutions, batch norm and pooling run about a third
     faster on (N, H, W, C) batches than on (N, C, H, W)), else the default layout."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+@contextlib.contextmanager
+def step_random(seed: int, device: torch.device):
+    """Inside: torch's global random draws (the forward pass's, e.g. stochastic depth) a function of
+    ``seed`` alone, so a resumed run repeats them; the global state is restored afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def inference_embedder(model: Embedder, device: torch.device, memory_format: torch.memory_format, precision: str):
@@ -461,13 +471,14 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         images = augment(images, augment_config, generator, pair_ids)
         images = images.to(device).contiguous(memory_format=memory_format)
         batch_labels = torch.from_numpy(labels[rows]).to(device)
-        if model.matcher is None:
-            embeddings = embed_batch(model, images, config.precision)
-            loss = loss_fn(embeddings, batch_labels)
-        else:
-            embeddings, local = embed_batch_with_local(model, images, config.precision, config.match_detach)
-            loss = loss_fn(embeddings, batch_labels) + config.match_weight * match_loss(
-                model.matcher, embeddings, local, batch_labels, config.k_shot, config.every_support)
+        with step_random(2**32 + config.seed * 1_000_003 + step, device):  # stochastic depth's draws
+            if model.matcher is None:
+                embeddings = embed_batch(model, images, config.precision)
+                loss = loss_fn(embeddings, batch_labels)
+            else:
+                embeddings, local = embed_batch_with_local(model, images, config.precision, config.match_detach)
+                loss = loss_fn(embeddings, batch_labels) + config.match_weight * match_loss(
+                    model.matcher, embeddings, local, batch_labels, config.k_shot, config.every_support)
         if teacher is not None:
             episodic = getattr(loss_fn, "episodic", loss_fn)
             soft = distillation_loss(episodic, embeddings, teacher[torch.from_numpy(rows).to(device)], batch_labels,

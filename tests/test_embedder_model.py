@@ -267,6 +267,27 @@ def test_resnet_stages_with_three_convolutions_each(tmp_path):
             create_backbone("resnet-small", widths=[4, 8], convs=bad)
 
 
+def test_resnet_stochastic_depth_drops_branches_in_training_only():
+    torch.manual_seed(0)
+    plain = create_backbone("resnet-small", widths=[4, 8, 8, 8])
+    dropping = create_backbone("resnet-small", widths=[4, 8, 8, 8], drop_path=0.4)
+    dropping.load_state_dict(plain.state_dict())  # no new weights: every file loads as it did
+    assert [stage.drop for stage in dropping.stages] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    images = torch.rand(64, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(images), dropping.eval()(images))  # inference unchanged
+        last = dropping.train().stages[-1]
+        maps = torch.rand(4096, 8, 3, 3)
+        kept = last.body(maps)
+        branch = last._branch(maps) - last.skip(maps)  # each image: its branch / 0.6, or nothing
+        dropped = branch.flatten(1).abs().amax(1) == 0
+        assert 0.3 < dropped.float().mean() < 0.5
+        torch.testing.assert_close(branch[~dropped], kept[~dropped] / 0.6)
+    for bad in (-0.1, 1.0, True, "0.1"):
+        with pytest.raises(ValueError, match="drop_path must be a number in"):
+            create_backbone("resnet-small", widths=[4, 8], drop_path=bad)
+
+
 @pytest.mark.parametrize("name", ["conv4", "resnet-small"])
 def test_grid_keeps_each_cell_of_the_last_map_in_place(name, tmp_path):
     from oneshot.embedder.artifact import load_model, save_model

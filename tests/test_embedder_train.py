@@ -536,6 +536,16 @@ def test_a_run_with_a_map_matcher_trains_it_and_resumes_exactly(data, tmp_path, 
     assert plain.model.matcher is None and plain.history["loss"].iloc[-1] < full.history["loss"].iloc[-1]
 
 
+def test_a_run_with_stochastic_depth_resumes_exactly(data, tmp_path, monkeypatch):
+    options = dict(steps=6, val_every=3, checkpoint_every=3, warmup_steps=1, backbone="resnet-small")
+    config = _config(**options, backbone_options={"widths": [4, 8], "drop_path": 0.5})
+    full = _run(config, data, tmp_path / "full")
+    resumed = _killed_at_step_5_and_resumed(config, data, tmp_path / "killed", monkeypatch)
+    assert resumed.model.fingerprint == full.model.fingerprint  # the drops are a function of seed and step
+    plain = _run(_config(**options, backbone_options={"widths": [4, 8]}), data, tmp_path / "plain")
+    assert plain.model.fingerprint != full.model.fingerprint  # branches were dropped
+
+
 def test_a_run_with_class_proxies_trains_them_and_resumes_exactly(data, tmp_path, monkeypatch):
     teacher = str(tmp_path / "teacher.safetensors")  # distillation reads the episodes inside the sum
     save_model(build_model(_config(dim=12)), teacher, {})
