@@ -467,11 +467,12 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
             sampler.neighbours = table
         rows = sampler.batch(step)
         images = train_set.fetch(rows)
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        step_seed = config.seed * 1_000_003 + step  # every random draw of the step derives from it
+        generator = torch.Generator().manual_seed(step_seed)
         images = augment(images, augment_config, generator, pair_ids)
         images = images.to(device).contiguous(memory_format=memory_format)
         batch_labels = torch.from_numpy(labels[rows]).to(device)
-        with step_random(2**32 + config.seed * 1_000_003 + step, device):  # stochastic depth's draws
+        with step_random(2**32 + step_seed, device):  # stochastic depth's draws, apart from the augmentation's
             if model.matcher is None:
                 embeddings = embed_batch(model, images, config.precision)
                 loss = loss_fn(embeddings, batch_labels)
