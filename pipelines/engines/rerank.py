@@ -126,7 +126,8 @@ class Reranker:
         self.embedder = model.to(self.device or default_device())
         self.matched = reranks_by_trained_score(self.embedder)  # by a trained score, not a cosine
         # a matched model runs only the engine's eager copy (below), so no graph is traced for it
-        self.engine = InferenceModel(self.embedder, mode="eager" if self.matched else "auto", precision=self.precision)
+        self.engine = InferenceModel(self.embedder, mode="eager" if self.matched else "auto",
+                                     precision=self.precision)
         # [the model], or an ensemble's members with matchers; matched ones run on the engine's
         # BatchNorm-folded, channels_last copy (the same scores, faster)
         self.members = scoring_members(self.engine.folded if self.matched else self.embedder)
