@@ -555,6 +555,27 @@ def test_cli_eval_reranks_the_episodes_and_says_how(eval_setting, tmp_path):
     assert result.exit_code != 0 and "is not the model the store was embedded with" in result.output
 
 
+def test_cli_eval_reranks_in_the_precision_asked(eval_setting):
+    """``eval --precision bf16`` runs the re-ranking model in bfloat16 and says so; the answers stay
+    close to float32's (the same episodes, a few near-ties aside); without --rerank it is refused."""
+    import json
+
+    from oneshot.pipelines.cli import main
+
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        result = CliRunner().invoke(main, ["eval", str(eval_setting["store"]), "--way", "5", "--episodes", "30",
+                                           "--no-baseline", "--rerank", str(eval_setting["other"]),
+                                           "--rerank-margin", "all", "--precision", precision])
+        assert result.exit_code == 0, result.output
+        runs[precision] = json.loads(result.output)["oneshot_reranked"]
+    assert runs["fp32"]["precision"] == "float32" and runs["bf16"]["precision"] == "bfloat16"
+    assert runs["bf16"]["reranked"] == runs["fp32"]["reranked"] == 150
+    assert abs(runs["bf16"]["accuracy"] - runs["fp32"]["accuracy"]) <= 5 / 150
+    result = CliRunner().invoke(main, ["eval", str(eval_setting["store"]), "--no-baseline", "--precision", "bf16"])
+    assert result.exit_code != 0 and "--precision applies to the --rerank model" in result.output
+
+
 def test_margin_rule_picks_the_fewest_rescored_that_keep_the_gain():
     from oneshot.pipelines.evaluation.reranked import margin_by_rule
 

@@ -6,7 +6,7 @@ import json
 import click
 
 from oneshot.pipelines.cli.app import friendly, main
-from oneshot.pipelines.cli.options import MODEL, rerank_options
+from oneshot.pipelines.cli.options import MODEL, RERANK_PRECISION_HELP, precision_option, rerank_options
 
 
 @main.command("eval")
@@ -27,9 +27,10 @@ from oneshot.pipelines.cli.options import MODEL, rerank_options
               help="Where the store's images are, for --rerank (default: the source it was embedded from).")
 @click.option("--model", type=MODEL, default=None,
               help="The store's model, for --rerank-margin model (default: the shipped model it was embedded with).")
+@precision_option(help=RERANK_PRECISION_HELP)
 @friendly
 def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups, threshold, baseline, rerank_model,
-                 rerank_depth, rerank_margin, images, model):
+                 rerank_depth, rerank_margin, images, model, precision):
     """N-way k-shot, KNN and 1:1 verification accuracy of a Parquet store, beside raw pixels, as JSON.
 
     Forgery stores (writer/genuine|forged layout) also get genuine-vs-forgery verification. With
@@ -40,6 +41,7 @@ def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups, 
     Example:
       oneshot eval runs/eval.parquet --way 5 --shot 1
       oneshot eval runs/eval.parquet --rerank handwriting-ensemble
+      oneshot eval runs/eval.parquet --rerank runs/matched/model.safetensors --precision bf16
     """
     from oneshot.pipelines.jobs import evaluate_store
 
@@ -52,7 +54,9 @@ def eval_command(store, way, shot, episodes, within_group, knn_k, seed, groups, 
         from oneshot.pipelines.engines.rerank import Reranker, parse_margin, store_images_of
 
         rerank = Reranker(rerank_model, images if images is not None else store_images_of(store),
-                          depth=rerank_depth, margin=parse_margin(rerank_margin))
+                          depth=rerank_depth, margin=parse_margin(rerank_margin), precision=precision)
+    elif precision != "float32":
+        raise click.UsageError("--precision applies to the --rerank model; give --rerank too")
     click.echo(json.dumps(evaluate_store(store, way, shot, episodes, within_group, knn_k, seed=seed, groups=list(groups),
                                          threshold=given, baseline=baseline, rerank=rerank, model=model), indent=2))
 

@@ -78,15 +78,24 @@ def engine_options(command):
                         help="Run here, or spread the work over Ray (pip install 'oneshot[ray]').")(command)
 
 
-def precision_option(command):
-    """``--precision float32|bf16`` (embed, identify; ``fp32`` and ``bfloat16`` too): the forward pass
-    in float32 or bfloat16."""
-    return click.option("--precision", type=click.Choice(list(PRECISION_SPELLINGS)), default="float32",
-                        show_default=True, callback=lambda ctx, param, value: PRECISION_SPELLINGS[value],
-                        help="Forward pass in bfloat16: 1.2-1.4x faster on CPUs with native bfloat16 (AVX512-BF16, "
-                             "AMX), vectors within cosine 0.9999 of float32's; slower on CPUs without it. "
-                             "Recorded in the store; --append keeps the store's precision. identify: the "
-                             "--rerank model's forward pass too.")(command)
+PRECISION_HELP = ("Forward pass in bfloat16: 1.2-1.4x faster on CPUs with native bfloat16 (AVX512-BF16, AMX), "
+                  "vectors within cosine 0.9999 of float32's; slower on CPUs without it. Recorded in the store; "
+                  "--append keeps the store's precision. identify: the --rerank model's forward pass too.")
+RERANK_PRECISION_HELP = ("The --rerank model's forward pass in bfloat16 (the store's vectors are already computed): "
+                         "faster on CPUs with native bfloat16 (AVX512-BF16, AMX), scores within 0.03 of float32's; "
+                         "a map matcher's solve and the scores stay float32.")
+
+
+def precision_option(command=None, *, help: str = PRECISION_HELP):
+    """``--precision float32|bf16`` (embed, identify, eval; ``fp32`` and ``bfloat16`` too): the forward
+    pass in float32 or bfloat16. Used bare (``@precision_option``) or with its own help
+    (``@precision_option(help=...)``)."""
+    def decorate(command):
+        return click.option("--precision", type=click.Choice(list(PRECISION_SPELLINGS)), default="float32",
+                            show_default=True, callback=lambda ctx, param, value: PRECISION_SPELLINGS[value],
+                            help=help)(command)
+
+    return decorate if command is None else decorate(command)
 
 
 def removal_options(command):

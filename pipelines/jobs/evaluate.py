@@ -65,7 +65,8 @@ def evaluate_gallery_store(stored: EmbeddingSet, n_way: int = 20, k_shot: int = 
         results["oneshot_reranked"] = {
             **reranked, "n_way": way, "k_shot": k_shot, "episodes": episodes, "model": str(rerank.name),
             "model_fingerprint": rerank.fingerprint, "depth": rerank.depth, "margin": rerank.margin,
-            "margin_source": rerank.margin_source, "images_encoded": rerank.stats.gallery_encoded,
+            "margin_source": rerank.margin_source, "precision": rerank.precision,
+            "images_encoded": rerank.stats.gallery_encoded,
             "images_unreadable": rerank.stats.gallery_unreadable,
             "note": "the same episodes as 'oneshot'; knn and verification are the store's model alone"}
     if baseline:
