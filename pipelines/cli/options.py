@@ -82,8 +82,8 @@ PRECISION_HELP = ("Forward pass in bfloat16: 1.2-1.4x faster on CPUs with native
                   "vectors within cosine 0.9999 of float32's; slower on CPUs without it. Recorded in the store; "
                   "--append keeps the store's precision. identify: the --rerank model's forward pass too.")
 RERANK_PRECISION_HELP = ("The --rerank model's forward pass in bfloat16 (the store's vectors are already computed): "
-                         "faster on CPUs with native bfloat16 (AVX512-BF16, AMX), scores within 0.03 of float32's; "
-                         "a map matcher's solve and the scores stay float32.")
+                         "faster on CPUs with native bfloat16 (AVX512-BF16, AMX), slower on CPUs without it; a map "
+                         "matcher's solve and the scores stay float32.")
 
 
 def precision_option(command=None, *, help: str = PRECISION_HELP):
