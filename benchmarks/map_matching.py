@@ -12,8 +12,10 @@ same seed, same draws):
 
 On the background *validation* alphabets (where a choice would be made) also the paired gain of
 ``combined`` over ``global`` with its 95% interval, and, as a diagnostic only, the match weighted
-by 0 to 4 times its trained scale. Lake's 20 official runs and the evaluation alphabets are reported
-only.
+by 0 to 4 times its trained scale, and the combined score's accuracy per alphabet. ``--validation
+wide`` scores the eight alphabets of :data:`benchmarks.WIDE_VALIDATION_ALPHABETS` instead of the
+four, for models trained without all eight. Lake's 20 official runs and the evaluation alphabets are
+reported only.
 
 Run from the repository root::
 
@@ -114,16 +116,26 @@ def lake_figures(models: list[Embedder], runs) -> dict:
                    "errors": round(sum(rates) * len(runs[0].test))} for name, rates in errors.items()}
 
 
-def figures(models: list[Embedder], data, episodes: int, seed: int, validation_only: bool = False) -> dict:
-    """The figures of ``models`` scored together (one model: alone)."""
-    split, table = validation_alphabets(data)
+def by_alphabet(correct: np.ndarray, episodes: list, table) -> dict[str, float]:
+    """Per-query correctness (episodes x 20, episode order) -> accuracy per alphabet of the episodes."""
+    groups = np.repeat([table["group"].iat[int(episode.query[0])] for episode in episodes], len(episodes[0].query))
+    return {str(group): float(correct[groups == group].mean()) for group in sorted(set(groups))}
+
+
+def figures(models: list[Embedder], data, episodes: int, seed: int, validation_only: bool = False,
+            validation_split: str = "background") -> dict:
+    """The figures of ``models`` scored together (one model: alone), validation on ``validation_split``."""
+    split, table = validation_alphabets(data, validation_split)
     members = encode_images(models, split.read(list(table["path"])))
-    validation = episode_correct(members, oneshot_episodes(table, 20, 1, episodes, True, seed))
+    drawn = oneshot_episodes(table, 20, 1, episodes, True, seed)
+    validation = episode_correct(members, drawn)
     result = {"matchers": [None if m.matcher is None else
                            {"scale_global": float(m.matcher.log_scale_global.detach().exp()),
                             "scale_match": float(m.matcher.log_scale_match.detach().exp()),
                             "ridge": float(m.matcher.log_ridge.detach().exp())} for m in models],
+              "validation_split": validation_split,
               "validation_20way_within_alphabet": {name: float(v.mean()) for name, v in validation.items()},
+              "validation_combined_by_alphabet": by_alphabet(validation["combined"], drawn, table),
               "validation_paired_gain_combined_over_global": paired_gain(validation["combined"], validation["global"])}
     print("validation", result, flush=True)
     if validation_only:
@@ -158,18 +170,21 @@ def main(argv: list[str] | None = None) -> int:
                              "score), after --models alone")
     parser.add_argument("--validation-only", action="store_true",
                         help="the validation alphabets only (before a decision; the reported figures after it)")
+    parser.add_argument("--validation", choices=["background", "wide"], default="background",
+                        help="validation split: the 4 alphabets `oneshot train` holds out, or the 8 of "
+                             "benchmarks.WIDE_VALIDATION_ALPHABETS (for models trained without them)")
     args = parser.parse_args(argv)
     data = omniglot_root(args.data)
     result = {"command": command_line("map_matching", argv), "episodes": args.episodes, "seed": args.seed,
               "models": {}, "ensembles": {}}
     for path in args.models:
         model = load_model(path)
-        result["models"][path] = {**figures([model], data, args.episodes, args.seed, args.validation_only),
+        result["models"][path] = {**figures([model], data, args.episodes, args.seed, args.validation_only, args.validation),
                                   **provenance(model)}
         print(path, result["models"][path], flush=True)
     for group in args.ensembles:
         models = [load_model(path) for path in group.split(",")]
-        result["ensembles"][group] = {**figures(models, data, args.episodes, args.seed, args.validation_only),
+        result["ensembles"][group] = {**figures(models, data, args.episodes, args.seed, args.validation_only, args.validation),
                                       "members": [provenance(m) for m in models]}
         print(group, result["ensembles"][group], flush=True)
     for kind in ("models", "ensembles"):

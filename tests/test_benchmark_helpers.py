@@ -4,6 +4,7 @@ they record of each model."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.ensemble_selection import COSINE, chosen_size, greedy_selection, joined
 
@@ -135,6 +136,37 @@ def test_map_matching_scores_members_by_their_trained_scores_and_counts_episodes
     expected = np.concatenate([(b.vectors[e.query] @ b.vectors[e.support[:, 0]].T).argmax(1) == e.query_target
                                for e in episodes])
     assert correct["global"].tolist() == expected.tolist() == correct["combined"].tolist()  # no matcher: no penalty
+
+
+def test_map_matching_breaks_validation_down_by_the_alphabet_of_each_episode():
+    import pandas as pd
+
+    from benchmarks.map_matching import by_alphabet
+    from oneshot.pipelines.evaluation.evaluate import oneshot_episodes
+
+    # Two alphabets of 3 classes x 2 drawings; every query of alphabet "a" answered right, none of "b".
+    table = pd.DataFrame({"label": [f"{g}{c}" for g in "ab" for c in range(3) for _ in range(2)],
+                          "group": [g for g in "ab" for _ in range(6)]})
+    episodes = oneshot_episodes(table, n_way=3, k_shot=1, n_episodes=8, within_group=True, seed=0)
+    alphabet = [table["group"].iat[int(e.query[0])] for e in episodes]
+    assert set(alphabet) == {"a", "b"}
+    correct = np.concatenate([np.full(3, group == "a") for group in alphabet])
+    assert by_alphabet(correct, episodes, table) == {"a": 1.0, "b": 0.0}
+
+
+def test_wide_validation_split_is_the_documented_seeded_draw(omniglot_dir):
+    from benchmarks import WIDE_VALIDATION_ALPHABETS, validation_alphabets, validation_groups
+    from oneshot.data.omniglot import OmniglotSplit
+
+    standard = validation_groups("background")
+    others = sorted(set(OmniglotSplit(omniglot_dir, "background").table["group"]) - set(standard))
+    assert len(others) == 26
+    drawn = sorted(others[i] for i in np.random.default_rng(0).choice(len(others), 4, replace=False))
+    assert WIDE_VALIDATION_ALPHABETS == (*standard, *drawn)
+    _, table = validation_alphabets(omniglot_dir, "wide")
+    assert set(table["group"]) == set(WIDE_VALIDATION_ALPHABETS) and table["label"].nunique() == 310
+    with pytest.raises(ValueError, match="unknown validation split"):
+        validation_groups("narrow")
 
 
 def test_open_set_rerank_enrols_half_of_each_alphabet_and_scores_both_kinds_of_query(tmp_path):
