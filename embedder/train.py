@@ -34,9 +34,9 @@ from oneshot.embedder.artifact import load_model, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.distill import distillation_loss, teacher_vectors
 from oneshot.embedder.encode import default_device
+from oneshot.embedder.inference import native_bfloat16
 from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
 from oneshot.embedder.look_alikes import nearest_classes, representative_rows
-from oneshot.embedder.matching import match_loss
 from oneshot.embedder.losses import (
     ContrastiveLoss,
     NormalizedSoftmaxLoss,
@@ -45,6 +45,7 @@ from oneshot.embedder.losses import (
     TripletLoss,
     WithProxies,
 )
+from oneshot.embedder.matching import match_loss
 from oneshot.embedder.model import Embedder, embed_batch, embed_batch_with_local
 from oneshot.embedder.precision import PRECISION_SPELLINGS, TRAINING_PRECISIONS, training_precision
 from oneshot.embedder.preprocess import Recipe
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax")
 PAIR_OBJECTIVES = ("siamese", "contrastive")
 PRECISIONS = TRAINING_PRECISIONS
+#: bfloat16 against float32 training steps where bfloat16 is emulated: 9.0x (the block net), 9.4x and 9.5x (the
+#: residual nets) on a 2-core AMD EPYC with AVX2 only (``benchmarks/results/train_step_speed_avx2.json``).
+EMULATED_BFLOAT16_SLOWDOWN = "about 9 times"
 _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "classes_per_group",
                     "pairs", "val_every", "val_way", "val_episodes", "patience", "checkpoint_every", "seed",
                     "look_alike_classes", "look_alike_every", "match_dim", "match_tap")
@@ -224,6 +228,19 @@ def step_random(seed: int, device: torch.device):
         yield
 
 
+def warn_if_bfloat16_is_emulated(precision: str, device: torch.device) -> bool:
+    """Log a warning, and return True, when training in ``bf16`` on a device without native bfloat16
+    (:func:`~oneshot.embedder.inference.native_bfloat16`): there autocast emulates it, many times slower
+    than float32 (``benchmarks/results/train_step_speed_avx2.json``)."""
+    if precision != "bf16" or native_bfloat16(device) is not False:
+        return False
+    log.warning("training in bfloat16 on %s, which has no native bfloat16 (AVX512-BF16 or AMX on a CPU): it is emulated "
+                "there, and a step ran %s slower than in float32 on a 2-core AVX2 CPU; give --precision fp32 (or "
+                "\"precision\": \"fp32\" in the config) unless the run must repeat a bfloat16 one", device,
+                EMULATED_BFLOAT16_SLOWDOWN)
+    return True
+
+
 def inference_embedder(model: Embedder, device: torch.device, memory_format: torch.memory_format, precision: str):
     """images -> vectors under ``model`` in inference mode (batch-norm running statistics), as
     :func:`embed_batch` computes them, restoring the model's training mode afterwards."""
@@ -373,6 +390,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device else default_device()
+    warn_if_bfloat16_is_emulated(config.precision, device)
     torch.manual_seed(config.seed)
     model = build_model(config)
     if init is not None:

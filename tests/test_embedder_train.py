@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -506,6 +507,23 @@ def test_bf16_training_follows_fp32_and_saves_a_float32_model(data, tmp_path):
     assert torch.nn.functional.cosine_similarity(vectors, train_module.embed_batch(model, images, "fp32")).min() > 0.99
     again = _run(_config(steps=10, val_every=5, checkpoint_every=5, precision="bf16"), data, tmp_path / "bf16_again")
     assert again.model.fingerprint == half.model.fingerprint  # same seed, same numbers
+
+
+def test_training_in_bf16_warns_where_the_device_only_emulates_it(data, tmp_path, monkeypatch, caplog):
+    """On a CPU without AVX512-BF16 or AMX, bfloat16 autocast is emulated and many times slower than
+    float32: the run still trains as asked, and says so at its start."""
+    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: False)
+    with caplog.at_level(logging.WARNING, logger=train_module.log.name):
+        run = _run(_config(steps=2, val_every=2, checkpoint_every=2, precision="bf16"), data, tmp_path / "emulated")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no native bfloat16" in m and "--precision fp32" in m for m in warnings), warnings
+    assert read_model_config(run.model_path)["info"]["train_config"]["precision"] == "bf16"  # not switched behind the user
+    cpu = torch.device("cpu")
+    assert not train_module.warn_if_bfloat16_is_emulated("fp32", cpu)
+    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: None)  # flags unreadable: no claim either way
+    assert not train_module.warn_if_bfloat16_is_emulated("bf16", cpu)
+    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: True)
+    assert not train_module.warn_if_bfloat16_is_emulated("bf16", cpu)
 
 
 def _killed_at_step_5_and_resumed(config, data, out_dir, monkeypatch):

@@ -53,7 +53,8 @@ from oneshot.pipelines.engines.rerank import DEFAULT_DEPTH
 @click.option("--precision", type=click.Choice(list(PRECISION_SPELLINGS)), default=None,
               callback=lambda ctx, param, value: value and training_precision(value),
               help="Training arithmetic: fp32 (default; float32 too) or bf16 (bfloat16) mixed precision (about twice as fast on "
-                   "CPUs with AVX-512 BF16 and on recent GPUs; the saved model is float32 either way).")
+                   "CPUs with AVX-512 BF16 and on recent GPUs; emulated on other CPUs, where a step ran 9x slower than fp32 "
+                   "and a warning says so; the saved model is float32 either way).")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(exists=True),
               help="A trained model to distill from (repeatable; prototypical objective; their vectors of the "
                    "unaugmented training images are soft targets). See embedder.distill.")
