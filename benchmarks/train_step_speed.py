@@ -22,18 +22,8 @@ import time
 import torch
 
 from benchmarks import command_line, write_result
-from oneshot.embedder.inference import native_bfloat16
+from oneshot.embedder.hardware import cpu_name, native_bfloat16
 from oneshot.embedder.train import PRECISIONS, TrainConfig, build_loss, build_model, embed_batch, training_memory_format
-
-
-def cpu_name() -> str | None:
-    """The CPU's model name from ``/proc/cpuinfo`` (None where it cannot be read): step times depend on it."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            line = next((line for line in info if line.startswith("model name")), None)
-    except OSError:
-        return None
-    return line.split(":", 1)[1].strip() if line else None
 
 
 def step_seconds(config: TrainConfig, precision: str, steps: int, warmup: int = 2) -> float:

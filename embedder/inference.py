@@ -26,25 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from oneshot.embedder.encode import tta_views
+from oneshot.embedder.hardware import native_bfloat16
 from oneshot.embedder.model import Embedder
 from oneshot.embedder.precision import check_precision
 
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "eager", "script", "compile")
-
-
-def native_bfloat16(device: torch.device) -> bool | None:
-    """Whether ``device`` computes in bfloat16 natively: CUDA (compute capability 8 or later), or a
-    CPU whose flags list avx512_bf16 or amx_bf16; None where the CPU's flags cannot be read."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            flags = next((line for line in info if line.startswith("flags")), "").split()
-    except OSError:
-        return None
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

@@ -34,7 +34,7 @@ from oneshot.embedder.artifact import load_model, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.distill import distillation_loss, teacher_vectors
 from oneshot.embedder.encode import default_device
-from oneshot.embedder.inference import native_bfloat16
+from oneshot.embedder.hardware import machine, native_bfloat16
 from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
 from oneshot.embedder.look_alikes import nearest_classes, representative_rows
 from oneshot.embedder.losses import (
@@ -230,7 +230,7 @@ def step_random(seed: int, device: torch.device):
 
 def warn_if_bfloat16_is_emulated(precision: str, device: torch.device) -> bool:
     """Log a warning, and return True, when training in ``bf16`` on a device without native bfloat16
-    (:func:`~oneshot.embedder.inference.native_bfloat16`): there autocast emulates it, many times slower
+    (:func:`~oneshot.embedder.hardware.native_bfloat16`): there autocast emulates it, many times slower
     than float32 (``benchmarks/results/train_step_speed_avx2.json``)."""
     if precision != "bf16" or native_bfloat16(device) is not False:
         return False
@@ -422,7 +422,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         log.info("resumed from %s at step %d", checkpoint_path, state["step"])
     with atomic_path(out_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    info = dict(info or {})
+    info = {**(info or {}), "machine": machine(device)}  # the machine that ran it (its last part, when resumed)
     fresh_start = init is not None and state["step"] == 0 and not state["history"]  # not a resume
     if fresh_start:
         state["recalibrated"] = recalibrate_batchnorm(model, train_set.images, config.seed)

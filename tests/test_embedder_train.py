@@ -12,6 +12,7 @@ import torch
 
 import oneshot.embedder.train as train_module
 from oneshot.data.synthetic import make_alphabets
+from oneshot.embedder import hardware
 from oneshot.embedder.artifact import load_model, model_fingerprint, read_model_config, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.encode import encode
@@ -513,11 +514,14 @@ def test_training_in_bf16_warns_where_the_device_only_emulates_it(data, tmp_path
     """On a CPU without AVX512-BF16 or AMX, bfloat16 autocast is emulated and many times slower than
     float32: the run still trains as asked, and says so at its start."""
     monkeypatch.setattr(train_module, "native_bfloat16", lambda device: False)
+    monkeypatch.setattr(hardware, "native_bfloat16", lambda device: False)
     with caplog.at_level(logging.WARNING, logger=train_module.log.name):
         run = _run(_config(steps=2, val_every=2, checkpoint_every=2, precision="bf16"), data, tmp_path / "emulated")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("no native bfloat16" in m and "--precision fp32" in m for m in warnings), warnings
-    assert read_model_config(run.model_path)["info"]["train_config"]["precision"] == "bf16"  # not switched behind the user
+    info = read_model_config(run.model_path)["info"]
+    assert info["train_config"]["precision"] == "bf16"  # not switched behind the user
+    assert info["machine"]["native_bfloat16"] is False and info["machine"]["device"] == "cpu"  # the file says why it was slow
     cpu = torch.device("cpu")
     assert not train_module.warn_if_bfloat16_is_emulated("fp32", cpu)
     monkeypatch.setattr(train_module, "native_bfloat16", lambda device: None)  # flags unreadable: no claim either way
