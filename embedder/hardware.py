@@ -10,10 +10,11 @@ CPUINFO = "/proc/cpuinfo"
 
 
 def _cpuinfo_line(prefix: str) -> str | None:
-    """The first line of ``/proc/cpuinfo`` starting with ``prefix``; None where it cannot be read (not Linux)."""
+    """The first line of ``/proc/cpuinfo`` starting with ``prefix``; None where it has none or cannot
+    be read (not Linux; ARM's lists ``Features``, not ``flags``)."""
     try:
         with open(CPUINFO, encoding="utf-8") as info:
-            return next((line for line in info if line.startswith(prefix)), "")
+            return next((line for line in info if line.startswith(prefix)), None)
     except OSError:
         return None
 
@@ -26,13 +27,13 @@ def cpu_name() -> str | None:
 
 def native_bfloat16(device: torch.device) -> bool | None:
     """Whether ``device`` computes in bfloat16 natively: CUDA (compute capability 8 or later), or a
-    CPU whose flags list avx512_bf16 or amx_bf16; None where the CPU's flags cannot be read."""
+    CPU whose flags list avx512_bf16 or amx_bf16; None where there are no x86 flags to read."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
     line = _cpuinfo_line("flags")
     if line is None:
         return None
-    flags = line.split()
+    flags = line.split(":", 1)[-1].split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -27,7 +27,11 @@ def test_bfloat16_support_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
                      "cpus": os.cpu_count(), "native_bfloat16": False}
 
 
-def test_a_machine_without_cpuinfo_claims_nothing(tmp_path, monkeypatch):
+def test_a_machine_without_cpuinfo_or_x86_flags_claims_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(hardware, "CPUINFO", str(tmp_path / "absent"))
     assert hardware.native_bfloat16(torch.device("cpu")) is None and hardware.cpu_name() is None
     assert hardware.machine(torch.device("cpu"))["native_bfloat16"] is None
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\nCPU implementer\t: 0x41\n")
+    monkeypatch.setattr(hardware, "CPUINFO", str(arm))
+    assert hardware.native_bfloat16(torch.device("cpu")) is None and hardware.cpu_name() is None
