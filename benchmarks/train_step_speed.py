@@ -2,8 +2,8 @@
 
 For each training config: the model and loss it builds (:func:`oneshot.embedder.train.build_model`,
 ``build_loss``), a random batch of the config's size (``classes_per_batch`` x ``items_per_class``
-images at its input size), and the loop's own forward (:func:`oneshot.embedder.train.embed_batch`),
-backward and AdamW step, timed in both precisions. The two take turns, round after round, so a
+images at its input size), and the loop's own forward and loss (:func:`oneshot.embedder.train.batch_loss`:
+with the map matcher's for a config with ``match_dim``), backward and AdamW step, timed in both precisions. The two take turns, round after round, so a
 machine that speeds up or slows down touches each alike; the best round of each is reported, with
 every round kept. No data is read and no accuracy is measured: accuracy is the training runs' job.
 
@@ -15,6 +15,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -23,12 +24,13 @@ import torch
 
 from benchmarks import command_line, write_result
 from oneshot.embedder.hardware import cpu_name, native_bfloat16
-from oneshot.embedder.train import PRECISIONS, TrainConfig, build_loss, build_model, embed_batch, training_memory_format
+from oneshot.embedder.train import PRECISIONS, TrainConfig, batch_loss, build_loss, build_model, training_memory_format
 
 
 def step_seconds(config: TrainConfig, precision: str, steps: int, warmup: int = 2) -> float:
     """Mean seconds of ``steps`` training steps (after ``warmup``) of ``config``'s model in ``precision``."""
     torch.manual_seed(config.seed)
+    arithmetic = dataclasses.replace(config, precision=precision)
     device = torch.device("cpu")
     memory_format = training_memory_format(device)
     model = build_model(config).to(device, memory_format=memory_format).train()
@@ -41,7 +43,7 @@ def step_seconds(config: TrainConfig, precision: str, steps: int, warmup: int = 
     for step in range(warmup + steps):
         if step == warmup:
             started = time.perf_counter()
-        loss = loss_fn(embed_batch(model, images, precision), labels)
+        _, loss = batch_loss(model, loss_fn, images, labels, arithmetic)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

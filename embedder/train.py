@@ -241,6 +241,19 @@ def warn_if_bfloat16_is_emulated(precision: str, device: torch.device) -> bool:
     return True
 
 
+def batch_loss(model: Embedder, loss_fn: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch (N, C, H, W) with labels (N,) -> (vectors (N, D), loss): the episode loss, plus
+    the map matcher's (times ``match_weight``) for a model with one; backbone in ``config.precision``."""
+    if model.matcher is None:
+        embeddings = embed_batch(model, images, config.precision)
+        return embeddings, loss_fn(embeddings, labels)
+    embeddings, local = embed_batch_with_local(model, images, config.precision, config.match_detach)
+    loss = loss_fn(embeddings, labels) + config.match_weight * match_loss(
+        model.matcher, embeddings, local, labels, config.k_shot, config.every_support)
+    return embeddings, loss
+
+
 def inference_embedder(model: Embedder, device: torch.device, memory_format: torch.memory_format, precision: str):
     """images -> vectors under ``model`` in inference mode (batch-norm running statistics), as
     :func:`embed_batch` computes them, restoring the model's training mode afterwards."""
@@ -491,13 +504,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         images = images.to(device).contiguous(memory_format=memory_format)
         batch_labels = torch.from_numpy(labels[rows]).to(device)
         with step_random(2**32 + step_seed, device):  # stochastic depth's draws, apart from the augmentation's
-            if model.matcher is None:
-                embeddings = embed_batch(model, images, config.precision)
-                loss = loss_fn(embeddings, batch_labels)
-            else:
-                embeddings, local = embed_batch_with_local(model, images, config.precision, config.match_detach)
-                loss = loss_fn(embeddings, batch_labels) + config.match_weight * match_loss(
-                    model.matcher, embeddings, local, batch_labels, config.k_shot, config.every_support)
+            embeddings, loss = batch_loss(model, loss_fn, images, batch_labels, config)
         if teacher is not None:
             episodic = getattr(loss_fn, "episodic", loss_fn)
             soft = distillation_loss(episodic, embeddings, teacher[torch.from_numpy(rows).to(device)], batch_labels,

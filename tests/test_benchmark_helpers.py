@@ -74,6 +74,24 @@ def test_train_step_speed_times_both_precisions_of_a_configs_real_training_step(
     assert row["best_step_seconds"]["bf16"] == min(row["step_seconds"]["bf16"])
     assert row["bf16_speed_up"] == round(row["best_step_seconds"]["fp32"] / row["best_step_seconds"]["bf16"], 2)
     assert json.loads((tmp_path / "r.json").read_text()) == result
+    assert "cpu" in result and result["native_bfloat16"] in (True, False, None)
+
+
+def test_train_step_speed_times_a_matched_configs_matcher_too(tmp_path, monkeypatch):
+    import json
+
+    import oneshot.embedder.train as train_module
+    from benchmarks.train_step_speed import main
+
+    calls = []
+    real = train_module.match_loss
+    monkeypatch.setattr(train_module, "match_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = tmp_path / "matched.json"
+    config.write_text(json.dumps({"backbone": "conv4", "backbone_options": {"widths": [2, 2, 3, 3]}, "dim": 4,
+                                  "recipe": {"size": 28}, "classes_per_batch": 3, "items_per_class": 2,
+                                  "every_support": True, "match_dim": 3}))
+    main(["--configs", str(config), "--steps", "1", "--rounds", "1"])
+    assert len(calls) == 2 * 3  # each precision: 2 warm-up steps and 1 timed, every one with the matcher's loss
 
 
 def test_accuracy_by_group_scores_each_group_on_its_own_classes():
