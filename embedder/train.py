@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("siamese", "contrastive", "triplet", "prototypical", "normsoftmax")
 PAIR_OBJECTIVES = ("siamese", "contrastive")
 PRECISIONS = TRAINING_PRECISIONS
-#: bfloat16 against float32 training steps where bfloat16 is emulated: 9.0x (the block net), 9.4x and 9.5x (the
+#: bfloat16 against float32 training steps where bfloat16 is emulated: 9.0x (the block net), 9.3x and 9.2x (the
 #: residual nets) on a 2-core AMD EPYC with AVX2 only (``benchmarks/results/train_step_speed_avx2.json``).
 EMULATED_BFLOAT16_SLOWDOWN = "about 9 times"
 _INTEGER_OPTIONS = ("steps", "cycles", "warmup_steps", "classes_per_batch", "items_per_class", "k_shot", "classes_per_group",
