@@ -39,6 +39,7 @@ def native_bfloat16(device: torch.device) -> bool | None:
 
 def machine(device: torch.device) -> dict:
     """``{"device", "device_name", "cpu", "cpus", "native_bfloat16"}`` of the machine running on ``device``."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"device": str(device), "device_name": name, "cpu": cpu_name(), "cpus": os.cpu_count(),
+    cpu = cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    return {"device": str(device), "device_name": name, "cpu": cpu, "cpus": os.cpu_count(),
             "native_bfloat16": native_bfloat16(device)}

@@ -34,7 +34,7 @@ from oneshot.embedder.artifact import load_model, save_model
 from oneshot.embedder.dataset import LabelledImages
 from oneshot.embedder.distill import distillation_loss, teacher_vectors
 from oneshot.embedder.encode import default_device
-from oneshot.embedder.hardware import machine, native_bfloat16
+from oneshot.embedder.hardware import machine
 from oneshot.embedder.init import initialise_from, recalibrate_batchnorm
 from oneshot.embedder.look_alikes import nearest_classes, representative_rows
 from oneshot.embedder.losses import (
@@ -228,11 +228,12 @@ def step_random(seed: int, device: torch.device):
         yield
 
 
-def warn_if_bfloat16_is_emulated(precision: str, device: torch.device) -> bool:
-    """Log a warning, and return True, when training in ``bf16`` on a device without native bfloat16
-    (:func:`~oneshot.embedder.hardware.native_bfloat16`): there autocast emulates it, many times slower
-    than float32 (``benchmarks/results/train_step_speed_avx2.json``)."""
-    if precision != "bf16" or native_bfloat16(device) is not False:
+def warn_if_bfloat16_is_emulated(precision: str, native: bool | None, device: torch.device) -> bool:
+    """Log a warning, and return True, when training in ``bf16`` on a ``device`` without native bfloat16
+    (``native`` False, as :func:`~oneshot.embedder.hardware.native_bfloat16` says; None: unknown, no
+    claim): there autocast emulates it, many times slower than float32
+    (``benchmarks/results/train_step_speed_avx2.json``)."""
+    if precision != "bf16" or native is not False:
         return False
     log.warning("training in bfloat16 on %s, which has no native bfloat16 (AVX512-BF16 or AMX on a CPU): it is emulated "
                 "there, and a step ran %s slower than in float32 on a 2-core AVX2 CPU; give --precision fp32 (or "
@@ -403,7 +404,8 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device else default_device()
-    warn_if_bfloat16_is_emulated(config.precision, device)
+    running_on = machine(device)  # recorded in the model file below (the last part's machine, when resumed)
+    warn_if_bfloat16_is_emulated(config.precision, running_on["native_bfloat16"], device)
     torch.manual_seed(config.seed)
     model = build_model(config)
     if init is not None:
@@ -435,7 +437,7 @@ def train(config: TrainConfig, train_set: LabelledImages, validate: Callable[[Em
         log.info("resumed from %s at step %d", checkpoint_path, state["step"])
     with atomic_path(out_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    info = {**(info or {}), "machine": machine(device)}  # the machine that ran it (its last part, when resumed)
+    info = {**(info or {}), "machine": running_on}
     fresh_start = init is not None and state["step"] == 0 and not state["history"]  # not a resume
     if fresh_start:
         state["recalibrated"] = recalibrate_batchnorm(model, train_set.images, config.seed)

@@ -513,7 +513,6 @@ def test_bf16_training_follows_fp32_and_saves_a_float32_model(data, tmp_path):
 def test_training_in_bf16_warns_where_the_device_only_emulates_it(data, tmp_path, monkeypatch, caplog):
     """On a CPU without AVX512-BF16 or AMX, bfloat16 autocast is emulated and many times slower than
     float32: the run still trains as asked, and says so at its start."""
-    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: False)
     monkeypatch.setattr(hardware, "native_bfloat16", lambda device: False)
     with caplog.at_level(logging.WARNING, logger=train_module.log.name):
         run = _run(_config(steps=2, val_every=2, checkpoint_every=2, precision="bf16"), data, tmp_path / "emulated")
@@ -523,11 +522,10 @@ def test_training_in_bf16_warns_where_the_device_only_emulates_it(data, tmp_path
     assert info["train_config"]["precision"] == "bf16"  # not switched behind the user
     assert info["machine"]["native_bfloat16"] is False and info["machine"]["device"] == "cpu"  # the file says why it was slow
     cpu = torch.device("cpu")
-    assert not train_module.warn_if_bfloat16_is_emulated("fp32", cpu)
-    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: None)  # flags unreadable: no claim either way
-    assert not train_module.warn_if_bfloat16_is_emulated("bf16", cpu)
-    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: True)
-    assert not train_module.warn_if_bfloat16_is_emulated("bf16", cpu)
+    assert train_module.warn_if_bfloat16_is_emulated("bf16", False, cpu)
+    assert not train_module.warn_if_bfloat16_is_emulated("fp32", False, cpu)
+    assert not train_module.warn_if_bfloat16_is_emulated("bf16", None, cpu)  # flags unreadable: no claim either way
+    assert not train_module.warn_if_bfloat16_is_emulated("bf16", True, cpu)
 
 
 def _killed_at_step_5_and_resumed(config, data, out_dir, monkeypatch):
